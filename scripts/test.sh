@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, as root (the integration tests create network
+# namespaces and start qemu-storage-daemon):
+#
+#   sudo bash scripts/test.sh            # install what is missing, then fmt, clippy, tests
+#   sudo bash scripts/test.sh --quick    # skip the install step
+#
+# Exits non-zero if any step fails; the cargo steps all run, so one report shows every failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'test.sh: %s\n' "$*"; }
+
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) printf 'test.sh: unknown argument %s (use --quick)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
+
+# sudo may drop ~/.cargo/bin from PATH.
+for dir in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$dir/cargo" ]; then PATH="$dir:$PATH"; fi
+done
+export PATH
+
+if [ "$quick" -eq 1 ]; then
+    log "skipping install (--quick)"
+else
+    log "installing dependencies (scripts/install-deps.sh)"
+    bash scripts/install-deps.sh
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    log "warning: not root; the integration tests need root and will fail"
+fi
+
+failed=()
+step() { # step NAME COMMAND...
+    local name=$1 start=$SECONDS
+    shift
+    log "$name: $*"
+    if "$@"; then
+        log "$name: ok ($((SECONDS - start)) s)"
+    else
+        log "$name: FAILED ($((SECONDS - start)) s)"
+        failed+=("$name")
+    fi
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step test cargo test --workspace
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    log "FAILED steps: ${failed[*]}"
+    exit 1
+fi
+log "all steps passed: fmt, clippy, test"

@@ -1,0 +1,2 @@
+//! Data paths behind the resource traits.
+pub mod userspace;

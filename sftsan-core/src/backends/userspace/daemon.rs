@@ -1,0 +1,132 @@
+//! The per-node qemu-storage-daemon process: QMP monitors and an NBD server.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{connect, keeper_socket, prune_dirs, qemu_opt_escape, qmp_socket};
+use crate::process;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
+use crate::transport::run;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Daemon {
+    pub node: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub run_dir: PathBuf,
+}
+
+impl Daemon {
+    fn pidfile(&self) -> PathBuf {
+        self.run_dir.join("daemon.pid")
+    }
+
+    /// Our own socket path appears in the daemon's argv: it tells our daemon from others.
+    fn marker(&self) -> String {
+        qmp_socket(&self.run_dir).display().to_string()
+    }
+
+    fn remove_runtime_files(&self) -> Result<(), ResourceError> {
+        for f in [
+            self.pidfile(),
+            qmp_socket(&self.run_dir),
+            keeper_socket(&self.run_dir),
+        ] {
+            process::remove_file_if_exists(&f)?;
+        }
+        Ok(())
+    }
+}
+
+fn nbd_server_param(cmdline: &[String], key: &str) -> Option<String> {
+    cmdline
+        .iter()
+        .find(|a| a.starts_with("addr.type=inet"))?
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(key).map(str::to_string))
+}
+
+impl Resource for Daemon {
+    fn desired(&self) -> Params {
+        vec![
+            ("address", self.address.to_string()),
+            ("port", self.port.to_string()),
+        ]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) else {
+            return Ok(Observed::Absent);
+        };
+        let argv = process::cmdline(pid);
+        Ok(Observed::Present(vec![
+            (
+                "address",
+                nbd_server_param(&argv, "addr.host=").unwrap_or_default(),
+            ),
+            (
+                "port",
+                nbd_server_param(&argv, "addr.port=").unwrap_or_default(),
+            ),
+        ]))
+    }
+
+    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        std::fs::create_dir_all(&self.run_dir)?;
+        self.remove_runtime_files()?;
+        let monitor = |id: &str, path: PathBuf| {
+            format!(
+                "socket,id={id},path={},server=on,wait=off",
+                qemu_opt_escape(&path.display().to_string())
+            )
+        };
+        let args = [
+            "--chardev".to_string(),
+            monitor("qmp", qmp_socket(&self.run_dir)),
+            "--monitor".into(),
+            "chardev=qmp".into(),
+            "--chardev".into(),
+            monitor("keeper", keeper_socket(&self.run_dir)),
+            "--monitor".into(),
+            "chardev=keeper".into(),
+            "--nbd-server".into(),
+            format!(
+                "addr.type=inet,addr.host={},addr.port={}",
+                self.address, self.port
+            ),
+            "--pidfile".into(),
+            self.pidfile().display().to_string(),
+            // The parent returns only once the daemon is listening: that is our readiness event.
+            "--daemonize".into(),
+        ];
+        run(
+            &*ctx.transport,
+            Tools::program(&ctx.tools.storage_daemon),
+            &args,
+        )
+        .map_err(|e| ResourceError::new(format!("starting qemu-storage-daemon: {e}")))?;
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
+            // `quit` closes every block node cleanly (flushing the cache) before exiting.
+            let asked = connect(&self.run_dir)
+                .ok()
+                .flatten()
+                .map(|mut q| q.execute("quit", serde_json::json!({})).is_ok())
+                .unwrap_or(false);
+            if !asked || !process::wait_exit(pid, Duration::from_secs(20)) {
+                process::stop(pid, Duration::from_secs(10))?;
+            }
+        }
+        self.remove_runtime_files()?;
+        prune_dirs(&[self.run_dir.clone()]);
+        if let Some(parent) = self.run_dir.parent() {
+            prune_dirs(&[parent.to_path_buf()]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The cache keeper: a small detached process per node that makes fetched blocks durable.
+//!
+//! Copy-on-read writes land in the qcow2 cache, but its metadata stays in the daemon's
+//! memory until a flush: a daemon killed before then forgets blocks it had fetched. QMP has
+//! no plain "flush" command; reopening the cache node with its own options flushes it.
+//! The keeper does that whenever the cache grew, at most every `interval`, and once more on
+//! SIGTERM. It exits by itself when its daemon goes away.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::cache::cache_node_options;
+use super::{graph, keeper_socket, Qmp};
+use crate::fsutil::{remove_file_if_exists, write_atomic};
+use crate::process;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
+use crate::transport::run;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keeper {
+    pub node: String,
+    pub run_dir: PathBuf,
+    pub interval_ms: u64,
+    /// The cache's virtual size (its node options depend on it).
+    pub cache_size: u64,
+}
+
+impl Keeper {
+    fn pidfile(&self) -> PathBuf {
+        self.run_dir.join("keeper.pid")
+    }
+
+    fn marker(&self) -> String {
+        keeper_socket(&self.run_dir).display().to_string()
+    }
+}
+
+impl Resource for Keeper {
+    fn desired(&self) -> Params {
+        vec![("interval-ms", self.interval_ms.to_string())]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) else {
+            return Ok(Observed::Absent);
+        };
+        let argv = process::cmdline(pid);
+        let interval = argv
+            .iter()
+            .position(|a| a == "--interval-ms")
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Observed::Present(vec![("interval-ms", interval)]))
+    }
+
+    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        remove_file_if_exists(&self.pidfile())?;
+        let args = [
+            "keeper".to_string(),
+            "--qmp".into(),
+            self.marker(),
+            "--pidfile".into(),
+            self.pidfile().display().to_string(),
+            "--interval-ms".into(),
+            self.interval_ms.to_string(),
+            "--cache-size".into(),
+            self.cache_size.to_string(),
+        ];
+        // `sftsan keeper` returns once the keeper is connected and its pid file written.
+        run(&*ctx.transport, Tools::program(&ctx.tools.sftsan), &args)
+            .map_err(|e| ResourceError::new(format!("starting the cache keeper: {e}")))?;
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
+            process::stop(pid, Duration::from_secs(10))?;
+        }
+        remove_file_if_exists(&self.pidfile())?;
+        Ok(())
+    }
+}
+
+/// Arguments of `sftsan keeper`.
+#[derive(Debug, Clone)]
+pub struct KeeperArgs {
+    pub qmp: PathBuf,
+    pub pidfile: PathBuf,
+    pub interval: Duration,
+    pub cache_size: u64,
+}
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+/// Connects, detaches into the background and returns in the parent once the child's pid
+/// is recorded. The child never returns: it runs the flush loop and exits.
+pub fn run_keeper(args: &KeeperArgs) -> Result<(), String> {
+    let qmp = Qmp::connect(&args.qmp, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    // SAFETY: the CLI is single-threaded here; the child only continues this function.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error().to_string()),
+        0 => {
+            detach();
+            let code = flush_loop(qmp, args);
+            std::process::exit(code)
+        }
+        child => write_atomic(&args.pidfile, child.to_string().as_bytes())
+            .map_err(|e| format!("{}: {e}", args.pidfile.display())),
+    }
+}
+
+fn detach() {
+    // SAFETY: plain syscalls on our own process; the handler only stores an atomic.
+    unsafe {
+        libc::setsid();
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+        }
+    }
+    let _ = std::env::set_current_dir(Path::new("/"));
+}
+
+fn written_up_to(qmp: &mut Qmp) -> Result<u64, String> {
+    let stats = qmp
+        .execute("query-blockstats", json!({"query-nodes": true}))
+        .map_err(|e| e.to_string())?;
+    Ok(stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["node-name"] == graph::CACHE_FILE))
+        .and_then(|s| s["stats"]["wr_highest_offset"].as_u64())
+        .unwrap_or(0))
+}
+
+fn flush(qmp: &mut Qmp, options: &Value) -> Result<(), String> {
+    qmp.execute("blockdev-reopen", json!({"options": [options]}))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn flush_loop(mut qmp: Qmp, args: &KeeperArgs) -> i32 {
+    let options = cache_node_options(args.cache_size);
+    let mut flushed_at = 0;
+    loop {
+        // An interruptible wait: SIGTERM ends it early.
+        unsafe { libc::poll(std::ptr::null_mut(), 0, args.interval.as_millis() as i32) };
+        let terminating = TERMINATE.load(Ordering::SeqCst);
+        match written_up_to(&mut qmp) {
+            Ok(now) if now != flushed_at || terminating => {
+                if flush(&mut qmp, &options).is_err() && !terminating {
+                    return 1;
+                }
+                flushed_at = now;
+            }
+            Ok(_) => {}
+            Err(_) => return 0, // the daemon is gone: nothing left to keep
+        }
+        if terminating {
+            return 0;
+        }
+    }
+}

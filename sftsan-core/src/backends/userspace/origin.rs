@@ -1,0 +1,82 @@
+//! The origin's export: the base image, read-only, over NBD.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::PathBuf;
+
+use super::{
+    block_nodes, connect, delete_export, delete_nodes, export_exists, find_node, graph, require,
+};
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginExport {
+    pub node: String,
+    pub run_dir: PathBuf,
+    pub source: PathBuf,
+    pub export: String,
+}
+
+impl Resource for OriginExport {
+    fn desired(&self) -> Params {
+        vec![("source", self.source.display().to_string())]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        let Some(mut qmp) = connect(&self.run_dir)? else {
+            return Ok(Observed::Absent);
+        };
+        let nodes = block_nodes(&mut qmp)?;
+        let exported = export_exists(&mut qmp, graph::ORIGIN_EXPORT_ID)?;
+        match (find_node(&nodes, graph::ORIGIN_FILE), exported) {
+            (None, false) => Ok(Observed::Absent),
+            (Some(file), true) => Ok(Observed::Present(vec![(
+                "source",
+                file["file"].as_str().unwrap_or_default().to_string(),
+            )])),
+            _ => Ok(Observed::Partial(
+                "image node and export out of step".into(),
+            )),
+        }
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let mut qmp = require(&self.run_dir, &self.node)?;
+        let is_block = std::fs::metadata(&self.source)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            .unwrap_or(false);
+        let steps = [
+            (
+                "blockdev-add",
+                json!({"driver": if is_block { "host_device" } else { "file" },
+                       "node-name": graph::ORIGIN_FILE,
+                       "filename": self.source, "read-only": true}),
+            ),
+            (
+                "blockdev-add",
+                json!({"driver": "raw", "node-name": graph::ORIGIN,
+                       "file": graph::ORIGIN_FILE, "read-only": true}),
+            ),
+            (
+                "block-export-add",
+                json!({"type": "nbd", "id": graph::ORIGIN_EXPORT_ID, "node-name": graph::ORIGIN,
+                       "name": self.export, "writable": false}),
+            ),
+        ];
+        for (cmd, args) in steps {
+            if let Err(e) = qmp.execute(cmd, args) {
+                let _ = self.teardown(_ctx);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let Some(mut qmp) = connect(&self.run_dir)? else {
+            return Ok(());
+        };
+        delete_export(&mut qmp, graph::ORIGIN_EXPORT_ID)?;
+        delete_nodes(&mut qmp, &[graph::ORIGIN, graph::ORIGIN_FILE])
+    }
+}

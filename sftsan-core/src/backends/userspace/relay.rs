@@ -1,0 +1,49 @@
+//! A node's relay export: its cached copy of the image, read-only, for children and VMs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::PathBuf;
+
+use super::{connect, delete_export, export_exists, graph, require};
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayExport {
+    pub node: String,
+    pub run_dir: PathBuf,
+    pub export: String,
+}
+
+impl Resource for RelayExport {
+    fn desired(&self) -> Params {
+        vec![]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        let Some(mut qmp) = connect(&self.run_dir)? else {
+            return Ok(Observed::Absent);
+        };
+        Ok(if export_exists(&mut qmp, graph::RELAY_EXPORT_ID)? {
+            Observed::Present(vec![])
+        } else {
+            Observed::Absent
+        })
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let mut qmp = require(&self.run_dir, &self.node)?;
+        qmp.execute(
+            "block-export-add",
+            json!({"type": "nbd", "id": graph::RELAY_EXPORT_ID, "node-name": graph::COR,
+                   "name": self.export, "writable": false}),
+        )?;
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        match connect(&self.run_dir)? {
+            Some(mut qmp) => delete_export(&mut qmp, graph::RELAY_EXPORT_ID),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! A node's attachment to its parent's export (NBD, read-only, reconnecting).
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+/// A lost parent fails reads after this many seconds (EIO) instead of hanging them, and the
+/// connection is re-established when the parent returns.
+const RECONNECT_DELAY_S: u64 = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub node: String,
+    pub run_dir: PathBuf,
+    pub parent: String,
+    pub host: IpAddr,
+    pub port: u16,
+    pub export: String,
+    pub connect_timeout_ms: u64,
+}
+
+impl Upstream {
+    fn url(&self) -> String {
+        format!(
+            "nbd://{}/{}",
+            SocketAddr::new(self.host, self.port),
+            self.export
+        )
+    }
+}
+
+impl Resource for Upstream {
+    fn desired(&self) -> Params {
+        vec![("upstream", self.url())]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        let Some(mut qmp) = connect(&self.run_dir)? else {
+            return Ok(Observed::Absent);
+        };
+        let nodes = block_nodes(&mut qmp)?;
+        Ok(match find_node(&nodes, graph::UPSTREAM) {
+            None => Observed::Absent,
+            Some(n) => Observed::Present(vec![(
+                "upstream",
+                n["file"].as_str().unwrap_or_default().to_string(),
+            )]),
+        })
+    }
+
+    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        // Probe from the node's own network first: a refused or unroutable parent gets a
+        // clear message instead of QEMU's generic open failure.
+        let addr = SocketAddr::new(self.host, self.port);
+        let timeout = Duration::from_millis(self.connect_timeout_ms);
+        ctx.transport.probe_tcp(addr, timeout).map_err(|e| {
+            ResourceError::new(format!(
+                "parent {} at {addr} is unreachable from {}: {e}",
+                self.parent, self.node
+            ))
+        })?;
+        let mut qmp = require(&self.run_dir, &self.node)?;
+        qmp.execute(
+            "blockdev-add",
+            json!({"driver": "nbd", "node-name": graph::UPSTREAM,
+                   "server": {"type": "inet", "host": self.host.to_string(), "port": self.port.to_string()},
+                   "export": self.export, "read-only": true,
+                   "reconnect-delay": RECONNECT_DELAY_S,
+                   "open-timeout": self.connect_timeout_ms.div_ceil(1000)}),
+        )
+        .map_err(|e| {
+            ResourceError::new(format!("attaching to parent {} at {addr}: {e}", self.parent))
+        })?;
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let Some(mut qmp) = connect(&self.run_dir)? else {
+            return Ok(());
+        };
+        delete_nodes(&mut qmp, &[graph::UPSTREAM])
+    }
+}

@@ -1,0 +1,195 @@
+//! `sftsan`: plan, bring up, inspect and tear down a cluster. A thin skin over sftsan-core.
+
+mod output;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sftsan_core::backends::userspace::{run_keeper, KeeperArgs};
+use sftsan_core::engine::{Engine, Event, Progress};
+use sftsan_core::resources::Tools;
+use sftsan_core::spec::{import_legacy, validate, ClusterSpec, ValidatedSpec};
+use sftsan_core::{plan, status};
+
+#[derive(Parser)]
+#[command(
+    name = "sftsan",
+    version,
+    about = "Boot many VMs from one base image: on-demand fetch, cache on read, relay over a tree, a copy-on-write snapshot per VM"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); also honours RUST_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the tree and every node's stack, touching nothing.
+    Plan {
+        spec: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create (or complete) the cluster: origin export, every node's cache and relay, snapshots.
+    Up { spec: PathBuf },
+    /// Remove everything `up` created.
+    Down { spec: PathBuf },
+    /// One line per node: parent, level, state, cache fill, bytes from upstream, snapshots.
+    Status {
+        spec: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert the original sftsan's cfg.data and nodes files into a cluster spec (TOML).
+    ImportLegacy {
+        cfg_data: PathBuf,
+        nodes: PathBuf,
+        /// State directory for the new spec (default: cfg.data's workdir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Write the spec here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// (internal) The per-node cache keeper, started by `up`.
+    #[command(hide = true)]
+    Keeper {
+        #[arg(long)]
+        qmp: PathBuf,
+        #[arg(long)]
+        pidfile: PathBuf,
+        #[arg(long)]
+        interval_ms: u64,
+        #[arg(long)]
+        cache_size: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli.command) {
+        eprintln!("sftsan: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load(path: &Path) -> Result<ValidatedSpec> {
+    let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
+    validate(spec).with_context(|| path.display().to_string())
+}
+
+fn progress() -> Progress {
+    let start = Instant::now();
+    Arc::new(move |e: &Event| output::progress_line(start.elapsed(), e))
+}
+
+fn engine(path: &Path) -> Result<Engine> {
+    let spec = load(path)?;
+    let plan = plan::plan(&spec);
+    Ok(Engine::new(&spec, plan, Tools::from_env(), progress()))
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Plan { spec, json } => {
+            let plan = plan::plan(&load(&spec)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                output::print_plan(&plan);
+            }
+        }
+        Command::Up { spec } => {
+            let engine = engine(&spec)?;
+            let started = Instant::now();
+            let s = engine.up()?;
+            eprintln!(
+                "up: {} created, {} already there, in {:.1}s",
+                s.created,
+                s.unchanged,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Down { spec } => {
+            let engine = engine(&spec)?;
+            let started = Instant::now();
+            let s = engine.down()?;
+            eprintln!(
+                "down: {} removed in {:.1}s",
+                s.removed,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Status { spec, json } => {
+            let plan = plan::plan(&load(&spec)?);
+            let st = status::status(&plan, Arc::new(Tools::from_env()));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                output::print_status(&st);
+            }
+        }
+        Command::ImportLegacy {
+            cfg_data,
+            nodes,
+            state_dir,
+            output,
+        } => {
+            let read =
+                |p: &Path| std::fs::read_to_string(p).with_context(|| p.display().to_string());
+            let spec = import_legacy(&read(&cfg_data)?, &read(&nodes)?, state_dir.as_deref())?;
+            let text = spec.to_toml();
+            match output {
+                Some(out) => {
+                    std::fs::write(&out, text).with_context(|| out.display().to_string())?
+                }
+                None => print!("{text}"),
+            }
+        }
+        Command::Keeper {
+            qmp,
+            pidfile,
+            interval_ms,
+            cache_size,
+        } => run_keeper(&KeeperArgs {
+            qmp,
+            pidfile,
+            interval: Duration::from_millis(interval_ms),
+            cache_size,
+        })
+        .map_err(anyhow::Error::msg)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Human-readable output: progress lines, the plan, the status table.
+
+use std::time::Duration;
+
+use sftsan_core::engine::Event;
+use sftsan_core::plan::Plan;
+use sftsan_core::spec::ByteSize;
+use sftsan_core::status::{ClusterStatus, NodeState};
+
+pub fn progress_line(at: Duration, e: &Event) {
+    let tag = if e.rollback { " (rollback)" } else { "" };
+    eprintln!(
+        "[{:>6.1}s] {:<28} {:<9} {:>6.2}s{tag}",
+        at.as_secs_f64(),
+        e.id,
+        e.action.as_str(),
+        e.elapsed.as_secs_f64()
+    );
+}
+
+pub fn print_plan(plan: &Plan) {
+    println!(
+        "cluster {}: image {} ({}), degree {}, {} nodes, {} levels",
+        plan.cluster,
+        plan.image,
+        ByteSize(plan.image_size),
+        plan.degree,
+        plan.nodes.len(),
+        plan.setup_order().len()
+    );
+    if !plan.cluster_stack.is_empty() {
+        let ids: Vec<_> = plan.cluster_stack.iter().map(|r| r.kind()).collect();
+        println!("cluster: {}", ids.join(", "));
+    }
+    for (level, names) in plan.setup_order().iter().enumerate() {
+        println!("level {level}:");
+        for name in names {
+            let n = plan.node(name).expect("planned node");
+            let parent = n
+                .parent
+                .as_deref()
+                .map(|p| format!(" <- {p}"))
+                .unwrap_or_default();
+            let stack: Vec<String> = n
+                .stack
+                .iter()
+                .map(|r| r.id(None).replace("cluster/", ""))
+                .collect();
+            println!("  {} ({}){parent}: {}", n.name, n.address, stack.join(", "));
+        }
+    }
+}
+
+fn size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+pub fn print_status(st: &ClusterStatus) {
+    println!(
+        "{:<12} {:<12} {:>5} {:<8} {:>14} {:>11} {:>11} {:>9}",
+        "NODE", "PARENT", "LEVEL", "STATE", "CACHE", "UPSTREAM", "SERVED", "SNAPSHOTS"
+    );
+    for n in &st.nodes {
+        let state = match n.state {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Partial => "partial",
+            NodeState::External => "external",
+        };
+        let fill = if n.image_bytes > 0 {
+            format!(
+                "{} {:>3}%",
+                size(n.cache_fill_bytes),
+                n.cache_fill_bytes * 100 / n.image_bytes
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<12} {:<12} {:>5} {:<8} {:>14} {:>11} {:>11} {:>9}",
+            n.name,
+            n.parent.as_deref().unwrap_or("-"),
+            n.level,
+            state,
+            fill,
+            size(n.upstream_bytes),
+            size(n.served_bytes),
+            n.snapshots
+        );
+        for p in &n.problems {
+            println!("    ! {p}");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The engine: applies the plan's stacks in dependency order (cluster resources, then tree
+//! levels parents-first, nodes of a level in parallel with a bound), journals every step,
+//! and on failure tears down what this run created, in reverse.
+
+mod journal;
+mod lock;
+
+pub use journal::{Entry, EntryState, Journal, JournalData, JournalError};
+pub use lock::StateLock;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::names::Names;
+use crate::plan::{NodePlan, Plan};
+use crate::resources::{first_difference, Ctx, Observed, ResourceError, ResourceSpec, Tools};
+use crate::spec::ValidatedSpec;
+use crate::transport::{Transport, TransportSpec};
+
+/// Set to a resource kind to have `up` kill itself with SIGKILL right after creating the
+/// first resource of that kind, before journaling it as created: the crash tests use it.
+pub const KILL_AFTER_ENV: &str = "SFTSAN_TEST_KILL_AFTER";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    /// Already there with the same parameters.
+    Unchanged,
+    /// Was half there: removed and made again.
+    Recreated,
+    Removed,
+    /// Teardown found nothing to remove.
+    Absent,
+    Failed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Unchanged => "unchanged",
+            Action::Recreated => "recreated",
+            Action::Removed => "removed",
+            Action::Absent => "absent",
+            Action::Failed => "FAILED",
+        }
+    }
+}
+
+/// Progress, reported as it happens.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub action: Action,
+    pub elapsed: Duration,
+    pub rollback: bool,
+}
+
+pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Lock(String),
+    #[error("{id}: exists with {field} = {have}, but the spec wants {want}")]
+    Mismatch {
+        id: String,
+        field: String,
+        have: String,
+        want: String,
+    },
+    #[error("{id}: {action} failed: {cause}")]
+    Step {
+        id: String,
+        action: &'static str,
+        cause: ResourceError,
+    },
+    #[error("{cause}; rolled back what this run created{}", rollback_note(.rollback_failures))]
+    RolledBack {
+        cause: Box<EngineError>,
+        rollback_failures: Vec<String>,
+    },
+    #[error("teardown incomplete: {}", .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+fn rollback_note(failures: &[String]) -> String {
+    if failures.is_empty() {
+        String::new()
+    } else {
+        format!(", but rollback failed for: {}", failures.join("; "))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub created: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+}
+
+/// Shared state of one run.
+struct Run {
+    journal: Mutex<Journal>,
+    /// What this run created, in order: rolled back in reverse on failure.
+    created: Mutex<Vec<(String, Option<String>, ResourceSpec)>>,
+    summary: Mutex<Summary>,
+    progress: Progress,
+    tools: Arc<Tools>,
+    transports: BTreeMap<String, Arc<dyn Transport>>,
+}
+
+impl Run {
+    fn ctx(&self, node: Option<&str>, r: &ResourceSpec) -> Ctx {
+        let transport = node
+            .filter(|_| r.runs_on_node())
+            .and_then(|n| self.transports.get(n).cloned())
+            .unwrap_or_else(|| TransportSpec::Local.open());
+        Ctx {
+            transport,
+            tools: self.tools.clone(),
+        }
+    }
+
+    fn report(&self, id: &str, action: Action, started: Instant, rollback: bool) {
+        (self.progress)(&Event {
+            id: id.into(),
+            action,
+            elapsed: started.elapsed(),
+            rollback,
+        });
+    }
+
+    /// Makes one resource exist with its planned parameters.
+    fn ensure(&self, node: Option<&str>, r: &ResourceSpec) -> Result<(), EngineError> {
+        let id = r.id(node);
+        let started = Instant::now();
+        let ctx = self.ctx(node, r);
+        let res = r.as_resource();
+        let step = |action: &'static str| {
+            move |cause| EngineError::Step {
+                id: r.id(node),
+                action,
+                cause,
+            }
+        };
+        let observed = res.observe(&ctx).map_err(step("observe"))?;
+        let action = match observed {
+            Observed::Present(have) => {
+                if let Some((field, have, want)) = first_difference(&have, &res.desired()) {
+                    return Err(EngineError::Mismatch {
+                        id,
+                        field: field.into(),
+                        have,
+                        want,
+                    });
+                }
+                // Adopt it: it carries our name, so `down` must remove it too.
+                if self.journal.lock().unwrap().get(&id).map(|e| e.state)
+                    != Some(EntryState::Created)
+                {
+                    self.journal
+                        .lock()
+                        .unwrap()
+                        .record(&id, node, r, EntryState::Created)?;
+                }
+                self.summary.lock().unwrap().unchanged += 1;
+                self.report(&id, Action::Unchanged, started, false);
+                return Ok(());
+            }
+            Observed::Partial(why) => {
+                tracing::info!("{id}: {why}; removing the remains before creating it");
+                res.teardown(&ctx).map_err(step("teardown"))?;
+                Action::Recreated
+            }
+            Observed::Absent => Action::Created,
+        };
+        self.journal
+            .lock()
+            .unwrap()
+            .record(&id, node, r, EntryState::Creating)?;
+        self.created
+            .lock()
+            .unwrap()
+            .push((id.clone(), node.map(String::from), r.clone()));
+        if let Err(cause) = res.create(&ctx) {
+            self.report(&id, Action::Failed, started, false);
+            return Err(EngineError::Step {
+                id,
+                action: "create",
+                cause,
+            });
+        }
+        crash_point(r.kind());
+        self.journal
+            .lock()
+            .unwrap()
+            .record(&id, node, r, EntryState::Created)?;
+        self.summary.lock().unwrap().created += 1;
+        self.report(&id, action, started, false);
+        Ok(())
+    }
+
+    /// Tears down one journaled resource and forgets it.
+    fn remove(&self, entry: &Entry, rollback: bool) -> Result<(), String> {
+        let started = Instant::now();
+        let ctx = self.ctx(entry.node.as_deref(), &entry.resource);
+        let res = entry.resource.as_resource();
+        let absent = matches!(res.observe(&ctx), Ok(Observed::Absent));
+        match res.teardown(&ctx) {
+            Ok(()) => {
+                self.journal
+                    .lock()
+                    .unwrap()
+                    .forget(&entry.id)
+                    .map_err(|e| format!("{}: {e}", entry.id))?;
+                let action = if absent {
+                    Action::Absent
+                } else {
+                    Action::Removed
+                };
+                if !absent {
+                    self.summary.lock().unwrap().removed += 1;
+                }
+                self.report(&entry.id, action, started, rollback);
+                Ok(())
+            }
+            Err(e) => {
+                self.report(&entry.id, Action::Failed, started, rollback);
+                Err(format!("{}: {e}", entry.id))
+            }
+        }
+    }
+
+    fn rollback(&self) -> Vec<String> {
+        let created = std::mem::take(&mut *self.created.lock().unwrap());
+        created
+            .into_iter()
+            .rev()
+            .filter_map(|(id, node, resource)| {
+                let entry = Entry {
+                    id,
+                    node,
+                    state: EntryState::Created,
+                    resource,
+                };
+                self.remove(&entry, true).err()
+            })
+            .collect()
+    }
+}
+
+fn crash_point(kind: &str) {
+    if std::env::var(KILL_AFTER_ENV).is_ok_and(|k| k == kind) {
+        tracing::warn!("{KILL_AFTER_ENV}={kind}: killing this process");
+        // SAFETY: signals our own process; nothing runs after it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// Runs `work` for each item, at most `bound` at a time; returns the first error.
+fn bounded<T: Sync>(
+    items: &[T],
+    bound: usize,
+    work: impl Fn(&T) -> Result<(), EngineError> + Sync,
+) -> Result<(), EngineError> {
+    let mut first_error = None;
+    for chunk in items.chunks(bound.max(1)) {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|item| s.spawn(|| work(item))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect()
+        });
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            first_error.get_or_insert(e);
+        }
+        if first_error.is_some() {
+            break;
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+pub struct Engine {
+    plan: Plan,
+    names: Names,
+    tools: Arc<Tools>,
+    progress: Progress,
+}
+
+impl Engine {
+    pub fn new(spec: &ValidatedSpec, plan: Plan, tools: Tools, progress: Progress) -> Engine {
+        Engine {
+            plan,
+            names: Names::new(spec.spec()),
+            tools: Arc::new(tools),
+            progress,
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn open_run(&self) -> Result<Run, EngineError> {
+        let mut journal = Journal::open(&self.names.journal(), &self.plan.cluster)?;
+        for n in &self.plan.nodes {
+            journal
+                .data
+                .transports
+                .insert(n.name.clone(), n.transport.clone());
+        }
+        journal.data.levels = self.plan.setup_order();
+        let transports = journal
+            .data
+            .transports
+            .iter()
+            .map(|(k, v)| (k.clone(), v.open()))
+            .collect();
+        Ok(Run {
+            journal: Mutex::new(journal),
+            created: Mutex::new(Vec::new()),
+            summary: Mutex::new(Summary::default()),
+            progress: self.progress.clone(),
+            tools: self.tools.clone(),
+            transports,
+        })
+    }
+
+    /// Brings the whole cluster up, resuming whatever an earlier run left.
+    pub fn up(&self) -> Result<Summary, EngineError> {
+        let _lock = StateLock::acquire(&self.names)?;
+        let run = self.open_run()?;
+        run.journal.lock().unwrap().save()?;
+        let result = self.apply(&run);
+        match result {
+            Ok(()) => Ok(run.summary.into_inner().unwrap()),
+            Err(cause) => {
+                let rollback_failures = run.rollback();
+                Err(EngineError::RolledBack {
+                    cause: Box::new(cause),
+                    rollback_failures,
+                })
+            }
+        }
+    }
+
+    fn apply(&self, run: &Run) -> Result<(), EngineError> {
+        for r in &self.plan.cluster_stack {
+            run.ensure(None, r)?;
+        }
+        for level in self.plan.tree.setup_order() {
+            let nodes: Vec<&NodePlan> = level.iter().map(|&i| &self.plan.nodes[i - 1]).collect();
+            bounded(&nodes, self.plan.parallelism, |node| {
+                node.stack
+                    .iter()
+                    .try_for_each(|r| run.ensure(Some(&node.name), r))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Tears down everything the journal names plus everything the plan would create
+    /// (in case the journal was lost), children before parents.
+    pub fn down(&self) -> Result<Summary, EngineError> {
+        let _lock = StateLock::acquire(&self.names)?;
+        let run = self.open_run()?;
+        // Planned resources the journal does not name are torn down too (absent ones are a
+        // no-op), so a lost journal does not mean leaked resources.
+        {
+            let mut j = run.journal.lock().unwrap();
+            for r in &self.plan.cluster_stack {
+                let id = r.id(None);
+                if j.get(&id).is_none() {
+                    j.data.entries.insert(0, planned_entry(id, None, r));
+                }
+            }
+            for node in &self.plan.nodes {
+                for r in &node.stack {
+                    let id = r.id(Some(&node.name));
+                    if j.get(&id).is_none() {
+                        j.data.entries.push(planned_entry(id, Some(&node.name), r));
+                    }
+                }
+            }
+        }
+        teardown_all(&run, self.plan.parallelism)?;
+        run.journal.lock().unwrap().delete()?;
+        remove_state_dirs(&self.names);
+        Ok(run.summary.into_inner().unwrap())
+    }
+}
+
+fn planned_entry(id: String, node: Option<&str>, r: &ResourceSpec) -> Entry {
+    Entry {
+        id,
+        node: node.map(String::from),
+        state: EntryState::Creating,
+        resource: r.clone(),
+    }
+}
+
+/// Node entries level by level from the leaves up (a level's nodes in parallel, each
+/// node's entries newest first), then the cluster's own entries newest first.
+fn teardown_all(run: &Run, parallelism: usize) -> Result<(), EngineError> {
+    let (levels, entries) = {
+        let j = run.journal.lock().unwrap();
+        (j.data.levels.clone(), j.data.entries.clone())
+    };
+    let mut failures = Mutex::new(Vec::new());
+    let mut ordered_nodes: Vec<Vec<String>> = levels.into_iter().rev().collect();
+    // Nodes the journal knows but the level list does not (e.g. removed from the spec).
+    let known: Vec<String> = ordered_nodes.concat();
+    let strays: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.node.clone())
+        .filter(|n| !known.contains(n))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    ordered_nodes.insert(0, strays);
+    for level in ordered_nodes {
+        let _ = bounded(&level, parallelism, |node| {
+            for e in entries
+                .iter()
+                .rev()
+                .filter(|e| e.node.as_deref() == Some(node.as_str()))
+            {
+                if let Err(f) = run.remove(e, false) {
+                    failures.lock().unwrap().push(f);
+                    break; // what lies below a failed resource cannot be removed safely
+                }
+            }
+            Ok(())
+        });
+    }
+    for e in entries.iter().rev().filter(|e| e.node.is_none()) {
+        if let Err(f) = run.remove(e, false) {
+            failures.get_mut().unwrap().push(f);
+        }
+    }
+    let failures = failures.into_inner().unwrap();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Teardown(failures))
+    }
+}
+
+/// Removes the directories sftsan made inside the state directory once they are empty.
+fn remove_state_dirs(names: &Names) {
+    for d in [
+        names.state_dir().join("run"),
+        names.state_dir().join("nodes"),
+    ] {
+        let _ = std::fs::remove_dir(d);
+    }
+}

@@ -1,0 +1,121 @@
+//! A node as a network namespace: a veth pair with one end on the bridge and the other,
+//! renamed eth0 and given the node's address, inside the namespace. The namespace has
+//! routes for the cluster subnet only (no default route).
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+use super::{disable_ipv6, ip, ip_json, link_exists};
+use crate::names::NETNS_IFACE;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::transport::NetnsTransport;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub node: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub veth_host: String,
+    pub veth_peer: String,
+    pub bridge: String,
+}
+
+impl Namespace {
+    fn exists(&self) -> bool {
+        NetnsTransport::path(&self.netns).exists()
+    }
+
+    fn cidr(&self) -> String {
+        format!("{}/{}", self.address, self.prefix_len)
+    }
+}
+
+impl Resource for Namespace {
+    fn desired(&self) -> Params {
+        vec![("address", self.cidr())]
+    }
+
+    fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError> {
+        if !self.exists() {
+            return Ok(if link_exists(&self.veth_host) {
+                Observed::Partial(format!("{} left without its namespace", self.veth_host))
+            } else {
+                Observed::Absent
+            });
+        }
+        let addrs = ip_json(
+            ctx,
+            &["-n", &self.netns, "addr", "show", "dev", NETNS_IFACE],
+        )
+        .unwrap_or_default();
+        let found = addrs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default());
+        let cidrs: Vec<String> = found
+            .filter(|a| a["family"] == "inet")
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+            .collect();
+        if cidrs.is_empty() || !link_exists(&self.veth_host) {
+            return Ok(Observed::Partial(format!("{} is not wired up", self.netns)));
+        }
+        Ok(Observed::Present(vec![("address", cidrs.join(","))]))
+    }
+
+    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        let ns = self.netns.as_str();
+        let cidr = self.cidr();
+        let steps: [&[&str]; 9] = [
+            &["netns", "add", ns],
+            &[
+                "link",
+                "add",
+                &self.veth_host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.veth_peer,
+            ],
+            &["link", "set", &self.veth_peer, "netns", ns],
+            &[
+                "-n",
+                ns,
+                "link",
+                "set",
+                &self.veth_peer,
+                "name",
+                NETNS_IFACE,
+            ],
+            &["-n", ns, "addr", "add", &cidr, "dev", NETNS_IFACE],
+            &["-n", ns, "link", "set", NETNS_IFACE, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+            &["link", "set", &self.veth_host, "master", &self.bridge],
+            &["link", "set", &self.veth_host, "up"],
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            if i == 2 {
+                disable_ipv6(&self.veth_host);
+            }
+            if let Err(e) = ip(ctx, step) {
+                let _ = self.teardown(ctx);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        // Deleting one end of a veth pair deletes both at once; deleting the namespace
+        // first would leave the host end to vanish later, asynchronously.
+        if link_exists(&self.veth_host) {
+            ip(ctx, &["link", "del", &self.veth_host])?;
+        }
+        if self.exists() {
+            ip(ctx, &["netns", "del", &self.netns])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! `ip route add unreachable <subnet>` in the root namespace, before anything connects.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ip, ip_json};
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetGuard {
+    pub subnet: ipnet::Ipv4Net,
+}
+
+impl Resource for SubnetGuard {
+    fn desired(&self) -> Params {
+        vec![("subnet", self.subnet.to_string())]
+    }
+
+    fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError> {
+        let routes = ip_json(ctx, &["route", "show", "type", "unreachable"])?;
+        let wanted = self.subnet.to_string();
+        let found = routes
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["dst"] == wanted.as_str()));
+        Ok(if found {
+            Observed::Present(self.desired())
+        } else {
+            Observed::Absent
+        })
+    }
+
+    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        ip(
+            ctx,
+            &["route", "add", "unreachable", &self.subnet.to_string()],
+        )
+    }
+
+    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        if self.observe(ctx)? == Observed::Absent {
+            return Ok(());
+        }
+        ip(
+            ctx,
+            &["route", "del", "unreachable", &self.subnet.to_string()],
+        )
+    }
+}

@@ -1,0 +1,129 @@
+//! Every name sftsan puts on a system, derived in one place from validated spec names,
+//! so that everything a cluster created can be found (and removed) from its spec alone.
+
+use std::path::{Path, PathBuf};
+
+use crate::spec::ClusterSpec;
+
+/// Prefix of network namespaces, exports and daemon names.
+pub const PREFIX: &str = "sftsan";
+
+/// Names for one cluster.
+#[derive(Debug, Clone)]
+pub struct Names {
+    cluster: String,
+    state_dir: PathBuf,
+    cache_dir: Option<PathBuf>,
+    image: String,
+    /// Short stable tag of the cluster name, for kernel names limited to 15 bytes.
+    tag: String,
+}
+
+impl Names {
+    pub fn new(spec: &ClusterSpec) -> Names {
+        Names {
+            cluster: spec.cluster.name.clone(),
+            state_dir: spec.cluster.state_dir.clone(),
+            cache_dir: spec.cache.dir.clone(),
+            image: spec.image.name.clone(),
+            tag: short_tag(&spec.cluster.name),
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.state_dir.join("journal.json")
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.state_dir.join("lock")
+    }
+
+    /// Runtime files of a node's daemons: QMP socket, pid files, logs.
+    pub fn run_dir(&self, node: &str) -> PathBuf {
+        self.state_dir.join("run").join(node)
+    }
+
+    /// Directory holding a node's cache file.
+    pub fn cache_dir(&self, node: &str) -> PathBuf {
+        match &self.cache_dir {
+            Some(dir) => dir.join(&self.cluster).join(node),
+            None => self.state_dir.join("nodes").join(node),
+        }
+    }
+
+    pub fn cache_file(&self, node: &str) -> PathBuf {
+        self.cache_dir(node)
+            .join(format!("{}.cache.qcow2", self.image))
+    }
+
+    pub fn snapshot_dir(&self, node: &str) -> PathBuf {
+        self.state_dir.join("nodes").join(node).join("snapshots")
+    }
+
+    /// The VM disk of snapshot `index` (1-based, as sftsan's snp-<image>_<n>).
+    pub fn snapshot_file(&self, node: &str, index: u32) -> PathBuf {
+        self.snapshot_dir(node)
+            .join(format!("{}-{index}.qcow2", self.image))
+    }
+
+    /// Name of the image's export on every node (the origin's and each relay).
+    pub fn export_name(&self) -> String {
+        self.image.clone()
+    }
+
+    pub fn netns(&self, node: &str) -> String {
+        format!("{PREFIX}-{}-{node}", self.cluster)
+    }
+
+    /// Linux interface names are at most 15 bytes: use the cluster tag and node position.
+    pub fn bridge(&self) -> String {
+        format!("sft{}br", self.tag)
+    }
+
+    /// Root-namespace end of a node's veth (the other end is renamed `eth0` in the namespace).
+    pub fn veth_host(&self, position: usize) -> String {
+        format!("sft{}h{position}", self.tag)
+    }
+
+    /// Namespace end of the veth before it is moved and renamed.
+    pub fn veth_peer(&self, position: usize) -> String {
+        format!("sft{}p{position}", self.tag)
+    }
+}
+
+/// Name of a node's interface inside its namespace.
+pub const NETNS_IFACE: &str = "eth0";
+
+/// Six hex digits of FNV-1a over the cluster name: stable across runs and builds.
+fn short_tag(name: &str) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{:06x}", h & 0xff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_the_kernel_limit() {
+        let tag = short_tag("a-very-long-cluster-name");
+        assert_eq!(tag.len(), 6);
+        assert_eq!(tag, short_tag("a-very-long-cluster-name"));
+        assert_ne!(tag, short_tag("another"));
+        for name in [
+            format!("sft{tag}br"),
+            format!("sft{tag}h9999"),
+            format!("sft{tag}p9999"),
+        ] {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
+}

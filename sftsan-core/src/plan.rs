@@ -1,0 +1,269 @@
+//! The plan: the tree, and for every node the ordered stack of resources that makes it.
+//! Computed from a validated spec without touching the system.
+
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use crate::backends::userspace::{
+    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
+};
+use crate::local::{Bridge, Namespace, SubnetGuard};
+use crate::names::Names;
+use crate::resources::ResourceSpec;
+use crate::spec::{Mode, ValidatedSpec};
+use crate::topology::Tree;
+use crate::transport::TransportSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Origin,
+    Node,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePlan {
+    pub name: String,
+    /// Position in the tree (the origin is 1).
+    pub index: usize,
+    pub role: Role,
+    pub parent: Option<String>,
+    pub level: usize,
+    pub address: IpAddr,
+    pub transport: TransportSpec,
+    pub stack: Vec<ResourceSpec>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub cluster: String,
+    pub image: String,
+    pub image_size: u64,
+    pub degree: usize,
+    pub parallelism: usize,
+    /// Resources shared by the whole cluster (local mode's guard route and bridge).
+    pub cluster_stack: Vec<ResourceSpec>,
+    /// Indexed by tree position - 1: the origin first.
+    pub nodes: Vec<NodePlan>,
+    #[serde(skip)]
+    pub tree: Tree,
+}
+
+impl Plan {
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Node names grouped by level, parents first.
+    pub fn setup_order(&self) -> Vec<Vec<String>> {
+        self.tree
+            .setup_order()
+            .into_iter()
+            .map(|level| {
+                level
+                    .into_iter()
+                    .map(|i| self.nodes[i - 1].name.clone())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// What image a cache holds: its size, modification time and a digest of its first and
+/// last MiB. Cheap for any image size, and changes when the image is replaced.
+pub fn image_identity(source: &Path, size: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let mut digest = 0xcbf29ce484222325u64; // FNV-1a, 64 bit
+    let mut mtime = 0;
+    if let Ok(mut f) = std::fs::File::open(source) {
+        mtime = f.metadata().map(|m| m.mtime()).unwrap_or(0);
+        let window = (1u64 << 20).min(size);
+        let mut buf = vec![0u8; window as usize];
+        for at in [0, size - window] {
+            if f.seek(SeekFrom::Start(at)).is_ok() && f.read_exact(&mut buf).is_ok() {
+                for b in &buf {
+                    digest = (digest ^ *b as u64).wrapping_mul(0x100000001b3);
+                }
+            }
+        }
+    }
+    format!("{size}-{mtime}-{digest:016x}")
+}
+
+/// Builds the plan for a validated spec.
+pub fn plan(validated: &ValidatedSpec) -> Plan {
+    let spec = validated.spec();
+    let names = Names::new(spec);
+    let size = validated.image_size();
+    let identity = image_identity(&spec.image.source, size);
+    let tree = Tree::new(spec.nodes.len(), spec.cluster.degree as usize);
+    let port = spec.cluster.port;
+    let export = names.export_name();
+    let local = (spec.cluster.mode == Mode::Local)
+        .then(|| spec.local.clone())
+        .flatten();
+
+    let cluster_stack = match &local {
+        Some(l) => vec![
+            ResourceSpec::SubnetGuard(SubnetGuard { subnet: l.subnet }),
+            ResourceSpec::Bridge(Bridge {
+                name: names.bridge(),
+            }),
+        ],
+        None => vec![],
+    };
+
+    let mut all: Vec<(String, IpAddr)> = vec![(spec.origin.name.clone(), spec.origin.address)];
+    all.extend(spec.nodes.iter().map(|n| (n.name.clone(), n.address)));
+
+    let nodes = all
+        .iter()
+        .enumerate()
+        .map(|(i, (name, address))| {
+            let index = i + 1;
+            let is_origin = index == 1;
+            let managed = !is_origin || spec.origin.managed;
+            let parent = tree.parent(index).map(|p| all[p - 1].clone());
+            let run_dir = names.run_dir(name);
+            let mut stack = Vec::new();
+            let mut transport = TransportSpec::Local;
+            if let (Some(l), true) = (&local, managed) {
+                transport = TransportSpec::Netns {
+                    name: names.netns(name),
+                };
+                stack.push(ResourceSpec::Namespace(Namespace {
+                    node: name.clone(),
+                    netns: names.netns(name),
+                    address: ipv4(*address),
+                    prefix_len: l.subnet.prefix_len(),
+                    veth_host: names.veth_host(index),
+                    veth_peer: names.veth_peer(index),
+                    bridge: names.bridge(),
+                }));
+            }
+            if managed {
+                stack.push(ResourceSpec::Daemon(Daemon {
+                    node: name.clone(),
+                    address: *address,
+                    port,
+                    run_dir: run_dir.clone(),
+                }));
+            }
+            match &parent {
+                None if managed => stack.push(ResourceSpec::OriginExport(OriginExport {
+                    node: name.clone(),
+                    run_dir,
+                    source: spec.image.source.clone(),
+                    export: export.clone(),
+                })),
+                None => {}
+                Some((parent_name, parent_addr)) => node_stack(
+                    &mut stack,
+                    spec,
+                    &names,
+                    name,
+                    *address,
+                    parent_name,
+                    *parent_addr,
+                    size,
+                    &identity,
+                ),
+            }
+            NodePlan {
+                name: name.clone(),
+                index,
+                role: if is_origin { Role::Origin } else { Role::Node },
+                parent: parent.map(|p| p.0),
+                level: tree.level(index),
+                address: *address,
+                transport,
+                stack,
+            }
+        })
+        .collect();
+
+    Plan {
+        cluster: spec.cluster.name.clone(),
+        image: spec.image.name.clone(),
+        image_size: size,
+        degree: spec.cluster.degree as usize,
+        parallelism: spec.cluster.parallelism as usize,
+        cluster_stack,
+        nodes,
+        tree,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node_stack(
+    stack: &mut Vec<ResourceSpec>,
+    spec: &crate::spec::ClusterSpec,
+    names: &Names,
+    name: &str,
+    address: IpAddr,
+    parent: &str,
+    parent_addr: IpAddr,
+    size: u64,
+    identity: &str,
+) {
+    let run_dir = names.run_dir(name);
+    let export = names.export_name();
+    let port = spec.cluster.port;
+    let cache_file = names.cache_file(name);
+    let node_dir = names.state_dir().join("nodes").join(name);
+    let mut cache_prune = vec![names.cache_dir(name)];
+    if spec.cache.dir.is_some() {
+        cache_prune.extend(names.cache_dir(name).parent().map(Path::to_path_buf));
+    }
+    cache_prune.push(node_dir.clone());
+    stack.push(ResourceSpec::Upstream(Upstream {
+        node: name.into(),
+        run_dir: run_dir.clone(),
+        parent: parent.into(),
+        host: parent_addr,
+        port,
+        export: export.clone(),
+        connect_timeout_ms: spec.cluster.connect_timeout_ms,
+    }));
+    stack.push(ResourceSpec::Cache(Cache {
+        node: name.into(),
+        run_dir: run_dir.clone(),
+        file: cache_file,
+        size,
+        identity: identity.into(),
+        prune: cache_prune,
+    }));
+    stack.push(ResourceSpec::RelayExport(RelayExport {
+        node: name.into(),
+        run_dir: run_dir.clone(),
+        export: export.clone(),
+    }));
+    stack.push(ResourceSpec::Keeper(Keeper {
+        node: name.into(),
+        run_dir,
+        interval_ms: spec.cache.flush_interval_ms,
+        cache_size: size,
+    }));
+    for index in 1..=spec.snapshots.per_node {
+        stack.push(ResourceSpec::Snapshot(Snapshot {
+            node: name.into(),
+            index,
+            file: names.snapshot_file(name, index),
+            host: address,
+            port,
+            export: export.clone(),
+            size,
+            prune: vec![names.snapshot_dir(name), node_dir.clone()],
+        }));
+    }
+}
+
+fn ipv4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(v4) => v4,
+        // Validation allows only IPv4 addresses in local mode.
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}

@@ -1,0 +1,206 @@
+//! The cluster spec: what an operator writes (TOML), parsed with serde and validated
+//! before anything on the system is touched.
+
+mod bytesize;
+mod legacy;
+mod validate;
+
+pub use bytesize::ByteSize;
+pub use legacy::{import_legacy, LegacyError};
+pub use validate::{cache_needed, check_name, validate, ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX};
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Default NBD port every node's relay export listens on.
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// A validation or parse failure: names the field and says what is wrong, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SpecError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        SpecError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub cluster: ClusterSection,
+    pub image: ImageSpec,
+    pub origin: OriginSpec,
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    pub cache: CacheSpec,
+    pub snapshots: SnapshotSpec,
+    /// Present when `cluster.mode = "local"`: every node is a network namespace on a bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Prefix of every name sftsan puts on a system (namespaces, files, exports).
+    pub name: String,
+    /// Journal, daemon sockets, pid files and (by default) caches and snapshots live here.
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Children per node: 1 = chain, 2 = binary tree, >= nodes = star.
+    pub degree: u32,
+    /// TCP port of every node's NBD export.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// How many nodes of one tree level are set up at once.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+    /// How long a node waits for its parent to accept a connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// qemu-storage-daemon, NBD and qcow2: needs no kernel storage modules.
+    #[default]
+    Userspace,
+    /// device-mapper, loop, LIO/tgt and open-iscsi.
+    Kernel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every node is a network namespace on one machine (needs `[local]`).
+    Local,
+    /// Every node runs in this process's own network namespace (e.g. 127.0.0.x addresses).
+    #[default]
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub name: String,
+    /// A raw image file or block device on the origin.
+    pub source: PathBuf,
+    /// Expected size; when given it must match the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSpec {
+    #[serde(default = "default_origin_name")]
+    pub name: String,
+    pub address: IpAddr,
+    /// false: the image server is run by someone else at address:port, export = image name.
+    #[serde(default = "default_true")]
+    pub managed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Where node caches live; default `<state_dir>/nodes/<node>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Largest cache per node; must hold the whole image.
+    pub size: ByteSize,
+    /// Cached blocks are made durable at least this often (a crash loses at most this much).
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSpec {
+    pub per_node: u32,
+    #[serde(default)]
+    pub kind: SnapshotKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotKind {
+    /// A qcow2 overlay backed by the node's export (userspace backend).
+    #[default]
+    Qcow2,
+    /// dm-snapshot with a persistent COW store (kernel backend).
+    DmSnapshot,
+    /// dm-thin volume with an external origin (kernel backend).
+    DmThin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSpec {
+    /// Every node address lies in it; an `unreachable` route for it guards the root namespace.
+    pub subnet: ipnet::Ipv4Net,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_parallelism() -> u32 {
+    4
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_origin_name() -> String {
+    "origin".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl ClusterSpec {
+    /// Parse a spec from TOML text; the error names the offending key.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1))
+                .map(|line| format!("spec line {line}"))
+                .unwrap_or_else(|| "spec".into());
+            SpecError::new(field, e.message().trim().to_string())
+        })
+    }
+
+    /// Read and parse a spec file.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::new("spec", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a spec always serializes")
+    }
+}

@@ -1,0 +1,161 @@
+//! What a cluster looks like right now: per node, whether its stack is up, how full its
+//! cache is, and how many bytes it fetched and served.
+
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::backends::userspace::stats;
+use crate::plan::{Plan, Role};
+use crate::resources::{Ctx, Observed, ResourceSpec, Tools};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    Up,
+    Down,
+    /// Some of its stack exists: `up` completes it, `down` removes it.
+    Partial,
+    /// Run by someone else (an unmanaged origin).
+    External,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: Role,
+    pub parent: Option<String>,
+    pub level: usize,
+    pub state: NodeState,
+    pub resources_present: usize,
+    pub resources_planned: usize,
+    pub cache_fill_bytes: u64,
+    pub image_bytes: u64,
+    pub upstream_bytes: u64,
+    pub served_bytes: u64,
+    pub snapshots: usize,
+    /// Problems met while looking (a resource that could not be observed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub image: String,
+    pub image_bytes: u64,
+    pub degree: usize,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// Observes every planned resource; touches nothing.
+pub fn status(plan: &Plan, tools: Arc<Tools>) -> ClusterStatus {
+    let nodes = std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .nodes
+            .iter()
+            .map(|node| {
+                let tools = tools.clone();
+                s.spawn(move || node_status(plan, node, tools))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("status worker"))
+            .collect()
+    });
+    ClusterStatus {
+        cluster: plan.cluster.clone(),
+        image: plan.image.clone(),
+        image_bytes: plan.image_size,
+        degree: plan.degree,
+        nodes,
+    }
+}
+
+fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>) -> NodeStatus {
+    let node_ctx = Ctx {
+        transport: node.transport.open(),
+        tools: tools.clone(),
+    };
+    let root_ctx = Ctx {
+        transport: crate::transport::TransportSpec::Local.open(),
+        tools,
+    };
+    let mut problems = Vec::new();
+    let mut present = 0;
+    let mut snapshots = 0;
+    for r in &node.stack {
+        let ctx = if r.runs_on_node() {
+            &node_ctx
+        } else {
+            &root_ctx
+        };
+        match r.as_resource().observe(ctx) {
+            Ok(Observed::Present(_)) => {
+                present += 1;
+                snapshots += matches!(r, ResourceSpec::Snapshot(_)) as usize;
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: {e}", r.id(Some(&node.name)))),
+        }
+    }
+    let state = match (node.stack.len(), present) {
+        (0, _) => NodeState::External,
+        (n, p) if p == n => NodeState::Up,
+        (_, 0) => NodeState::Down,
+        _ => NodeState::Partial,
+    };
+    let mut st = NodeStatus {
+        name: node.name.clone(),
+        role: node.role,
+        parent: node.parent.clone(),
+        level: node.level,
+        state,
+        resources_present: present,
+        resources_planned: node.stack.len(),
+        cache_fill_bytes: 0,
+        image_bytes: plan.image_size,
+        upstream_bytes: 0,
+        served_bytes: 0,
+        snapshots,
+        problems,
+    };
+    if present == 0 {
+        return st;
+    }
+    for r in &node.stack {
+        match r {
+            ResourceSpec::Cache(c) => match stats::cache_fill(&node_ctx, &c.file) {
+                Ok(b) => st.cache_fill_bytes = b,
+                Err(e) => st.problems.push(format!("cache fill: {e}")),
+            },
+            ResourceSpec::OriginExport(_) => st.cache_fill_bytes = plan.image_size,
+            _ => {}
+        }
+    }
+    let port = plan.nodes.first().map(|_| node_port(node)).unwrap_or(0);
+    let listen = SocketAddr::new(node.address, port);
+    let parent = node.stack.iter().find_map(|r| match r {
+        ResourceSpec::Upstream(u) => Some(SocketAddr::new(u.host, u.port)),
+        _ => None,
+    });
+    match stats::traffic(&node_ctx, listen, parent) {
+        Ok(t) => {
+            st.upstream_bytes = t.upstream_bytes;
+            st.served_bytes = t.served_bytes;
+        }
+        Err(e) => st.problems.push(format!("traffic: {e}")),
+    }
+    st
+}
+
+fn node_port(node: &crate::plan::NodePlan) -> u16 {
+    node.stack
+        .iter()
+        .find_map(|r| match r {
+            ResourceSpec::Daemon(d) => Some(d.port),
+            _ => None,
+        })
+        .unwrap_or(crate::spec::DEFAULT_PORT)
+}

@@ -1,0 +1,111 @@
+//! How a node's commands reach it: this process's namespaces, a network namespace, and
+//! (later) SSH. Commands are argument vectors, never shell strings.
+
+mod local;
+mod netns;
+
+pub use local::LocalTransport;
+pub use netns::NetnsTransport;
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("network namespace {netns}: {source}")]
+    Netns {
+        netns: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where a node's commands run.
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// A command for `program`, set up to run in this transport's context.
+    fn command(&self, program: &str) -> Command;
+
+    /// Opens and closes a TCP connection to `addr` from the node's network context.
+    fn probe_tcp(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<()>;
+
+    /// Short description for messages, e.g. `netns sftsan-demo-n3`.
+    fn describe(&self) -> String;
+}
+
+/// How the journal records a node's transport, so teardown needs no spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum TransportSpec {
+    Local,
+    Netns { name: String },
+}
+
+impl TransportSpec {
+    pub fn open(&self) -> Arc<dyn Transport> {
+        match self {
+            TransportSpec::Local => Arc::new(LocalTransport),
+            TransportSpec::Netns { name } => Arc::new(NetnsTransport::new(name)),
+        }
+    }
+}
+
+/// Runs `program args...` through `transport` to completion; a non-zero exit is an error
+/// carrying the program's last stderr line.
+pub fn run<I, S>(
+    transport: &dyn Transport,
+    program: &str,
+    args: I,
+) -> Result<Output, TransportError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = transport.command(program);
+    cmd.args(args).stdin(Stdio::null());
+    tracing::debug!(target: "sftsan::cmd", "{}: {:?}", transport.describe(), cmd);
+    let out = cmd.output().map_err(|source| TransportError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(TransportError::Failed {
+            program: program.to_string(),
+            status: out.status.to_string(),
+            stderr: last.trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Like [`run`] but returns stdout as text.
+pub fn run_stdout<I, S>(
+    transport: &dyn Transport,
+    program: &str,
+    args: I,
+) -> Result<String, TransportError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(transport, program, args).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}

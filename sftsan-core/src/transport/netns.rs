@@ -1,0 +1,71 @@
+//! Commands run inside a named network namespace (`ip netns` convention: a bind mount at
+//! /var/run/netns/NAME). Only the network namespace is entered: the mount namespace stays
+//! the host's, so files and sockets the node creates are visible to sftsan.
+
+use super::Transport;
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct NetnsTransport {
+    name: String,
+}
+
+impl NetnsTransport {
+    pub fn new(name: &str) -> Self {
+        NetnsTransport { name: name.into() }
+    }
+
+    pub fn path(name: &str) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(name)
+    }
+
+    fn open(&self) -> std::io::Result<File> {
+        File::open(Self::path(&self.name))
+    }
+}
+
+fn enter(ns: &File) -> std::io::Result<()> {
+    // SAFETY: setns only reads the fd; it affects the calling thread alone.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Transport for NetnsTransport {
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let ns = self.open();
+        // SAFETY: the closure runs between fork and exec and only calls setns(2), which is
+        // async-signal-safe; the namespace fd was opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || match &ns {
+                Ok(f) => enter(f),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+        cmd
+    }
+
+    fn probe_tcp(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+        let ns = self.open()?;
+        // A thread of its own enters the namespace, so this process's threads stay put.
+        std::thread::spawn(move || {
+            enter(&ns)?;
+            TcpStream::connect_timeout(&addr, timeout).map(drop)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked")))
+    }
+
+    fn describe(&self) -> String {
+        format!("netns {}", self.name)
+    }
+}
