@@ -2,8 +2,8 @@
 # Runs every test of the workspace, as root (the integration tests create network
 # namespaces and start qemu-storage-daemon):
 #
-#   sudo bash scripts/test.sh            # install what is missing, then fmt, clippy, tests
-#   sudo bash scripts/test.sh --quick    # skip the install step
+#   bash scripts/test.sh            # install what is missing, then fmt, clippy, tests
+#   bash scripts/test.sh --quick    # skip the install step
 #
 # Exits non-zero if any step fails; the cargo steps all run, so one report shows every failure.
 set -euo pipefail

@@ -75,6 +75,30 @@ impl Names {
         self.image.clone()
     }
 
+    /// The iSCSI initiator name a node logs in with (the origin's ACL lists its children's).
+    pub fn initiator_iqn(&self, node: &str) -> String {
+        format!(
+            "iqn.2014-12.org.sftsan:{}.node.{}",
+            iqn_part(&self.cluster),
+            iqn_part(node)
+        )
+    }
+
+    /// The origin's iSCSI target name.
+    pub fn iqn(&self) -> String {
+        format!(
+            "iqn.2014-12.org.sftsan:{}.image.{}",
+            iqn_part(&self.cluster),
+            iqn_part(&self.image)
+        )
+    }
+
+    /// tgtd's management port: private per cluster, so several tgtd can run side by side.
+    pub fn tgt_control_port(&self) -> u16 {
+        let tag = u32::from_str_radix(&self.tag, 16).unwrap_or(0);
+        20000 + (tag % 10000) as u16
+    }
+
     pub fn netns(&self, node: &str) -> String {
         format!("{PREFIX}-{}-{node}", self.cluster)
     }
@@ -97,6 +121,11 @@ impl Names {
 
 /// Name of a node's interface inside its namespace.
 pub const NETNS_IFACE: &str = "eth0";
+
+/// IQNs are lower case and have no underscores.
+fn iqn_part(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
 
 /// Six hex digits of FNV-1a over the cluster name: stable across runs and builds.
 fn short_tag(name: &str) -> String {

@@ -6,12 +6,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use crate::backends::userspace::{
-    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
+    Cache, Daemon, IscsiLogin, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
 use crate::resources::ResourceSpec;
-use crate::spec::{Mode, ValidatedSpec};
+use crate::spec::{ClusterSpec, Mode, OriginProtocol, ValidatedSpec};
 use crate::topology::Tree;
 use crate::transport::TransportSpec;
 
@@ -143,33 +143,59 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                     bridge: names.bridge(),
                 }));
             }
-            if managed {
-                stack.push(ResourceSpec::Daemon(Daemon {
-                    node: name.clone(),
-                    address: *address,
-                    port,
-                    run_dir: run_dir.clone(),
-                }));
-            }
+            let iscsi_origin = spec.origin.protocol == OriginProtocol::Iscsi;
             match &parent {
-                None if managed => stack.push(ResourceSpec::OriginExport(OriginExport {
+                None if !managed => {}
+                None if iscsi_origin => stack.push(ResourceSpec::OriginTarget(OriginTarget {
                     node: name.clone(),
                     run_dir,
+                    address: *address,
+                    port: spec.origin.iscsi_port,
+                    control_port: spec
+                        .origin
+                        .iscsi_control_port
+                        .unwrap_or_else(|| names.tgt_control_port()),
+                    iqn: origin_iqn(spec, &names),
                     source: spec.image.source.clone(),
-                    export: export.clone(),
+                    initiators: tree
+                        .children(index)
+                        .iter()
+                        .map(|&c| names.initiator_iqn(&all[c - 1].0))
+                        .collect(),
                 })),
-                None => {}
-                Some((parent_name, parent_addr)) => node_stack(
-                    &mut stack,
-                    spec,
-                    &names,
-                    name,
-                    *address,
-                    parent_name,
-                    *parent_addr,
-                    size,
-                    &identity,
-                ),
+                None => {
+                    stack.push(daemon(name, *address, port, &run_dir));
+                    stack.push(ResourceSpec::OriginExport(OriginExport {
+                        node: name.clone(),
+                        run_dir,
+                        source: spec.image.source.clone(),
+                        export: export.clone(),
+                    }));
+                }
+                Some((parent_name, parent_addr)) => {
+                    stack.push(daemon(name, *address, port, &run_dir));
+                    let from_iscsi_origin = iscsi_origin && tree.parent(index) == Some(1);
+                    let upstream = Upstream {
+                        node: name.clone(),
+                        run_dir: run_dir.clone(),
+                        parent: parent_name.clone(),
+                        host: *parent_addr,
+                        port: if from_iscsi_origin {
+                            spec.origin.iscsi_port
+                        } else {
+                            port
+                        },
+                        export: export.clone(),
+                        connect_timeout_ms: spec.cluster.connect_timeout_ms,
+                        iscsi: from_iscsi_origin.then(|| IscsiLogin {
+                            target: origin_iqn(spec, &names),
+                            initiator: names.initiator_iqn(name),
+                        }),
+                    };
+                    node_stack(
+                        &mut stack, spec, &names, upstream, *address, size, &identity,
+                    )
+                }
             }
             NodePlan {
                 name: name.clone(),
@@ -196,18 +222,34 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+fn daemon(name: &str, address: IpAddr, port: u16, run_dir: &Path) -> ResourceSpec {
+    ResourceSpec::Daemon(Daemon {
+        node: name.into(),
+        address,
+        port,
+        run_dir: run_dir.to_path_buf(),
+    })
+}
+
+fn origin_iqn(spec: &ClusterSpec, names: &Names) -> String {
+    spec.origin
+        .iscsi_target
+        .clone()
+        .unwrap_or_else(|| names.iqn())
+}
+
+/// A compute node's stack above its daemon: upstream, cache, relay, keeper, snapshots.
 fn node_stack(
     stack: &mut Vec<ResourceSpec>,
-    spec: &crate::spec::ClusterSpec,
+    spec: &ClusterSpec,
     names: &Names,
-    name: &str,
+    upstream: Upstream,
     address: IpAddr,
-    parent: &str,
-    parent_addr: IpAddr,
     size: u64,
     identity: &str,
 ) {
+    let name = upstream.node.clone();
+    let name = name.as_str();
     let run_dir = names.run_dir(name);
     let export = names.export_name();
     let port = spec.cluster.port;
@@ -218,15 +260,7 @@ fn node_stack(
         cache_prune.extend(names.cache_dir(name).parent().map(Path::to_path_buf));
     }
     cache_prune.push(node_dir.clone());
-    stack.push(ResourceSpec::Upstream(Upstream {
-        node: name.into(),
-        run_dir: run_dir.clone(),
-        parent: parent.into(),
-        host: parent_addr,
-        port,
-        export: export.clone(),
-        connect_timeout_ms: spec.cluster.connect_timeout_ms,
-    }));
+    stack.push(ResourceSpec::Upstream(upstream));
     stack.push(ResourceSpec::Cache(Cache {
         node: name.into(),
         run_dir: run_dir.clone(),

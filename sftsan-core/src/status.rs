@@ -130,11 +130,13 @@ fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>) -> 
                 Ok(b) => st.cache_fill_bytes = b,
                 Err(e) => st.problems.push(format!("cache fill: {e}")),
             },
-            ResourceSpec::OriginExport(_) => st.cache_fill_bytes = plan.image_size,
+            ResourceSpec::OriginExport(_) | ResourceSpec::OriginTarget(_) => {
+                st.cache_fill_bytes = plan.image_size
+            }
             _ => {}
         }
     }
-    let port = plan.nodes.first().map(|_| node_port(node)).unwrap_or(0);
+    let port = node_port(node);
     let listen = SocketAddr::new(node.address, port);
     let parent = node.stack.iter().find_map(|r| match r {
         ResourceSpec::Upstream(u) => Some(SocketAddr::new(u.host, u.port)),
@@ -155,6 +157,7 @@ fn node_port(node: &crate::plan::NodePlan) -> u16 {
         .iter()
         .find_map(|r| match r {
             ResourceSpec::Daemon(d) => Some(d.port),
+            ResourceSpec::OriginTarget(t) => Some(t.port),
             _ => None,
         })
         .unwrap_or(crate::spec::DEFAULT_PORT)

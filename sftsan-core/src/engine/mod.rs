@@ -65,7 +65,7 @@ pub enum EngineError {
     Journal(#[from] JournalError),
     #[error("{0}")]
     Lock(String),
-    #[error("{id}: exists with {field} = {have}, but the spec wants {want}")]
+    #[error("{id}: exists with {field} = {have}, but the spec wants {want} (run `sftsan down` first, or keep the spec as it was)")]
     Mismatch {
         id: String,
         field: String,
@@ -340,8 +340,13 @@ impl Engine {
         let result = self.apply(&run);
         match result {
             Ok(()) => Ok(run.summary.into_inner().unwrap()),
+            Err(cause) if run.created.lock().unwrap().is_empty() => Err(cause),
             Err(cause) => {
                 let rollback_failures = run.rollback();
+                let journal = run.journal.lock().unwrap();
+                if journal.data.entries.is_empty() {
+                    journal.delete()?;
+                }
                 Err(EngineError::RolledBack {
                     cause: Box::new(cause),
                     rollback_failures,

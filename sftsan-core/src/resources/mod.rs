@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backends::userspace::{
-    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
+    Cache, Daemon, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::transport::{Transport, TransportError};
@@ -116,6 +116,7 @@ pub enum ResourceSpec {
     Namespace(Namespace),
     Daemon(Daemon),
     OriginExport(OriginExport),
+    OriginTarget(OriginTarget),
     Upstream(Upstream),
     Cache(Cache),
     RelayExport(RelayExport),
@@ -131,6 +132,7 @@ impl ResourceSpec {
             ResourceSpec::Namespace(r) => r,
             ResourceSpec::Daemon(r) => r,
             ResourceSpec::OriginExport(r) => r,
+            ResourceSpec::OriginTarget(r) => r,
             ResourceSpec::Upstream(r) => r,
             ResourceSpec::Cache(r) => r,
             ResourceSpec::RelayExport(r) => r,
@@ -155,6 +157,7 @@ impl ResourceSpec {
             ResourceSpec::Namespace(_) => "namespace",
             ResourceSpec::Daemon(_) => "daemon",
             ResourceSpec::OriginExport(_) => "origin-export",
+            ResourceSpec::OriginTarget(_) => "origin-target",
             ResourceSpec::Upstream(_) => "upstream",
             ResourceSpec::Cache(_) => "cache",
             ResourceSpec::RelayExport(_) => "relay-export",
@@ -164,12 +167,13 @@ impl ResourceSpec {
     }
 
     /// All kinds, in the order a node's stack is built.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "subnet-guard",
         "bridge",
         "namespace",
         "daemon",
         "origin-export",
+        "origin-target",
         "upstream",
         "cache",
         "relay-export",

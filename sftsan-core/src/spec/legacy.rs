@@ -9,7 +9,7 @@ use std::str::{Chars, FromStr};
 use super::validate::{check_name, CLUSTER_NAME_MAX, NAME_MAX};
 use super::{
     Backend, ByteSize, CacheSpec, ClusterSection, ClusterSpec, ImageSpec, Mode, NodeSpec,
-    OriginSpec, SnapshotKind, SnapshotSpec,
+    OriginProtocol, OriginSpec, SnapshotKind, SnapshotSpec,
 };
 
 /// Why a legacy configuration could not be imported; one line naming file, line and key.
@@ -80,6 +80,10 @@ pub fn import_legacy(
             name: super::default_origin_name(),
             address: cfg.required("imagenode")?.address()?,
             managed: true,
+            protocol: OriginProtocol::Nbd,
+            iscsi_port: 3260,
+            iscsi_target: None,
+            iscsi_control_port: None,
         },
         nodes: parse_nodes(nodes)?,
         cache: CacheSpec {

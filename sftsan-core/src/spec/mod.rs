@@ -112,6 +112,29 @@ pub struct OriginSpec {
     /// false: the image server is run by someone else at address:port, export = image name.
     #[serde(default = "default_true")]
     pub managed: bool,
+    /// How the origin serves the image to its children.
+    #[serde(default)]
+    pub protocol: OriginProtocol,
+    /// iSCSI portal port (protocol = "iscsi").
+    #[serde(default = "default_iscsi_port")]
+    pub iscsi_port: u16,
+    /// iSCSI target name; default `iqn.2014-12.org.sftsan:<cluster>.<image>`. Required
+    /// for an unmanaged iSCSI origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi_target: Option<String>,
+    /// tgtd's management port (private per cluster); default derived from the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi_control_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OriginProtocol {
+    /// qemu-storage-daemon's NBD export.
+    #[default]
+    Nbd,
+    /// A read-only LUN of a tgtd (userspace iSCSI target), open only to the origin's children.
+    Iscsi,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +198,9 @@ fn default_flush_interval_ms() -> u64 {
 }
 fn default_origin_name() -> String {
     "origin".into()
+}
+fn default_iscsi_port() -> u16 {
+    3260
 }
 fn default_true() -> bool {
     true

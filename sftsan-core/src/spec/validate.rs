@@ -8,7 +8,10 @@ use std::net::IpAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use super::{Backend, ByteSize, CacheSpec, ClusterSpec, ImageSpec, Mode, SnapshotKind, SpecError};
+use super::{
+    Backend, ByteSize, CacheSpec, ClusterSpec, ImageSpec, Mode, OriginProtocol, SnapshotKind,
+    SpecError,
+};
 
 /// Longest node, origin and image name.
 pub const NAME_MAX: usize = 32;
@@ -52,6 +55,7 @@ pub fn validate(spec: ClusterSpec) -> Result<ValidatedSpec, SpecError> {
     check_dirs(&spec)?;
     check_snapshot_kind(&spec)?;
     check_mode(&spec)?;
+    check_origin_protocol(&spec)?;
     let image_size = check_image(&spec.image)?;
     check_cache_size(&spec.cache, image_size)?;
     Ok(ValidatedSpec { spec, image_size })
@@ -154,6 +158,35 @@ fn check_counts(spec: &ClusterSpec) -> Result<(), SpecError> {
         spec.cache.flush_interval_ms,
         FLUSH_INTERVAL_MIN_MS,
     )
+}
+
+/// An iSCSI origin needs a target name sftsan can pass on (its own, or the one given for
+/// an unmanaged origin), in the characters RFC 3720 allows in an IQN.
+fn check_origin_protocol(spec: &ClusterSpec) -> Result<(), SpecError> {
+    let origin = &spec.origin;
+    if origin.protocol != OriginProtocol::Iscsi {
+        return Ok(());
+    }
+    at_least("origin.iscsi_port", origin.iscsi_port.into(), 1)?;
+    match &origin.iscsi_target {
+        None if !origin.managed => Err(SpecError::new(
+            "origin.iscsi_target",
+            "required for an unmanaged iSCSI origin",
+        )),
+        Some(iqn)
+            if !iqn.starts_with("iqn.")
+                || iqn.len() > 223
+                || !iqn
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".:-".contains(c)) =>
+        {
+            Err(SpecError::new(
+                "origin.iscsi_target",
+                format!("{iqn:?} is not an IQN (iqn.YYYY-MM.reversed.domain:name, lower case)"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn at_least(field: &str, value: u64, min: u64) -> Result<(), SpecError> {
@@ -349,7 +382,9 @@ fn show_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ClusterSection, LocalSpec, NodeSpec, OriginSpec, SnapshotSpec};
+    use super::super::{
+        ClusterSection, LocalSpec, NodeSpec, OriginProtocol, OriginSpec, SnapshotSpec,
+    };
     use super::*;
     use tempfile::NamedTempFile;
 
@@ -388,6 +423,10 @@ mod tests {
                 name: "origin".into(),
                 address: ip("127.0.0.1"),
                 managed: true,
+                protocol: OriginProtocol::Nbd,
+                iscsi_port: 3260,
+                iscsi_target: None,
+                iscsi_control_port: None,
             },
             nodes: (1..=3)
                 .map(|i| NodeSpec {
@@ -866,5 +905,64 @@ mod tests {
         assert_eq!(show_size(1025), "1025 bytes");
         assert_eq!(show_size(2099200), "2050KiB (2099200 bytes)");
         assert_eq!(show_size(512), "512 bytes");
+    }
+}
+
+#[cfg(test)]
+mod iscsi_tests {
+    use super::super::OriginProtocol;
+    use super::*;
+
+    fn spec_with(protocol: OriginProtocol, managed: bool, target: Option<&str>) -> ClusterSpec {
+        let mut spec = ClusterSpec::from_toml(
+            r#"
+            [cluster]
+            name = "c"
+            state_dir = "/tmp/x"
+            degree = 2
+            [image]
+            name = "base"
+            source = "/nonexistent"
+            [origin]
+            address = "127.0.0.1"
+            [[nodes]]
+            name = "n1"
+            address = "127.0.0.2"
+            [cache]
+            size = "1GiB"
+            [snapshots]
+            per_node = 1
+            "#,
+        )
+        .unwrap();
+        spec.origin.protocol = protocol;
+        spec.origin.managed = managed;
+        spec.origin.iscsi_target = target.map(String::from);
+        spec
+    }
+
+    #[test]
+    fn unmanaged_iscsi_origin_needs_a_target() {
+        let err =
+            check_origin_protocol(&spec_with(OriginProtocol::Iscsi, false, None)).unwrap_err();
+        assert_eq!(err.field, "origin.iscsi_target");
+        assert!(check_origin_protocol(&spec_with(OriginProtocol::Iscsi, true, None)).is_ok());
+        assert!(check_origin_protocol(&spec_with(OriginProtocol::Nbd, false, None)).is_ok());
+    }
+
+    #[test]
+    fn iscsi_target_must_be_an_iqn() {
+        for bad in [
+            "eui.1234",
+            "iqn.2014-12.org.x:Upper",
+            "iqn.2014-12.org.x:a b",
+            "iqn.x;rm",
+        ] {
+            let err = check_origin_protocol(&spec_with(OriginProtocol::Iscsi, false, Some(bad)))
+                .unwrap_err();
+            assert_eq!(err.field, "origin.iscsi_target", "{bad}");
+        }
+        let good = Some("iqn.2014-12.org.example:images.base-1");
+        assert!(check_origin_protocol(&spec_with(OriginProtocol::Iscsi, false, good)).is_ok());
     }
 }

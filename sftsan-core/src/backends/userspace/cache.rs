@@ -109,12 +109,14 @@ impl Resource for Cache {
             Some(id) if id == self.identity => {
                 tracing::info!("{}: reusing cache {}", self.node, self.file.display())
             }
-            other => return Err(ResourceError::new(format!(
+            other => {
+                return Err(ResourceError::new(format!(
                 "cache {} holds image {} but the image is now {}; run `sftsan down` to discard it",
                 self.file.display(),
                 other.unwrap_or_else(|| "(unknown)".into()),
                 self.identity
-            ))),
+            )))
+            }
         }
         let mut qmp = require(&self.run_dir, &self.node)?;
         let steps = [

@@ -123,10 +123,14 @@ impl Resource for Daemon {
             }
         }
         self.remove_runtime_files()?;
-        prune_dirs(&[self.run_dir.clone()]);
-        if let Some(parent) = self.run_dir.parent() {
-            prune_dirs(&[parent.to_path_buf()]);
-        }
+        // The node's run directory, then `run/` itself once the last node is gone.
+        let dirs: Vec<PathBuf> = self
+            .run_dir
+            .ancestors()
+            .take(2)
+            .map(PathBuf::from)
+            .collect();
+        prune_dirs(&dirs);
         Ok(())
     }
 }

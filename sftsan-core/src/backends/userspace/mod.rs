@@ -13,6 +13,7 @@ mod qmp;
 mod relay;
 mod snapshot;
 pub mod stats;
+mod tgt;
 mod upstream;
 
 pub use cache::Cache;
@@ -22,7 +23,8 @@ pub use origin::OriginExport;
 pub use qmp::{Qmp, QmpError};
 pub use relay::RelayExport;
 pub use snapshot::Snapshot;
-pub use upstream::Upstream;
+pub use tgt::OriginTarget;
+pub use upstream::{IscsiLogin, Upstream};
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

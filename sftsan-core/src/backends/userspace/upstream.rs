@@ -22,15 +22,41 @@ pub struct Upstream {
     pub port: u16,
     pub export: String,
     pub connect_timeout_ms: u64,
+    /// Set when the parent is an iSCSI origin: its target (LUN 1) and our initiator name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<IscsiLogin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IscsiLogin {
+    pub target: String,
+    pub initiator: String,
 }
 
 impl Upstream {
     fn url(&self) -> String {
-        format!(
-            "nbd://{}/{}",
-            SocketAddr::new(self.host, self.port),
-            self.export
-        )
+        let addr = SocketAddr::new(self.host, self.port);
+        match &self.iscsi {
+            Some(login) => format!("iscsi://{addr}/{}/1", login.target),
+            None => format!("nbd://{addr}/{}", self.export),
+        }
+    }
+
+    fn blockdev(&self) -> serde_json::Value {
+        let addr = SocketAddr::new(self.host, self.port);
+        match &self.iscsi {
+            // An iSCSI parent that vanishes stalls reads until it returns (QEMU's iscsi
+            // driver has no reconnect timeout); an NBD parent fails them after a delay.
+            Some(login) => json!({"driver": "iscsi", "node-name": graph::UPSTREAM,
+                "transport": "tcp", "portal": addr.to_string(),
+                "target": login.target, "initiator-name": login.initiator,
+                "lun": 1, "read-only": true}),
+            None => json!({"driver": "nbd", "node-name": graph::UPSTREAM,
+                "server": {"type": "inet", "host": self.host.to_string(), "port": self.port.to_string()},
+                "export": self.export, "read-only": true,
+                "reconnect-delay": RECONNECT_DELAY_S,
+                "open-timeout": self.connect_timeout_ms.div_ceil(1000)}),
+        }
     }
 }
 
@@ -65,16 +91,11 @@ impl Resource for Upstream {
             ))
         })?;
         let mut qmp = require(&self.run_dir, &self.node)?;
-        qmp.execute(
-            "blockdev-add",
-            json!({"driver": "nbd", "node-name": graph::UPSTREAM,
-                   "server": {"type": "inet", "host": self.host.to_string(), "port": self.port.to_string()},
-                   "export": self.export, "read-only": true,
-                   "reconnect-delay": RECONNECT_DELAY_S,
-                   "open-timeout": self.connect_timeout_ms.div_ceil(1000)}),
-        )
-        .map_err(|e| {
-            ResourceError::new(format!("attaching to parent {} at {addr}: {e}", self.parent))
+        qmp.execute("blockdev-add", self.blockdev()).map_err(|e| {
+            ResourceError::new(format!(
+                "attaching to parent {} at {addr}: {e}",
+                self.parent
+            ))
         })?;
         Ok(())
     }

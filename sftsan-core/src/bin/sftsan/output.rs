@@ -78,14 +78,9 @@ pub fn print_status(st: &ClusterStatus) {
             NodeState::Partial => "partial",
             NodeState::External => "external",
         };
-        let fill = if n.image_bytes > 0 {
-            format!(
-                "{} {:>3}%",
-                size(n.cache_fill_bytes),
-                n.cache_fill_bytes * 100 / n.image_bytes
-            )
-        } else {
-            "-".into()
+        let fill = match (n.cache_fill_bytes * 100).checked_div(n.image_bytes) {
+            Some(pct) => format!("{} {pct:>3}%", size(n.cache_fill_bytes)),
+            None => "-".into(),
         };
         println!(
             "{:<12} {:<12} {:>5} {:<8} {:>14} {:>11} {:>11} {:>9}",

@@ -1,0 +1,190 @@
+//! The origin as an iSCSI target: a private tgtd in the origin's network namespace with one
+//! read-only LUN over the image, reachable only from the origin's children.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::fsutil::remove_file_if_exists;
+use crate::process;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::transport::{run, run_stdout, LocalTransport};
+
+/// tgtd's management sockets live here, named by control port.
+const TGTD_RUN_DIR: &str = "/var/run/tgtd";
+const TID: &str = "1";
+const LUN: &str = "1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginTarget {
+    pub node: String,
+    pub run_dir: PathBuf,
+    pub address: IpAddr,
+    pub port: u16,
+    pub control_port: u16,
+    pub iqn: String,
+    pub source: PathBuf,
+    /// Initiator names allowed to log in (the origin's children).
+    pub initiators: Vec<String>,
+}
+
+impl OriginTarget {
+    fn pidfile(&self) -> PathBuf {
+        self.run_dir.join("tgtd.pid")
+    }
+
+    fn marker(&self) -> String {
+        self.pidfile().display().to_string()
+    }
+
+    fn control_socket(&self) -> PathBuf {
+        Path::new(TGTD_RUN_DIR).join(format!("socket.{}", self.control_port))
+    }
+
+    /// `tgtadm -C PORT --lld iscsi ARGS...`, from the root namespace (the socket is a file).
+    fn tgtadm(&self, args: &[&str]) -> Result<String, ResourceError> {
+        let control = self.control_port.to_string();
+        let mut full = vec!["-C", &control, "--lld", "iscsi"];
+        full.extend_from_slice(args);
+        Ok(run_stdout(&LocalTransport, "tgtadm", &full)?)
+    }
+
+    fn configure(&self) -> Result<(), ResourceError> {
+        let source = self.source.display().to_string();
+        self.tgtadm(&[
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            TID,
+            "--targetname",
+            &self.iqn,
+        ])?;
+        self.tgtadm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            TID,
+            "--lun",
+            LUN,
+            "--backing-store",
+            &source,
+        ])?;
+        // tgtd refuses readonly=1 on creation; it must be a separate update.
+        self.tgtadm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "update",
+            "--tid",
+            TID,
+            "--lun",
+            LUN,
+            "--params",
+            "readonly=1",
+        ])?;
+        for name in &self.initiators {
+            self.tgtadm(&[
+                "--mode",
+                "target",
+                "--op",
+                "bind",
+                "--tid",
+                TID,
+                "--initiator-name",
+                name,
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn wait_for_control_socket(&self) -> Result<(), ResourceError> {
+        // tgtd opens its management socket after it detaches: poll for it with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.control_socket().exists() {
+            if Instant::now() > deadline {
+                return Err(ResourceError::new(format!(
+                    "tgtd did not open {} within 10s",
+                    self.control_socket().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Resource for OriginTarget {
+    fn desired(&self) -> Params {
+        vec![
+            ("target", self.iqn.clone()),
+            ("source", self.source.display().to_string()),
+        ]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        if process::live_pid(&self.pidfile(), &self.marker()).is_none() {
+            return Ok(Observed::Absent);
+        }
+        let show = self.tgtadm(&["--mode", "target", "--op", "show"])?;
+        let target = show
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("Target {TID}: ")).map(str::trim))
+            .map(String::from);
+        let source = show
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Backing store path: "))
+            .find(|p| *p != "None")
+            .map(String::from);
+        Ok(match (target, source) {
+            (Some(t), Some(s)) => Observed::Present(vec![("target", t), ("source", s)]),
+            _ => Observed::Partial("tgtd runs without its target".into()),
+        })
+    }
+
+    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        std::fs::create_dir_all(&self.run_dir)?;
+        remove_file_if_exists(&self.pidfile())?;
+        let args = [
+            "-C".to_string(),
+            self.control_port.to_string(),
+            "--iscsi".into(),
+            format!("portal={}:{}", self.address, self.port),
+            "--pid-file".into(),
+            self.pidfile().display().to_string(),
+        ];
+        run(&*ctx.transport, "tgtd", &args)
+            .map_err(|e| ResourceError::new(format!("starting tgtd: {e}")))?;
+        let configured = self
+            .wait_for_control_socket()
+            .and_then(|()| self.configure());
+        if let Err(e) = configured {
+            let _ = self.teardown(ctx);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
+            // tgtd ignores SIGTERM while it has targets: remove ours (dropping sessions), then
+            // put the daemon into shutdown so the signal ends it.
+            let _ = self.tgtadm(&[
+                "--mode", "target", "--op", "delete", "--force", "--tid", TID,
+            ]);
+            let _ = self.tgtadm(&["--mode", "system", "--op", "delete"]);
+            process::stop(pid, Duration::from_secs(10))?;
+        }
+        let mut lock = self.control_socket().into_os_string();
+        lock.push(".lock");
+        for f in [self.control_socket(), PathBuf::from(lock), self.pidfile()] {
+            remove_file_if_exists(&f)?;
+        }
+        let _ = std::fs::remove_dir(TGTD_RUN_DIR); // only when no other tgtd uses it
+        Ok(())
+    }
+}
