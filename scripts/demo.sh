@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The demo, as root: installs what is missing, builds sftsan, and runs a local cluster
 # (examples/local-cluster.toml: origin + 6 nodes in network namespaces, degree 2,
-# 3 snapshots each): plan, up, status, down.
+# 3 snapshots each): plan, up, verify (every node reads a snapshot through its cache),
+# status, down.
 #
 #   sudo bash scripts/demo.sh            # everything
 #   sudo bash scripts/demo.sh --quick    # skip the install step
 #   sudo bash scripts/demo.sh -v         # verbose sftsan output
 #
-# If up or status fails, the cluster is still taken down.
+# If up, verify or status fails, the cluster is still taken down.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -80,6 +81,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 sftsan up "$SPEC"
+sftsan verify "$SPEC"
 sftsan status "$SPEC"
 
 trap - EXIT INT TERM

@@ -16,3 +16,4 @@ pub mod spec;
 pub mod status;
 pub mod topology;
 pub mod transport;
+pub mod verify;

@@ -12,7 +12,7 @@ use sftsan_core::backends::userspace::{run_keeper, KeeperArgs};
 use sftsan_core::engine::{Engine, Event, Progress};
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{import_legacy, validate, ClusterSpec, ValidatedSpec};
-use sftsan_core::{plan, status};
+use sftsan_core::{plan, status, verify};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,13 @@ enum Command {
         spec: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Read one snapshot on every node through its cache and compare it with the image.
+    Verify {
+        spec: PathBuf,
+        /// Which snapshot of each node to read.
+        #[arg(long, default_value_t = 1)]
+        snapshot: u32,
     },
     /// Convert the original sftsan's cfg.data and nodes files into a cluster spec (TOML).
     ImportLegacy {
@@ -159,6 +166,29 @@ fn run(command: Command) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
                 output::print_status(&st);
+            }
+        }
+        Command::Verify { spec, snapshot } => {
+            let spec = load(&spec)?;
+            let plan = plan::plan(&spec);
+            let source = &spec.spec().image.source;
+            let results = verify::verify(&plan, Arc::new(Tools::from_env()), snapshot, source);
+            let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).collect();
+            for r in &results {
+                let outcome = r.error.as_deref().unwrap_or("identical to the image");
+                println!(
+                    "{}/snapshot/{}: {outcome} ({:.1}s)",
+                    r.node, r.snapshot, r.seconds
+                );
+            }
+            if let Some(first) = failed.first() {
+                anyhow::bail!(
+                    "{} of {} snapshots differ from the image or could not be read (first: {}/snapshot/{})",
+                    failed.len(),
+                    results.len(),
+                    first.node,
+                    first.snapshot
+                );
             }
         }
         Command::ImportLegacy {
