@@ -27,6 +27,9 @@ pub struct Entry {
     pub node: Option<String>,
     pub state: EntryState,
     pub resource: ResourceSpec,
+    /// What the created resource reported about itself (pids, sockets), for operators.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtime: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,11 +146,21 @@ impl Journal {
         resource: &ResourceSpec,
         state: EntryState,
     ) -> Result<(), JournalError> {
+        let runtime = match state {
+            EntryState::Created => resource
+                .as_resource()
+                .runtime()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            EntryState::Creating => BTreeMap::new(),
+        };
         let entry = Entry {
             id: id.into(),
             node: node.map(String::from),
             state,
             resource: resource.clone(),
+            runtime,
         };
         match self.data.entries.iter_mut().find(|e| e.id == id) {
             Some(e) => *e = entry,

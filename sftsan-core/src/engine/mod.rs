@@ -246,6 +246,7 @@ impl Run {
                     node,
                     state: EntryState::Created,
                     resource,
+                    runtime: BTreeMap::new(),
                 };
                 self.remove(&entry, true).err()
             })
@@ -407,6 +408,7 @@ fn planned_entry(id: String, node: Option<&str>, r: &ResourceSpec) -> Entry {
         node: node.map(String::from),
         state: EntryState::Creating,
         resource: r.clone(),
+        runtime: BTreeMap::new(),
     }
 }
 

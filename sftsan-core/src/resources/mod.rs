@@ -104,6 +104,11 @@ pub trait Resource {
     fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError>;
     fn create(&self, ctx: &Ctx) -> Result<(), ResourceError>;
     fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError>;
+
+    /// Facts of the running resource worth recording in the journal (pids, sockets).
+    fn runtime(&self) -> Params {
+        vec![]
+    }
 }
 
 /// Every kind of resource sftsan manages, with the parameters it was planned with.

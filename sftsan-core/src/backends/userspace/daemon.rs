@@ -110,6 +110,18 @@ impl Resource for Daemon {
         Ok(())
     }
 
+    fn runtime(&self) -> Params {
+        let pid = process::live_pid(&self.pidfile(), &self.marker());
+        vec![
+            ("pid", pid.map(|p| p.to_string()).unwrap_or_default()),
+            ("qmp", self.marker()),
+            (
+                "keeper-qmp",
+                keeper_socket(&self.run_dir).display().to_string(),
+            ),
+        ]
+    }
+
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             // `quit` closes every block node cleanly (flushing the cache) before exiting.

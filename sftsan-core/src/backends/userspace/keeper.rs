@@ -76,6 +76,11 @@ impl Resource for Keeper {
         Ok(())
     }
 
+    fn runtime(&self) -> Params {
+        let pid = process::live_pid(&self.pidfile(), &self.marker());
+        vec![("pid", pid.map(|p| p.to_string()).unwrap_or_default())]
+    }
+
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             process::stop(pid, Duration::from_secs(10))?;

@@ -169,6 +169,17 @@ impl Resource for OriginTarget {
         Ok(())
     }
 
+    fn runtime(&self) -> Params {
+        let pid = process::live_pid(&self.pidfile(), &self.marker());
+        vec![
+            ("pid", pid.map(|p| p.to_string()).unwrap_or_default()),
+            (
+                "control-socket",
+                self.control_socket().display().to_string(),
+            ),
+        ]
+    }
+
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             // tgtd ignores SIGTERM while it has targets: remove ours (dropping sessions), then
