@@ -48,7 +48,8 @@ pub fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+/// A pidfd for `pid`: it becomes readable when the process exits.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success the returned fd is ours to own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{connect, keeper_socket, prune_dirs, qemu_opt_escape, qmp_socket};
+use super::{connect, keeper_socket, prune_run_dir, qemu_opt_escape, qmp_socket};
 use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
 use crate::transport::run;
@@ -18,9 +18,13 @@ pub struct Daemon {
     pub run_dir: PathBuf,
 }
 
+pub(crate) fn pidfile(run_dir: &Path) -> PathBuf {
+    run_dir.join("daemon.pid")
+}
+
 impl Daemon {
     fn pidfile(&self) -> PathBuf {
-        self.run_dir.join("daemon.pid")
+        pidfile(&self.run_dir)
     }
 
     /// Our own socket path appears in the daemon's argv: it tells our daemon from others.
@@ -135,14 +139,7 @@ impl Resource for Daemon {
             }
         }
         self.remove_runtime_files()?;
-        // The node's run directory, then `run/` itself once the last node is gone.
-        let dirs: Vec<PathBuf> = self
-            .run_dir
-            .ancestors()
-            .take(2)
-            .map(PathBuf::from)
-            .collect();
-        prune_dirs(&dirs);
+        prune_run_dir(&self.run_dir);
         Ok(())
     }
 }

@@ -8,12 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::cache::cache_node_options;
-use super::{graph, keeper_socket, Qmp};
+use super::{daemon_pid, graph, keeper_socket, Qmp};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
 use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
@@ -48,17 +49,34 @@ impl Resource for Keeper {
             return Ok(Observed::Absent);
         };
         let argv = process::cmdline(pid);
-        let interval = argv
-            .iter()
-            .position(|a| a == "--interval-ms")
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-            .unwrap_or_default();
-        Ok(Observed::Present(vec![("interval-ms", interval)]))
+        let arg = |name: &str| {
+            argv.iter()
+                .position(|a| a == name)
+                .and_then(|i| argv.get(i + 1))
+                .cloned()
+                .unwrap_or_default()
+        };
+        // A keeper lives as long as the daemon it was started for; one that still serves a
+        // daemon that has been replaced is on its way out and must not count.
+        if daemon_pid(&self.run_dir).map(|p| p.to_string()) != Some(arg("--daemon-pid")) {
+            return Ok(Observed::Partial(
+                "the keeper serves a daemon that is gone".into(),
+            ));
+        }
+        Ok(Observed::Present(vec![(
+            "interval-ms",
+            arg("--interval-ms"),
+        )]))
     }
 
     fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
         remove_file_if_exists(&self.pidfile())?;
+        let daemon = daemon_pid(&self.run_dir).ok_or_else(|| {
+            ResourceError::new(format!(
+                "the storage daemon of {} is not running",
+                self.node
+            ))
+        })?;
         let args = [
             "keeper".to_string(),
             "--qmp".into(),
@@ -69,6 +87,8 @@ impl Resource for Keeper {
             self.interval_ms.to_string(),
             "--cache-size".into(),
             self.cache_size.to_string(),
+            "--daemon-pid".into(),
+            daemon.to_string(),
         ];
         // `sftsan keeper` returns once the keeper is connected and its pid file written.
         run(&*ctx.transport, Tools::program(&ctx.tools.sftsan), &args)
@@ -97,6 +117,8 @@ pub struct KeeperArgs {
     pub pidfile: PathBuf,
     pub interval: Duration,
     pub cache_size: u64,
+    /// The daemon served: the keeper exits as soon as it does.
+    pub daemon_pid: i32,
 }
 
 static TERMINATE: AtomicBool = AtomicBool::new(false);
@@ -109,12 +131,14 @@ extern "C" fn on_term(_: libc::c_int) {
 /// is recorded. The child never returns: it runs the flush loop and exits.
 pub fn run_keeper(args: &KeeperArgs) -> Result<(), String> {
     let qmp = Qmp::connect(&args.qmp, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let daemon = process::pidfd_open(args.daemon_pid)
+        .map_err(|e| format!("daemon pid {}: {e}", args.daemon_pid))?;
     // SAFETY: the CLI is single-threaded here; the child only continues this function.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error().to_string()),
         0 => {
             detach();
-            let code = flush_loop(qmp, args);
+            let code = flush_loop(qmp, &daemon, args);
             std::process::exit(code)
         }
         child => write_atomic(&args.pidfile, child.to_string().as_bytes())
@@ -155,12 +179,22 @@ fn flush(qmp: &mut Qmp, options: &Value) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn flush_loop(mut qmp: Qmp, args: &KeeperArgs) -> i32 {
+fn flush_loop(mut qmp: Qmp, daemon: &OwnedFd, args: &KeeperArgs) -> i32 {
     let options = cache_node_options(args.cache_size);
     let mut flushed_at = 0;
     loop {
-        // An interruptible wait: SIGTERM ends it early.
-        unsafe { libc::poll(std::ptr::null_mut(), 0, args.interval.as_millis() as i32) };
+        // Wait one interval, or less: SIGTERM interrupts the wait, and the daemon's pidfd
+        // turns readable the moment the daemon exits.
+        let mut pfd = libc::pollfd {
+            fd: daemon.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, args.interval.as_millis() as i32) };
+        if ready > 0 {
+            return 0; // the daemon is gone: nothing left to keep
+        }
         let terminating = TERMINATE.load(Ordering::SeqCst);
         match written_up_to(&mut qmp) {
             Ok(now) if now != flushed_at || terminating => {

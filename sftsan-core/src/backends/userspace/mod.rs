@@ -131,6 +131,20 @@ pub(crate) fn prune_dirs(dirs: &[PathBuf]) {
     }
 }
 
+/// Removes a node's run directory, then `run/` itself once the last node is gone.
+pub(crate) fn prune_run_dir(run_dir: &Path) {
+    let dirs: Vec<PathBuf> = run_dir.ancestors().take(2).map(PathBuf::from).collect();
+    prune_dirs(&dirs);
+}
+
+/// The pid of the node's live storage daemon, if one runs.
+pub(crate) fn daemon_pid(run_dir: &Path) -> Option<i32> {
+    crate::process::live_pid(
+        &daemon::pidfile(run_dir),
+        &qmp_socket(run_dir).display().to_string(),
+    )
+}
+
 /// The JSON a qcow2 overlay uses as backing to reach an NBD export.
 pub fn nbd_backing(host: &std::net::IpAddr, port: u16, export: &str) -> String {
     json!({"file": {"driver": "nbd",

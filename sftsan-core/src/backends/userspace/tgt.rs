@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::prune_run_dir;
 use crate::fsutil::remove_file_if_exists;
 use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
@@ -196,6 +197,7 @@ impl Resource for OriginTarget {
             remove_file_if_exists(&f)?;
         }
         let _ = std::fs::remove_dir(TGTD_RUN_DIR); // only when no other tgtd uses it
+        prune_run_dir(&self.run_dir);
         Ok(())
     }
 }

@@ -75,6 +75,8 @@ enum Command {
         interval_ms: u64,
         #[arg(long)]
         cache_size: u64,
+        #[arg(long)]
+        daemon_pid: i32,
     },
 }
 
@@ -213,11 +215,13 @@ fn run(command: Command) -> Result<()> {
             pidfile,
             interval_ms,
             cache_size,
+            daemon_pid,
         } => run_keeper(&KeeperArgs {
             qmp,
             pidfile,
             interval: Duration::from_millis(interval_ms),
             cache_size,
+            daemon_pid,
         })
         .map_err(anyhow::Error::msg)?,
     }
