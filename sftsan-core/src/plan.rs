@@ -48,11 +48,31 @@ pub struct Plan {
     pub nodes: Vec<NodePlan>,
     #[serde(skip)]
     pub tree: Tree,
+    #[serde(skip)]
+    names: Names,
 }
 
 impl Plan {
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Snapshot `index` of a compute node, planned or not: VMs beyond `per_node` get
+    /// theirs on demand.
+    pub fn snapshot(&self, node: &str, index: u32) -> Option<ResourceSpec> {
+        let n = self.node(node)?;
+        let port = n.stack.iter().find_map(|r| match r {
+            ResourceSpec::Daemon(d) if n.role == Role::Node => Some(d.port),
+            _ => None,
+        })?;
+        Some(snapshot(
+            &self.names,
+            node,
+            n.address,
+            port,
+            self.image_size,
+            index,
+        ))
     }
 
     /// Node names grouped by level, parents first.
@@ -219,6 +239,7 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
         cluster_stack,
         nodes,
         tree,
+        names,
     }
 }
 
@@ -281,17 +302,32 @@ fn node_stack(
         cache_size: size,
     }));
     for index in 1..=spec.snapshots.per_node {
-        stack.push(ResourceSpec::Snapshot(Snapshot {
-            node: name.into(),
-            index,
-            file: names.snapshot_file(name, index),
-            host: address,
-            port,
-            export: export.clone(),
-            size,
-            prune: vec![names.snapshot_dir(name), node_dir.clone()],
-        }));
+        stack.push(snapshot(names, name, address, port, size, index));
     }
+}
+
+/// A VM disk on `node`: an overlay backed by the node's own export.
+fn snapshot(
+    names: &Names,
+    node: &str,
+    address: IpAddr,
+    port: u16,
+    size: u64,
+    index: u32,
+) -> ResourceSpec {
+    ResourceSpec::Snapshot(Snapshot {
+        node: node.into(),
+        index,
+        file: names.snapshot_file(node, index),
+        host: address,
+        port,
+        export: names.export_name(),
+        size,
+        prune: vec![
+            names.snapshot_dir(node),
+            names.state_dir().join("nodes").join(node),
+        ],
+    })
 }
 
 fn ipv4(a: IpAddr) -> Ipv4Addr {

@@ -9,11 +9,12 @@ pub use journal::{Entry, EntryState, Journal, JournalData, JournalError};
 pub use lock::StateLock;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::names::Names;
-use crate::plan::{NodePlan, Plan};
+use crate::plan::{NodePlan, Plan, Role};
 use crate::resources::{first_difference, Ctx, Observed, ResourceError, ResourceSpec, Tools};
 use crate::spec::ValidatedSpec;
 use crate::transport::{Transport, TransportSpec};
@@ -85,6 +86,14 @@ pub enum EngineError {
     },
     #[error("teardown incomplete: {}", .0.join("; "))]
     Teardown(Vec<String>),
+    #[error("no node named {0:?} in this cluster")]
+    NoSuchNode(String),
+    #[error("node {0:?} has no snapshot {1} (snapshots are numbered from 1)")]
+    NoSuchSnapshot(String, u32),
+    #[error("{0:?} is the origin: VM snapshots live on compute nodes")]
+    NotComputeNode(String),
+    #[error("node {node} still serves {}: take them down first", .children.join(", "))]
+    HasChildren { node: String, children: Vec<String> },
 }
 
 fn rollback_note(failures: &[String]) -> String {
@@ -335,11 +344,140 @@ impl Engine {
 
     /// Brings the whole cluster up, resuming whatever an earlier run left.
     pub fn up(&self) -> Result<Summary, EngineError> {
+        self.transaction(|run| self.apply(run, &self.plan.tree.setup_order()))
+    }
+
+    /// Brings up one node and every node between it and the origin (parents first), each
+    /// with its whole stack: what a VM on that node needs, and nothing else.
+    pub fn up_node(&self, node: &str) -> Result<Summary, EngineError> {
+        let path = self.path_to(node)?;
+        self.transaction(|run| self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>()))
+    }
+
+    /// Makes sure snapshot `index` of `node` exists (bringing the node up if needed) and
+    /// returns its file. `index` may exceed `snapshots.per_node`: VMs beyond the planned
+    /// count get their snapshots on demand.
+    pub fn ensure_snapshot(&self, node: &str, index: u32) -> Result<PathBuf, EngineError> {
+        let snapshot = self.snapshot_spec(node, index)?;
+        let path = self.path_to(node)?;
+        self.transaction(|run| {
+            self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>())?;
+            run.ensure(Some(node), &snapshot)
+        })?;
+        match snapshot {
+            ResourceSpec::Snapshot(s) => Ok(s.file),
+            _ => unreachable!("snapshot_spec returns snapshots"),
+        }
+    }
+
+    /// Removes snapshot `index` of `node` (a VM's disk: its writes are gone). Returns
+    /// whether there was one.
+    pub fn remove_snapshot(&self, node: &str, index: u32) -> Result<bool, EngineError> {
+        let snapshot = self.snapshot_spec(node, index)?;
+        let _lock = StateLock::acquire(&self.names)?;
+        let run = self.open_run()?;
+        let id = snapshot.id(Some(node));
+        let entry = run
+            .journal
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| planned_entry(id.clone(), Some(node), &snapshot));
+        let existed = !matches!(
+            entry
+                .resource
+                .as_resource()
+                .observe(&run.ctx(Some(node), &snapshot)),
+            Ok(Observed::Absent)
+        );
+        run.remove(&entry, false)
+            .map_err(|f| EngineError::Teardown(vec![f]))?;
+        Ok(existed)
+    }
+
+    /// Tears down one node's stack. Refuses while a child still has anything up, since
+    /// the child reads through this node.
+    pub fn down_node(&self, node: &str) -> Result<Summary, EngineError> {
+        let plan_node = self
+            .plan
+            .node(node)
+            .ok_or_else(|| EngineError::NoSuchNode(node.into()))?;
+        let _lock = StateLock::acquire(&self.names)?;
+        let run = self.open_run()?;
+        {
+            let j = run.journal.lock().unwrap();
+            let busy: Vec<String> = self
+                .plan
+                .tree
+                .children(plan_node.index)
+                .into_iter()
+                .map(|c| self.plan.nodes[c - 1].name.clone())
+                .filter(|c| {
+                    j.data
+                        .entries
+                        .iter()
+                        .any(|e| e.node.as_deref() == Some(c.as_str()))
+                })
+                .collect();
+            if !busy.is_empty() {
+                return Err(EngineError::HasChildren {
+                    node: node.into(),
+                    children: busy,
+                });
+            }
+        }
+        add_planned_entries(&run, &self.plan, Some(node));
+        let entries = run.journal.lock().unwrap().data.entries.clone();
+        for e in entries
+            .iter()
+            .rev()
+            .filter(|e| e.node.as_deref() == Some(node))
+        {
+            // What lies below a resource that could not be removed must stay.
+            run.remove(e, false)
+                .map_err(|f| EngineError::Teardown(vec![f]))?;
+        }
+        Ok(run.summary.into_inner().unwrap())
+    }
+
+    /// Tree positions from the origin down to `node`.
+    fn path_to(&self, node: &str) -> Result<Vec<usize>, EngineError> {
+        let mut at = self
+            .plan
+            .node(node)
+            .ok_or_else(|| EngineError::NoSuchNode(node.into()))?
+            .index;
+        let mut path = vec![at];
+        while let Some(parent) = self.plan.tree.parent(at) {
+            path.push(parent);
+            at = parent;
+        }
+        path.reverse();
+        Ok(path)
+    }
+
+    fn snapshot_spec(&self, node: &str, index: u32) -> Result<ResourceSpec, EngineError> {
+        if index == 0 {
+            return Err(EngineError::NoSuchSnapshot(node.into(), index));
+        }
+        if self.plan.node(node).is_some_and(|n| n.role == Role::Origin) {
+            return Err(EngineError::NotComputeNode(node.into()));
+        }
+        self.plan
+            .snapshot(node, index)
+            .ok_or_else(|| EngineError::NoSuchSnapshot(node.into(), index))
+    }
+
+    /// Runs `work` under the state lock; on failure tears down what it created, in reverse.
+    fn transaction(
+        &self,
+        work: impl FnOnce(&Run) -> Result<(), EngineError>,
+    ) -> Result<Summary, EngineError> {
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         run.journal.lock().unwrap().save()?;
-        let result = self.apply(&run);
-        match result {
+        match work(&run) {
             Ok(()) => Ok(run.summary.into_inner().unwrap()),
             Err(cause) if run.created.lock().unwrap().is_empty() => Err(cause),
             Err(cause) => {
@@ -356,11 +494,12 @@ impl Engine {
         }
     }
 
-    fn apply(&self, run: &Run) -> Result<(), EngineError> {
+    /// The cluster's own resources, then the given levels of nodes in order.
+    fn apply(&self, run: &Run, levels: &[Vec<usize>]) -> Result<(), EngineError> {
         for r in &self.plan.cluster_stack {
             run.ensure(None, r)?;
         }
-        for level in self.plan.tree.setup_order() {
+        for level in levels {
             let nodes: Vec<&NodePlan> = level.iter().map(|&i| &self.plan.nodes[i - 1]).collect();
             bounded(&nodes, self.plan.parallelism, |node| {
                 node.stack
@@ -376,29 +515,38 @@ impl Engine {
     pub fn down(&self) -> Result<Summary, EngineError> {
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
-        // Planned resources the journal does not name are torn down too (absent ones are a
-        // no-op), so a lost journal does not mean leaked resources.
-        {
-            let mut j = run.journal.lock().unwrap();
-            for r in &self.plan.cluster_stack {
-                let id = r.id(None);
-                if j.get(&id).is_none() {
-                    j.data.entries.insert(0, planned_entry(id, None, r));
-                }
-            }
-            for node in &self.plan.nodes {
-                for r in &node.stack {
-                    let id = r.id(Some(&node.name));
-                    if j.get(&id).is_none() {
-                        j.data.entries.push(planned_entry(id, Some(&node.name), r));
-                    }
-                }
-            }
-        }
+        add_planned_entries(&run, &self.plan, None);
         teardown_all(&run, self.plan.parallelism)?;
         run.journal.lock().unwrap().delete()?;
         remove_state_dirs(&self.names);
         Ok(run.summary.into_inner().unwrap())
+    }
+}
+
+/// Adds planned resources the journal does not name (as "creating": they may exist), so
+/// that teardown after a lost journal leaks nothing; tearing down an absent one is a no-op.
+/// `only`: one node's resources; None: the cluster's and every node's.
+fn add_planned_entries(run: &Run, plan: &Plan, only: Option<&str>) {
+    let mut j = run.journal.lock().unwrap();
+    if only.is_none() {
+        for r in &plan.cluster_stack {
+            let id = r.id(None);
+            if j.get(&id).is_none() {
+                j.data.entries.insert(0, planned_entry(id, None, r));
+            }
+        }
+    }
+    for node in plan
+        .nodes
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == n.name))
+    {
+        for r in &node.stack {
+            let id = r.id(Some(&node.name));
+            if j.get(&id).is_none() {
+                j.data.entries.push(planned_entry(id, Some(&node.name), r));
+            }
+        }
     }
 }
 

@@ -37,9 +37,22 @@ enum Command {
         json: bool,
     },
     /// Create (or complete) the cluster: origin export, every node's cache and relay, snapshots.
-    Up { spec: PathBuf },
+    Up {
+        spec: PathBuf,
+        /// Only this node and the nodes between it and the origin.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Remove everything `up` created.
-    Down { spec: PathBuf },
+    Down {
+        spec: PathBuf,
+        /// Only this node's stack (refused while its children are up).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Create or remove one VM's snapshot (its disk), bringing its node up if needed.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// One line per node: parent, level, state, cache fill, bytes from upstream, snapshots.
     Status {
         spec: PathBuf,
@@ -77,6 +90,22 @@ enum Command {
         cache_size: u64,
         #[arg(long)]
         daemon_pid: i32,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Make sure snapshot INDEX of NODE exists; prints its file.
+    Create {
+        spec: PathBuf,
+        node: String,
+        index: u32,
+    },
+    /// Remove snapshot INDEX of NODE (the VM's writes are lost).
+    Remove {
+        spec: PathBuf,
+        node: String,
+        index: u32,
     },
 }
 
@@ -140,10 +169,13 @@ fn run(command: Command) -> Result<()> {
                 output::print_plan(&plan);
             }
         }
-        Command::Up { spec } => {
+        Command::Up { spec, node } => {
             let engine = engine(&spec)?;
             let started = Instant::now();
-            let s = engine.up()?;
+            let s = match &node {
+                Some(n) => engine.up_node(n)?,
+                None => engine.up()?,
+            };
             eprintln!(
                 "up: {} created, {} already there, in {:.1}s",
                 s.created,
@@ -151,15 +183,27 @@ fn run(command: Command) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Down { spec } => {
+        Command::Down { spec, node } => {
             let engine = engine(&spec)?;
             let started = Instant::now();
-            let s = engine.down()?;
+            let s = match &node {
+                Some(n) => engine.down_node(n)?,
+                None => engine.down()?,
+            };
             eprintln!(
                 "down: {} removed in {:.1}s",
                 s.removed,
                 started.elapsed().as_secs_f64()
             );
+        }
+        Command::Snapshot(SnapshotCommand::Create { spec, node, index }) => {
+            let file = engine(&spec)?.ensure_snapshot(&node, index)?;
+            println!("{}", file.display());
+        }
+        Command::Snapshot(SnapshotCommand::Remove { spec, node, index }) => {
+            if !engine(&spec)?.remove_snapshot(&node, index)? {
+                eprintln!("{node}/snapshot/{index}: there was none");
+            }
         }
         Command::Status { spec, json } => {
             let plan = plan::plan(&load(&spec)?);
