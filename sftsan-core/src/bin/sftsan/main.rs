@@ -4,6 +4,7 @@ mod output;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +78,10 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Any other command NAME runs the program `sftsan-NAME` (next to this one, or on
+    /// PATH): `sftsan vm ...` is sftsan-libvirt's `sftsan-vm`.
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
     /// (internal) The per-node cache keeper, started by `up`.
     #[command(hide = true)]
     Keeper {
@@ -157,6 +162,23 @@ fn engine(path: &Path) -> Result<Engine> {
     let spec = load(path)?;
     let plan = plan::plan(&spec);
     Ok(Engine::new(&spec, plan, Tools::from_env(), progress()))
+}
+
+/// Replaces this process with `sftsan-NAME ARGS...`, found beside this executable first.
+fn external(args: &[OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let (name, rest) = args.split_first().context("no command given")?;
+    let program = format!("sftsan-{}", name.to_string_lossy());
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(&program)))
+        .filter(|p| p.is_file());
+    let path = beside.unwrap_or_else(|| PathBuf::from(&program));
+    let err = std::process::Command::new(&path).args(rest).exec();
+    anyhow::bail!(
+        "unknown command {:?}: {program} not found ({err})",
+        name.to_string_lossy()
+    )
 }
 
 fn run(command: Command) -> Result<()> {
@@ -254,6 +276,7 @@ fn run(command: Command) -> Result<()> {
                 None => print!("{text}"),
             }
         }
+        Command::External(args) => external(&args)?,
         Command::Keeper {
             qmp,
             pidfile,
