@@ -115,7 +115,7 @@ pub struct Summary {
 struct Run {
     journal: Mutex<Journal>,
     /// What this run created, in order: rolled back in reverse on failure.
-    created: Mutex<Vec<(String, Option<String>, ResourceSpec)>>,
+    created: Mutex<Vec<Entry>>,
     summary: Mutex<Summary>,
     progress: Progress,
     tools: Arc<Tools>,
@@ -168,14 +168,11 @@ impl Run {
                     });
                 }
                 // Adopt it: it carries our name, so `down` must remove it too.
-                if self.journal.lock().unwrap().get(&id).map(|e| e.state)
-                    != Some(EntryState::Created)
-                {
-                    self.journal
-                        .lock()
-                        .unwrap()
-                        .record(&id, node, r, EntryState::Created)?;
+                let mut journal = self.journal.lock().unwrap();
+                if journal.get(&id).map(|e| e.state) != Some(EntryState::Created) {
+                    journal.record(&id, node, r, EntryState::Created)?;
                 }
+                drop(journal);
                 self.summary.lock().unwrap().unchanged += 1;
                 self.report(&id, Action::Unchanged, started, false);
                 return Ok(());
@@ -194,7 +191,7 @@ impl Run {
         self.created
             .lock()
             .unwrap()
-            .push((id.clone(), node.map(String::from), r.clone()));
+            .push(planned_entry(id.clone(), node, r));
         if let Err(cause) = res.create(&ctx) {
             self.report(&id, Action::Failed, started, false);
             return Err(EngineError::Step {
@@ -247,18 +244,9 @@ impl Run {
     fn rollback(&self) -> Vec<String> {
         let created = std::mem::take(&mut *self.created.lock().unwrap());
         created
-            .into_iter()
+            .iter()
             .rev()
-            .filter_map(|(id, node, resource)| {
-                let entry = Entry {
-                    id,
-                    node,
-                    state: EntryState::Created,
-                    resource,
-                    runtime: BTreeMap::new(),
-                };
-                self.remove(&entry, true).err()
-            })
+            .filter_map(|entry| self.remove(entry, true).err())
             .collect()
     }
 }
