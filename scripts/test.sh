@@ -53,6 +53,9 @@ step() { # step NAME COMMAND...
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace
+# Kernel-path tests skip above on a kernel without device-mapper, LIO or iSCSI; the
+# kernel tier runs them inside a QEMU guest booting a stock Debian kernel.
+step kernel-vm bash tests/kernel-vm/run
 
 if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"

@@ -641,3 +641,37 @@ impl Cluster {
         );
     }
 }
+
+/// Whether the running kernel has `features` (loading their modules if it can). Prints a
+/// visible SKIPPED line naming what is missing when it does not: such tests run in the
+/// kernel tier (tests/kernel-vm/run), which boots a kernel that has them.
+pub fn kernel_has(test: &str, features: &[sftsan_core::backends::kernel::probe::Feature]) -> bool {
+    use sftsan_core::backends::kernel::probe;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: {test}: needs root");
+        return false;
+    }
+    match probe::report(&probe::missing(features)) {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIPPED: {test}: {why}");
+            false
+        }
+    }
+}
+
+/// True inside the kernel tier's guest, where every kernel feature test must run.
+pub fn in_kernel_tier() -> bool {
+    std::env::var_os("SFTSAN_KERNEL_TIER").is_some()
+}
+
+/// `/dev/<name>` of a block device, found from its dev_t through sysfs (no udev needed).
+pub fn block_device_path(major: u32, minor: u32) -> PathBuf {
+    let uevent = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .unwrap_or_else(|e| panic!("no sysfs entry for block device {major}:{minor}: {e}"));
+    let name = uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .unwrap_or_else(|| panic!("no DEVNAME for {major}:{minor}"));
+    Path::new("/dev").join(name)
+}

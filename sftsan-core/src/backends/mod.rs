@@ -1,2 +1,3 @@
 //! Data paths behind the resource traits.
+pub mod kernel;
 pub mod userspace;
