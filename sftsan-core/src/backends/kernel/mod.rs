@@ -1,4 +1,10 @@
-//! The kernel data path (device-mapper, loop, LIO/tgt, open-iscsi). Its first piece is
-//! the probe: before anything is touched, say exactly what the running kernel lacks.
+//! The kernel data path (device-mapper, loop, LIO/tgt, open-iscsi). Before anything is
+//! touched, the probe says exactly what the running kernel lacks.
 
+pub mod configfs;
+pub mod devref;
+pub mod dm;
+pub mod dm_devices;
+pub mod lio;
+pub mod loopback;
 pub mod probe;

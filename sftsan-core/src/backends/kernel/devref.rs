@@ -1,0 +1,60 @@
+//! How a kernel resource names a block device it builds on: by something stable (a dm
+//! name, a loop's backing file, a path), resolved to its dev_t when it is needed.
+
+use devicemapper::Device;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use super::{dm, loopback};
+use crate::resources::ResourceError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DevRef {
+    Dm {
+        name: String,
+    },
+    /// The loop device attached to this file.
+    Loop {
+        file: PathBuf,
+    },
+    /// A block device node.
+    Path {
+        path: PathBuf,
+    },
+}
+
+impl DevRef {
+    pub fn resolve(&self) -> Result<Device, ResourceError> {
+        let missing = |what: String| ResourceError::new(format!("{what} is not there"));
+        match self {
+            DevRef::Dm { name } => {
+                dm::device(name)?.ok_or_else(|| missing(format!("dm device {name}")))
+            }
+            DevRef::Loop { file } => loopback::find(file)
+                .map(|(major, minor)| Device { major, minor })
+                .ok_or_else(|| missing(format!("a loop device over {}", file.display()))),
+            DevRef::Path { path } => {
+                let rdev = std::fs::metadata(path)
+                    .map_err(|e| ResourceError::new(format!("{}: {e}", path.display())))?
+                    .rdev();
+                Ok(Device {
+                    major: libc::major(rdev),
+                    minor: libc::minor(rdev),
+                })
+            }
+        }
+    }
+
+    /// `major:minor`, as device-mapper tables name devices.
+    pub fn table_arg(&self) -> Result<String, ResourceError> {
+        let d = self.resolve()?;
+        Ok(format!("{}:{}", d.major, d.minor))
+    }
+
+    pub fn sectors(&self) -> Result<u64, ResourceError> {
+        let d = self.resolve()?;
+        dm::sectors(d.major, d.minor)
+    }
+}

@@ -1,0 +1,120 @@
+//! Device-mapper devices by name, through the devicemapper crate (no dmsetup process).
+//! Device nodes are found from dev_t through sysfs: /dev/mapper/NAME may not exist where
+//! no udev runs.
+
+use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DM};
+use std::path::PathBuf;
+
+use crate::resources::ResourceError;
+
+/// A table: (start sector, length, target type, parameters) per line.
+pub type Table = Vec<(u64, u64, String, String)>;
+
+fn dm_err(what: &str, name: &str, e: impl std::fmt::Display) -> ResourceError {
+    ResourceError::new(format!("device-mapper {what} {name}: {e}"))
+}
+
+fn open() -> Result<DM, ResourceError> {
+    DM::new().map_err(|e| ResourceError::new(format!("device-mapper: {e} (is dm_mod loaded?)")))
+}
+
+fn dm_name(name: &str) -> Result<&DmName, ResourceError> {
+    DmName::new(name).map_err(|e| dm_err("name", name, e))
+}
+
+/// The device's dev_t, or None when no device of that name exists.
+pub fn device(name: &str) -> Result<Option<Device>, ResourceError> {
+    let dm = open()?;
+    let devices = dm.list_devices().map_err(|e| dm_err("list", name, e))?;
+    Ok(devices
+        .into_iter()
+        .find(|(n, ..)| n.to_string() == name)
+        .map(|(_, dev, _)| dev))
+}
+
+/// /dev/<name> of a block device, from its dev_t via sysfs.
+pub fn node_path(dev: Device) -> Result<PathBuf, ResourceError> {
+    let uevent = format!("/sys/dev/block/{}:{}/uevent", dev.major, dev.minor);
+    let text = std::fs::read_to_string(&uevent)
+        .map_err(|e| ResourceError::new(format!("{uevent}: {e}")))?;
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .ok_or_else(|| ResourceError::new(format!("{uevent}: no DEVNAME")))?;
+    Ok(PathBuf::from("/dev").join(name))
+}
+
+/// Size in 512-byte sectors of the block device `dev`.
+pub fn sectors(major: u32, minor: u32) -> Result<u64, ResourceError> {
+    let path = format!("/sys/dev/block/{major}:{minor}/size");
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| ResourceError::new(format!("cannot read {path}")))
+}
+
+/// Creates `name` with `table` and activates it; on any failure nothing is left behind.
+pub fn create(name: &str, table: &Table, read_only: bool) -> Result<Device, ResourceError> {
+    let dm = open()?;
+    let id = DevId::Name(dm_name(name)?);
+    let mut options = DmOptions::default();
+    if read_only {
+        options = options.set_flags(DmFlags::DM_READONLY);
+    }
+    let info = dm
+        .device_create(dm_name(name)?, None, options)
+        .map_err(|e| dm_err("create", name, e))?;
+    let loaded = dm
+        .table_load(&id, table, options)
+        .and_then(|_| dm.device_suspend(&id, DmOptions::default()));
+    if let Err(e) = loaded {
+        let _ = dm.device_remove(&id, DmOptions::default());
+        return Err(dm_err("load table for", name, e));
+    }
+    Ok(info.device())
+}
+
+/// The active table of `name`, or None when it does not exist.
+pub fn table(name: &str) -> Result<Option<Table>, ResourceError> {
+    if device(name)?.is_none() {
+        return Ok(None);
+    }
+    let dm = open()?;
+    let id = DevId::Name(dm_name(name)?);
+    let (_, table) = dm
+        .table_status(
+            &id,
+            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+        )
+        .map_err(|e| dm_err("table of", name, e))?;
+    Ok(Some(table))
+}
+
+/// The status lines of `name` (target-specific counters).
+pub fn status(name: &str) -> Result<Table, ResourceError> {
+    let dm = open()?;
+    let id = DevId::Name(dm_name(name)?);
+    dm.table_status(&id, DmOptions::default())
+        .map(|(_, t)| t)
+        .map_err(|e| dm_err("status of", name, e))
+}
+
+/// Sends a message to a target (e.g. `create_thin 1` to a thin pool).
+pub fn message(name: &str, text: &str) -> Result<(), ResourceError> {
+    let dm = open()?;
+    let id = DevId::Name(dm_name(name)?);
+    dm.target_msg(&id, None, text)
+        .map(drop)
+        .map_err(|e| dm_err(&format!("message {text:?} to"), name, e))
+}
+
+/// Removes `name` if it exists.
+pub fn remove(name: &str) -> Result<(), ResourceError> {
+    if device(name)?.is_none() {
+        return Ok(());
+    }
+    let dm = open()?;
+    dm.device_remove(&DevId::Name(dm_name(name)?), DmOptions::default())
+        .map(drop)
+        .map_err(|e| dm_err("remove", name, e))
+}

@@ -1,0 +1,209 @@
+//! The device-mapper devices of a kernel-backend node: the cache over the upstream disk,
+//! and per VM either a persistent dm-snapshot or a thin volume with the cache as its
+//! external origin (one thin pool per node).
+
+use serde::{Deserialize, Serialize};
+
+use super::devref::DevRef;
+use super::dm;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+/// What every dm resource observes: its first target's type and length.
+fn observe_table(name: &str) -> Result<Observed, ResourceError> {
+    Ok(match dm::table(name)? {
+        None => Observed::Absent,
+        Some(t) if t.is_empty() => Observed::Partial(format!("{name} has no table")),
+        Some(t) => Observed::Present(vec![
+            ("target", t[0].2.clone()),
+            ("sectors", t[0].1.to_string()),
+        ]),
+    })
+}
+
+fn desired(target: &str, sectors: u64) -> Params {
+    vec![("target", target.into()), ("sectors", sectors.to_string())]
+}
+
+/// dm-cache, writethrough with the smq policy: reads of the upstream disk are kept on a
+/// local cache device, with a small metadata device beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmCache {
+    pub node: String,
+    pub name: String,
+    pub origin: DevRef,
+    pub cache: DevRef,
+    pub metadata: DevRef,
+    /// The origin's (the image's) length in sectors.
+    pub sectors: u64,
+    /// Cache block size in sectors (64 KiB = 128).
+    pub block_sectors: u64,
+}
+
+impl Resource for DmCache {
+    fn desired(&self) -> Params {
+        desired("cache", self.sectors)
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        observe_table(&self.name)
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let params = format!(
+            "{} {} {} {} 1 writethrough smq 0",
+            self.metadata.table_arg()?,
+            self.cache.table_arg()?,
+            self.origin.table_arg()?,
+            self.block_sectors
+        );
+        dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "cache".into(), params)],
+            false,
+        )
+        .map(drop)
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)
+    }
+}
+
+/// A VM's disk as a persistent dm-snapshot of a read-only origin: its COW store survives
+/// a reboot (unlike the original sftsan's non-persistent snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmSnapshot {
+    pub node: String,
+    pub index: u32,
+    pub name: String,
+    pub origin: DevRef,
+    pub cow: DevRef,
+    pub sectors: u64,
+    /// COW chunk size in sectors (4 KiB = 8).
+    pub chunk_sectors: u64,
+}
+
+impl Resource for DmSnapshot {
+    fn desired(&self) -> Params {
+        desired("snapshot", self.sectors)
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        observe_table(&self.name)
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let params = format!(
+            "{} {} P {}",
+            self.origin.table_arg()?,
+            self.cow.table_arg()?,
+            self.chunk_sectors
+        );
+        dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "snapshot".into(), params)],
+            false,
+        )
+        .map(drop)
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)
+    }
+}
+
+/// One thin pool per node, holding the VMs' thin volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinPool {
+    pub node: String,
+    pub name: String,
+    pub metadata: DevRef,
+    pub data: DevRef,
+    /// The data device's length in sectors.
+    pub sectors: u64,
+    /// Pool block size in sectors (64 KiB = 128).
+    pub block_sectors: u64,
+}
+
+impl Resource for ThinPool {
+    fn desired(&self) -> Params {
+        desired("thin-pool", self.sectors)
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        observe_table(&self.name)
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        // Blocks a thin volume has not written come from its external origin, so zeroing
+        // new blocks would be wasted work.
+        let params = format!(
+            "{} {} {} 0 1 skip_block_zeroing",
+            self.metadata.table_arg()?,
+            self.data.table_arg()?,
+            self.block_sectors
+        );
+        dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "thin-pool".into(), params)],
+            false,
+        )
+        .map(drop)
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)
+    }
+}
+
+/// A VM's disk as a thin volume whose unwritten blocks read from an external origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinVolume {
+    pub node: String,
+    pub index: u32,
+    pub name: String,
+    pub pool: String,
+    pub thin_id: u32,
+    pub origin: DevRef,
+    pub sectors: u64,
+}
+
+impl Resource for ThinVolume {
+    fn desired(&self) -> Params {
+        desired("thin", self.sectors)
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        observe_table(&self.name)
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let pool = DevRef::Dm {
+            name: self.pool.clone(),
+        }
+        .table_arg()?;
+        // A volume id left in the pool's metadata by an interrupted run is reused as is:
+        // delete it first so the VM starts from the origin's content.
+        let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
+        dm::message(&self.pool, &format!("create_thin {}", self.thin_id))?;
+        let params = format!("{pool} {} {}", self.thin_id, self.origin.table_arg()?);
+        let made = dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "thin".into(), params)],
+            false,
+        );
+        if let Err(e) = made {
+            let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)?;
+        if dm::device(&self.pool)?.is_some() {
+            let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! A file of a given size behind a loop device (loopdev-3): the local store of a cache,
+//! of its metadata, of a snapshot's COW or of a thin pool. Found again by its backing file.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::remove_file_if_exists;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopFile {
+    pub node: String,
+    pub file: PathBuf,
+    pub size: u64,
+}
+
+/// The loop device (major, minor) whose backing file is `file`, if one is attached.
+pub fn find(file: &Path) -> Option<(u32, u32)> {
+    let wanted = file.to_string_lossy().into_owned();
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            if backing.trim() != wanted {
+                return None;
+            }
+            let dev = std::fs::read_to_string(entry.path().join("dev")).ok()?;
+            let (major, minor) = dev.trim().split_once(':')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+}
+
+impl Resource for LoopFile {
+    fn desired(&self) -> Params {
+        vec![("size", self.size.to_string())]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        match (self.file.exists(), find(&self.file)) {
+            (false, None) => Ok(Observed::Absent),
+            (true, Some(_)) => {
+                let size = std::fs::metadata(&self.file)?.len();
+                Ok(Observed::Present(vec![("size", size.to_string())]))
+            }
+            (true, None) => Ok(Observed::Partial(format!(
+                "{} is not attached",
+                self.file.display()
+            ))),
+            (false, Some(_)) => Ok(Observed::Partial(format!(
+                "{} was deleted while attached",
+                self.file.display()
+            ))),
+        }
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::File::create(&self.file)?.set_len(self.size)?;
+        let attach = || -> std::io::Result<()> {
+            let dev = loopdev::LoopControl::open()?.next_free()?;
+            dev.with().part_scan(false).attach(&self.file)
+        };
+        attach().map_err(|e| {
+            let _ = remove_file_if_exists(&self.file);
+            ResourceError::new(format!(
+                "attaching {} to a loop device: {e}",
+                self.file.display()
+            ))
+        })
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        if let Some((major, minor)) = find(&self.file) {
+            let path = super::dm::node_path(devicemapper::Device { major, minor })?;
+            loopdev::LoopDevice::open(&path)
+                .and_then(|d| d.detach())
+                .map_err(|e| ResourceError::new(format!("detaching {}: {e}", path.display())))?;
+        }
+        remove_file_if_exists(&self.file)?;
+        Ok(())
+    }
+}
