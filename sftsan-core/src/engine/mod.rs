@@ -449,8 +449,12 @@ impl Engine {
         if index == 0 {
             return Err(EngineError::NoSuchSnapshot(node.into(), index));
         }
-        if self.plan.node(node).is_some_and(|n| n.role == Role::Origin) {
-            return Err(EngineError::NotComputeNode(node.into()));
+        match self.plan.node(node) {
+            None => return Err(EngineError::NoSuchNode(node.into())),
+            Some(n) if n.role == Role::Origin => {
+                return Err(EngineError::NotComputeNode(node.into()))
+            }
+            Some(_) => {}
         }
         self.plan
             .snapshot(node, index)
