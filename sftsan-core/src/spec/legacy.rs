@@ -8,8 +8,8 @@ use std::str::{Chars, FromStr};
 
 use super::validate::{check_name, CLUSTER_NAME_MAX, NAME_MAX};
 use super::{
-    Backend, ByteSize, CacheSpec, ClusterSection, ClusterSpec, ImageSpec, Mode, NodeSpec,
-    OriginProtocol, OriginSpec, SnapshotKind, SnapshotSpec,
+    Backend, ByteSize, CacheSpec, ClusterSection, ClusterSpec, ImageSpec, KernelCache, KernelSpec,
+    Mode, NodeSpec, OriginProtocol, OriginSpec, RelayTarget, SnapshotKind, SnapshotSpec,
 };
 
 /// Why a legacy configuration could not be imported; one line naming file, line and key.
@@ -96,7 +96,27 @@ pub fn import_legacy(
             kind,
         },
         local: None,
+        // sftsan's targets had no authentication: an imported kernel cluster gets CHAP
+        // credentials of its own (a random secret; change it as you like).
+        kernel: (backend == Backend::Kernel).then(|| KernelSpec {
+            cache: KernelCache::DmCache,
+            relay: RelayTarget::Lio,
+            iscsi_port: 3260,
+            chap_user: "sftsan".into(),
+            chap_secret: random_secret(),
+            open_access: false,
+        }),
     })
+}
+
+/// 24 hex digits from the kernel's random source.
+fn random_secret() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("/dev/urandom is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The used keys of a cfg.data, each with its value from the last line that set it
@@ -407,6 +427,9 @@ cachesize=1024
         assert_eq!(spec.cluster.name, "ubuntu12");
         assert_eq!(spec.cluster.state_dir, Path::new("/root/sftsan/"));
         assert_eq!(spec.cluster.backend, Backend::Kernel);
+        let kernel = spec.kernel.as_ref().expect("a kernel cluster gets a [kernel] section");
+        assert_eq!(kernel.chap_secret.len(), 24, "a generated CHAP secret");
+        assert!(!kernel.open_access);
         assert_eq!(spec.cluster.mode, Mode::Host);
         assert_eq!(spec.cluster.degree, 1);
         assert_eq!(spec.cluster.port, super::super::DEFAULT_PORT);

@@ -46,6 +46,9 @@ pub struct ClusterSpec {
     /// Present when `cluster.mode = "local"`: every node is a network namespace on a bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalSpec>,
+    /// Settings of the kernel backend (`cluster.backend = "kernel"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +178,44 @@ pub enum SnapshotKind {
     DmSnapshot,
     /// dm-thin volume with an external origin (kernel backend).
     DmThin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    #[serde(default)]
+    pub cache: KernelCache,
+    #[serde(default)]
+    pub relay: RelayTarget,
+    /// iSCSI portal port of every node's target.
+    #[serde(default = "default_iscsi_port")]
+    pub iscsi_port: u16,
+    /// CHAP credentials children log in with; every target requires them.
+    pub chap_user: String,
+    pub chap_secret: String,
+    /// Let any initiator log in (no ACLs). Off unless asked for: never for production.
+    #[serde(default)]
+    pub open_access: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelCache {
+    /// dm-cache, writethrough, smq policy.
+    #[default]
+    DmCache,
+    /// dm-clone: hydrates a full local copy (where the running kernel has the target).
+    DmClone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayTarget {
+    /// The kernel's LIO target, configured through configfs.
+    #[default]
+    Lio,
+    /// tgtd (userspace), configured with tgtadm.
+    Tgt,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

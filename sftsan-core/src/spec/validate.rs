@@ -56,6 +56,7 @@ pub fn validate(spec: ClusterSpec) -> Result<ValidatedSpec, SpecError> {
     check_snapshot_kind(&spec)?;
     check_mode(&spec)?;
     check_origin_protocol(&spec)?;
+    check_kernel(&spec)?;
     let image_size = check_image(&spec.image)?;
     check_cache_size(&spec.cache, image_size)?;
     Ok(ValidatedSpec { spec, image_size })
@@ -232,6 +233,45 @@ fn check_snapshot_kind(spec: &ClusterSpec) -> Result<(), SpecError> {
                 kind_name(kind),
                 backend_name(needed),
                 backend_name(spec.cluster.backend),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The kernel backend needs its section, and CHAP credentials that iSCSI accepts: they
+/// are written into configfs and node records, so no whitespace or control characters.
+fn check_kernel(spec: &ClusterSpec) -> Result<(), SpecError> {
+    let kernel =
+        match (&spec.kernel, spec.cluster.backend) {
+            (None, Backend::Kernel) => return Err(SpecError::new(
+                "kernel",
+                "cluster.backend = \"kernel\" needs a [kernel] section (chap_user, chap_secret)",
+            )),
+            (Some(_), Backend::Userspace) => {
+                return Err(SpecError::new(
+                    "kernel",
+                    "only used with cluster.backend = \"kernel\"",
+                ))
+            }
+            (None, _) => return Ok(()),
+            (Some(k), _) => k,
+        };
+    at_least("kernel.iscsi_port", kernel.iscsi_port.into(), 1)?;
+    let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
+    if kernel.chap_user.is_empty() || kernel.chap_user.len() > 255 || !printable(&kernel.chap_user)
+    {
+        return Err(SpecError::new(
+            "kernel.chap_user",
+            "must be 1 to 255 printable ASCII characters without spaces",
+        ));
+    }
+    if !(12..=255).contains(&kernel.chap_secret.len()) || !printable(&kernel.chap_secret) {
+        return Err(SpecError::new(
+            "kernel.chap_secret",
+            format!(
+                "must be 12 to 255 printable ASCII characters without spaces (got {} characters)",
+                kernel.chap_secret.len()
             ),
         ));
     }
@@ -444,6 +484,7 @@ mod tests {
                 kind: SnapshotKind::Qcow2,
             },
             local: None,
+            kernel: None,
         }
     }
 
@@ -688,6 +729,7 @@ mod tests {
             let mut spec = spec_for(image.path());
             spec.cluster.backend = Backend::Kernel;
             spec.snapshots.kind = kind;
+            spec.kernel = Some(kernel_section("a-long-secret"));
             validate(spec).unwrap();
         }
     }
@@ -964,5 +1006,87 @@ mod iscsi_tests {
         }
         let good = Some("iqn.2014-12.org.example:images.base-1");
         assert!(check_origin_protocol(&spec_with(OriginProtocol::Iscsi, false, good)).is_ok());
+    }
+}
+
+#[cfg(test)]
+fn kernel_section(secret: &str) -> super::KernelSpec {
+    super::KernelSpec {
+        cache: Default::default(),
+        relay: Default::default(),
+        iscsi_port: 3260,
+        chap_user: "sftsan".into(),
+        chap_secret: secret.into(),
+        open_access: false,
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    fn spec(backend: Backend, kernel: Option<super::super::KernelSpec>) -> ClusterSpec {
+        let mut spec = ClusterSpec::from_toml(
+            r#"
+            [cluster]
+            name = "c"
+            state_dir = "/tmp/x"
+            degree = 2
+            [image]
+            name = "base"
+            source = "/nonexistent"
+            [origin]
+            address = "127.0.0.1"
+            [[nodes]]
+            name = "n1"
+            address = "127.0.0.2"
+            [cache]
+            size = "1GiB"
+            [snapshots]
+            per_node = 1
+            "#,
+        )
+        .unwrap();
+        spec.cluster.backend = backend;
+        spec.kernel = kernel;
+        spec
+    }
+
+    #[test]
+    fn the_kernel_backend_needs_its_section_and_only_it_does() {
+        let err = check_kernel(&spec(Backend::Kernel, None)).unwrap_err();
+        assert_eq!(err.field, "kernel");
+        let err = check_kernel(&spec(
+            Backend::Userspace,
+            Some(kernel_section("a-long-secret")),
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "kernel");
+        assert!(check_kernel(&spec(
+            Backend::Kernel,
+            Some(kernel_section("a-long-secret"))
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn chap_credentials_must_be_usable() {
+        for bad in [
+            "short",
+            "has a space12",
+            "tab\tinside12345",
+            &"x".repeat(256),
+        ] {
+            let err = check_kernel(&spec(Backend::Kernel, Some(kernel_section(bad)))).unwrap_err();
+            assert_eq!(err.field, "kernel.chap_secret", "{bad:?}");
+        }
+        let mut k = kernel_section("a-long-secret");
+        k.chap_user = String::new();
+        assert_eq!(
+            check_kernel(&spec(Backend::Kernel, Some(k)))
+                .unwrap_err()
+                .field,
+            "kernel.chap_user"
+        );
     }
 }
