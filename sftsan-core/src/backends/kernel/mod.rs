@@ -5,6 +5,8 @@ pub mod configfs;
 pub mod devref;
 pub mod dm;
 pub mod dm_devices;
+pub mod initiator;
 pub mod lio;
 pub mod loopback;
 pub mod probe;
+pub mod target_probe;
