@@ -93,6 +93,27 @@ impl Names {
         )
     }
 
+    /// The iSCSI target a kernel-backend node exports (the origin its image, a node its
+    /// cache).
+    pub fn node_target_iqn(&self, node: &str) -> String {
+        format!("iqn.2014-12.org.sftsan:{}.{}.{}", iqn_part(&self.cluster), iqn_part(node), iqn_part(&self.image))
+    }
+
+    /// A node's device-mapper device `what` (cache, snap-1, pool, thin-1, ...).
+    pub fn dm_name(&self, node: &str, what: &str) -> String {
+        format!("{PREFIX}-{}-{node}-{what}", self.cluster)
+    }
+
+    /// A node's LIO backstore object.
+    pub fn backstore(&self, node: &str) -> String {
+        format!("{PREFIX}-{}-{node}", self.cluster)
+    }
+
+    /// A node's loop-backed file `what` (cache.img, cow-1.img, ...).
+    pub fn node_file(&self, node: &str, what: &str) -> PathBuf {
+        self.cache_dir(node).join(format!("{}.{what}", self.image))
+    }
+
     /// tgtd's management port: private per cluster, so several tgtd can run side by side.
     pub fn tgt_control_port(&self) -> u16 {
         let tag = u32::from_str_radix(&self.tag, 16).unwrap_or(0);

@@ -183,6 +183,7 @@ fn dm_snapshots_over_a_dm_cache_read_the_image_and_keep_writes_apart() {
                 cow,
                 sectors: SECTORS,
                 chunk_sectors: 8,
+                persistent: true,
             });
             DevRef::Dm { name }
         })
@@ -285,7 +286,7 @@ fn an_lio_target_relays_the_cache_to_listed_initiators_only() {
         acls: vec![Acl {
             initiator: "iqn.2014-12.org.sftsan:kt.node.n3".into(),
             chap: Some(Chap {
-                user: "n3".into(),
+                username: "n3".into(),
                 password: "secret-of-n3".into(),
             }),
         }],

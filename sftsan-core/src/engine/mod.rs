@@ -509,6 +509,17 @@ impl Engine {
         let run = self.open_run()?;
         add_planned_entries(&run, &self.plan, None);
         teardown_all(&run, self.plan.parallelism)?;
+        if self
+            .plan
+            .nodes
+            .iter()
+            .flat_map(|n| &n.stack)
+            .any(|r| matches!(r, ResourceSpec::IscsiSession(_)))
+        {
+            // The iscsid sftsan started for its sessions (none is stopped that it did not start).
+            crate::backends::kernel::initiator::stop_started_iscsid(Duration::from_secs(10))
+                .map_err(|e| EngineError::Teardown(vec![format!("iscsid: {e}")]))?;
+        }
         run.journal.lock().unwrap().delete()?;
         remove_state_dirs(&self.names);
         Ok(run.summary.into_inner().unwrap())

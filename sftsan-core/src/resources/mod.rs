@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::backends::kernel::dm_devices::{DmCache, DmLinear, DmSnapshot, ThinPool, ThinVolume};
+use crate::backends::kernel::initiator::IscsiSession;
+use crate::backends::kernel::lio::LioTarget;
+use crate::backends::kernel::loopback::LoopFile;
 use crate::backends::userspace::{
     Cache, Daemon, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
 };
@@ -127,6 +131,14 @@ pub enum ResourceSpec {
     RelayExport(RelayExport),
     Keeper(Keeper),
     Snapshot(Snapshot),
+    IscsiSession(IscsiSession),
+    LoopFile(LoopFile),
+    DmCache(DmCache),
+    DmLinear(DmLinear),
+    LioTarget(LioTarget),
+    DmSnapshot(DmSnapshot),
+    ThinPool(ThinPool),
+    ThinVolume(ThinVolume),
 }
 
 impl ResourceSpec {
@@ -143,6 +155,14 @@ impl ResourceSpec {
             ResourceSpec::RelayExport(r) => r,
             ResourceSpec::Keeper(r) => r,
             ResourceSpec::Snapshot(r) => r,
+            ResourceSpec::IscsiSession(r) => r,
+            ResourceSpec::LoopFile(r) => r,
+            ResourceSpec::DmCache(r) => r,
+            ResourceSpec::DmLinear(r) => r,
+            ResourceSpec::LioTarget(r) => r,
+            ResourceSpec::DmSnapshot(r) => r,
+            ResourceSpec::ThinPool(r) => r,
+            ResourceSpec::ThinVolume(r) => r,
         }
     }
 
@@ -168,10 +188,31 @@ impl ResourceSpec {
             ResourceSpec::RelayExport(_) => "relay-export",
             ResourceSpec::Keeper(_) => "keeper",
             ResourceSpec::Snapshot(_) => "snapshot",
+            ResourceSpec::IscsiSession(_) => "iscsi-session",
+            ResourceSpec::LoopFile(_) => "loop-file",
+            ResourceSpec::DmCache(_) => "dm-cache",
+            ResourceSpec::DmLinear(_) => "dm-linear",
+            ResourceSpec::LioTarget(_) => "lio-target",
+            ResourceSpec::DmSnapshot(_) => "dm-snapshot",
+            ResourceSpec::ThinPool(_) => "thin-pool",
+            ResourceSpec::ThinVolume(_) => "thin-volume",
         }
     }
 
-    /// All kinds, in the order a node's stack is built.
+    /// The kernel backend's kinds, in the order a node's stack is built.
+    pub const KERNEL_KINDS: [&'static str; 8] = [
+        "iscsi-session",
+        "loop-file",
+        "dm-cache",
+        "dm-linear",
+        "lio-target",
+        "dm-snapshot",
+        "thin-pool",
+        "thin-volume",
+    ];
+
+    /// The userspace backend's kinds (and local mode's), in the order a node's stack is
+    /// built.
     pub const KINDS: [&'static str; 11] = [
         "subnet-guard",
         "bridge",
@@ -191,6 +232,13 @@ impl ResourceSpec {
         let owner = node.unwrap_or("cluster");
         match self {
             ResourceSpec::Snapshot(s) => format!("{owner}/snapshot/{}", s.index),
+            ResourceSpec::DmSnapshot(s) => format!("{owner}/dm-snapshot/{}", s.index),
+            ResourceSpec::ThinVolume(s) => format!("{owner}/thin-volume/{}", s.index),
+            // A node has several loop-backed files: the file names them.
+            ResourceSpec::LoopFile(l) => format!(
+                "{owner}/loop-file/{}",
+                l.file.file_name().unwrap_or_default().to_string_lossy()
+            ),
             other => format!("{owner}/{}", other.kind()),
         }
     }

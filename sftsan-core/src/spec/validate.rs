@@ -258,6 +258,32 @@ fn check_kernel(spec: &ClusterSpec) -> Result<(), SpecError> {
             (Some(k), _) => k,
         };
     at_least("kernel.iscsi_port", kernel.iscsi_port.into(), 1)?;
+    // The kernel's iSCSI initiator works only in the initial network namespace: nodes on
+    // one machine are told apart by name and IQN, not by namespace.
+    if spec.cluster.mode != Mode::Host {
+        return Err(SpecError::new(
+            "cluster.mode",
+            "the kernel backend needs mode = \"host\" (the kernel's iSCSI initiator works only in the initial network namespace)",
+        ));
+    }
+    if !spec.origin.managed {
+        return Err(SpecError::new(
+            "origin.managed",
+            "the kernel backend does not support an unmanaged origin yet",
+        ));
+    }
+    if kernel.cache == super::KernelCache::DmClone {
+        return Err(SpecError::new(
+            "kernel.cache",
+            "dm-clone is not supported yet; use \"dm-cache\"",
+        ));
+    }
+    if kernel.relay == super::RelayTarget::Tgt {
+        return Err(SpecError::new(
+            "kernel.relay",
+            "tgt relays are not supported yet; use \"lio\"",
+        ));
+    }
     let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
     if kernel.chap_user.is_empty() || kernel.chap_user.len() > 255 || !printable(&kernel.chap_user)
     {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+use super::initiator::IscsiSession;
 use super::{dm, loopback};
 use crate::resources::ResourceError;
 
@@ -23,6 +24,10 @@ pub enum DevRef {
     Path {
         path: PathBuf,
     },
+    /// The disk of an iSCSI session (its sdX name is not stable across logins).
+    Iscsi {
+        session: Box<IscsiSession>,
+    },
 }
 
 impl DevRef {
@@ -35,6 +40,13 @@ impl DevRef {
             DevRef::Loop { file } => loopback::find(file)
                 .map(|(major, minor)| Device { major, minor })
                 .ok_or_else(|| missing(format!("a loop device over {}", file.display()))),
+            DevRef::Iscsi { session } => session
+                .disk()
+                .map(|d| Device {
+                    major: d.major,
+                    minor: d.minor,
+                })
+                .ok_or_else(|| missing(format!("the disk of the session to {}", session.target))),
             DevRef::Path { path } => {
                 let rdev = std::fs::metadata(path)
                     .map_err(|e| ResourceError::new(format!("{}: {e}", path.display())))?

@@ -24,6 +24,41 @@ fn desired(target: &str, sectors: u64) -> Params {
     vec![("target", target.into()), ("sectors", sectors.to_string())]
 }
 
+/// A plain linear view of another device. LIO claims the device it exports exclusively,
+/// while device-mapper devices share their claims: a view of the cache lets LIO export it
+/// while the VMs' disks build on the cache itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmLinear {
+    pub node: String,
+    pub name: String,
+    pub origin: DevRef,
+    pub sectors: u64,
+}
+
+impl Resource for DmLinear {
+    fn desired(&self) -> Params {
+        desired("linear", self.sectors)
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        observe_table(&self.name)
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let params = format!("{} 0", self.origin.table_arg()?);
+        dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "linear".into(), params)],
+            false,
+        )
+        .map(drop)
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)
+    }
+}
+
 /// dm-cache, writethrough with the smq policy: reads of the upstream disk are kept on a
 /// local cache device, with a small metadata device beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +116,14 @@ pub struct DmSnapshot {
     pub sectors: u64,
     /// COW chunk size in sectors (4 KiB = 8).
     pub chunk_sectors: u64,
+    /// A persistent COW store survives a reboot; a transient one is for views that are
+    /// never written.
+    #[serde(default = "persistent")]
+    pub persistent: bool,
+}
+
+fn persistent() -> bool {
+    true
 }
 
 impl Resource for DmSnapshot {
@@ -94,9 +137,10 @@ impl Resource for DmSnapshot {
 
     fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
         let params = format!(
-            "{} {} P {}",
+            "{} {} {} {}",
             self.origin.table_arg()?,
             self.cow.table_arg()?,
+            if self.persistent { "P" } else { "N" },
             self.chunk_sectors
         );
         dm::create(

@@ -45,6 +45,11 @@ pub const ISCSID_PIDFILE: &str = "/run/sftsan-iscsid.pid";
 /// `iscsid.socket`, which starts iscsid on demand).
 const ISCSID_SOCKET: &str = "@ISCSIADM_ABSTRACT_NAMESPACE";
 
+/// open-iscsi keeps node records of one target in one directory tree, and iscsiadm does
+/// not lock it: nodes of a tree level logging in to one parent at once would clobber each
+/// other's records. One record change (and login) at a time per process.
+static ISCSIADM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How often sysfs is polled while waiting for a session, its disk or its removal.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -276,6 +281,11 @@ pub enum Iscsid {
 /// is there it is used as it is. One it started stays running for later sessions and other
 /// sftsan commands until [`stop_started_iscsid`].
 pub fn ensure_iscsid(ctx: &Ctx, timeout: Duration) -> Result<Iscsid, ResourceError> {
+    // Nodes of one tree level log in in parallel: one of them starts iscsid.
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = STARTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if iscsid_listening() {
         return Ok(Iscsid::AlreadyRunning);
     }
@@ -616,6 +626,7 @@ impl IscsiSession {
     /// the session is left.
     pub fn login(&self, ctx: &Ctx) -> Result<Disk, ResourceError> {
         self.validate()?;
+        let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
         let result = self
             .write_records(ctx)
             .and_then(|()| {
@@ -779,6 +790,7 @@ impl Resource for IscsiSession {
     }
 
     fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.matching_sessions();
         if !live.is_empty() {
             // Logging out needs iscsid.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::configfs::{self, ROOT};
 use super::dm;
+pub use super::initiator::Chap;
 use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,12 +21,6 @@ pub enum Backing {
     Block { path: PathBuf },
     /// A device-mapper device by name, resolved to its node when the target is made.
     Dm { name: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chap {
-    pub user: String,
-    pub password: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +131,7 @@ impl LioTarget {
             let dir = self.tpg().join("acls").join(&acl.initiator);
             configfs::mkdir(&dir)?;
             if let Some(chap) = &acl.chap {
-                configfs::write(&dir.join("auth/userid"), &chap.user)?;
+                configfs::write(&dir.join("auth/userid"), &chap.username)?;
                 configfs::write(&dir.join("auth/password"), &chap.password)?;
             }
             let mapped = dir.join(LUN);

@@ -1,6 +1,8 @@
 //! The plan: the tree, and for every node the ordered stack of resources that makes it.
 //! Computed from a validated spec without touching the system.
 
+mod kernel;
+
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -11,7 +13,7 @@ use crate::backends::userspace::{
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
 use crate::resources::ResourceSpec;
-use crate::spec::{ClusterSpec, Mode, OriginProtocol, ValidatedSpec};
+use crate::spec::{Backend, ClusterSpec, Mode, OriginProtocol, ValidatedSpec};
 use crate::topology::Tree;
 use crate::transport::TransportSpec;
 
@@ -164,57 +166,61 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                 }));
             }
             let iscsi_origin = spec.origin.protocol == OriginProtocol::Iscsi;
-            match &parent {
-                None if !managed => {}
-                None if iscsi_origin => stack.push(ResourceSpec::OriginTarget(OriginTarget {
-                    node: name.clone(),
-                    run_dir,
-                    address: *address,
-                    port: spec.origin.iscsi_port,
-                    control_port: spec
-                        .origin
-                        .iscsi_control_port
-                        .unwrap_or_else(|| names.tgt_control_port()),
-                    iqn: origin_iqn(spec, &names),
-                    source: spec.image.source.clone(),
-                    initiators: tree
-                        .children(index)
-                        .iter()
-                        .map(|&c| names.initiator_iqn(&all[c - 1].0))
-                        .collect(),
-                })),
-                None => {
-                    stack.push(daemon(name, *address, port, &run_dir));
-                    stack.push(ResourceSpec::OriginExport(OriginExport {
+            if let (Backend::Kernel, Some(k)) = (spec.cluster.backend, &spec.kernel) {
+                stack = kernel::stack(spec, k, &names, &tree, &all, index, size);
+            } else {
+                match &parent {
+                    None if !managed => {}
+                    None if iscsi_origin => stack.push(ResourceSpec::OriginTarget(OriginTarget {
                         node: name.clone(),
                         run_dir,
+                        address: *address,
+                        port: spec.origin.iscsi_port,
+                        control_port: spec
+                            .origin
+                            .iscsi_control_port
+                            .unwrap_or_else(|| names.tgt_control_port()),
+                        iqn: origin_iqn(spec, &names),
                         source: spec.image.source.clone(),
-                        export: export.clone(),
-                    }));
-                }
-                Some((parent_name, parent_addr)) => {
-                    stack.push(daemon(name, *address, port, &run_dir));
-                    let from_iscsi_origin = iscsi_origin && tree.parent(index) == Some(1);
-                    let upstream = Upstream {
-                        node: name.clone(),
-                        run_dir: run_dir.clone(),
-                        parent: parent_name.clone(),
-                        host: *parent_addr,
-                        port: if from_iscsi_origin {
-                            spec.origin.iscsi_port
-                        } else {
-                            port
-                        },
-                        export: export.clone(),
-                        connect_timeout_ms: spec.cluster.connect_timeout_ms,
-                        iscsi: from_iscsi_origin.then(|| IscsiLogin {
-                            target: origin_iqn(spec, &names),
-                            initiator: names.initiator_iqn(name),
-                        }),
-                    };
-                    node_stack(
-                        &mut stack, spec, &names, upstream, *address, size, &identity,
-                    )
+                        initiators: tree
+                            .children(index)
+                            .iter()
+                            .map(|&c| names.initiator_iqn(&all[c - 1].0))
+                            .collect(),
+                    })),
+                    None => {
+                        stack.push(daemon(name, *address, port, &run_dir));
+                        stack.push(ResourceSpec::OriginExport(OriginExport {
+                            node: name.clone(),
+                            run_dir,
+                            source: spec.image.source.clone(),
+                            export: export.clone(),
+                        }));
+                    }
+                    Some((parent_name, parent_addr)) => {
+                        stack.push(daemon(name, *address, port, &run_dir));
+                        let from_iscsi_origin = iscsi_origin && tree.parent(index) == Some(1);
+                        let upstream = Upstream {
+                            node: name.clone(),
+                            run_dir: run_dir.clone(),
+                            parent: parent_name.clone(),
+                            host: *parent_addr,
+                            port: if from_iscsi_origin {
+                                spec.origin.iscsi_port
+                            } else {
+                                port
+                            },
+                            export: export.clone(),
+                            connect_timeout_ms: spec.cluster.connect_timeout_ms,
+                            iscsi: from_iscsi_origin.then(|| IscsiLogin {
+                                target: origin_iqn(spec, &names),
+                                initiator: names.initiator_iqn(name),
+                            }),
+                        };
+                        node_stack(
+                            &mut stack, spec, &names, upstream, *address, size, &identity,
+                        )
+                    }
                 }
             }
             NodePlan {

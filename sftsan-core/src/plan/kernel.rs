@@ -1,0 +1,195 @@
+//! A kernel-backend node's stack. The origin exports its image as an LIO target; every
+//! node logs in to its parent's target, caches the disk with dm-cache over loop-backed
+//! files, relays the cache as its own LIO target, and gives each VM a persistent
+//! dm-snapshot or a thin volume with the cache as external origin. Only the node's
+//! children may log in, with the cluster's CHAP credentials.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::backends::kernel::devref::DevRef;
+use crate::backends::kernel::dm_devices::{DmCache, DmLinear, DmSnapshot, ThinPool, ThinVolume};
+use crate::backends::kernel::initiator::{Chap, IscsiSession};
+use crate::backends::kernel::lio::{Acl, Backing, LioTarget};
+use crate::backends::kernel::loopback::LoopFile;
+use crate::names::Names;
+use crate::resources::ResourceSpec;
+use crate::spec::{ClusterSpec, KernelSpec, SnapshotKind};
+use crate::topology::Tree;
+
+/// dm-cache and thin-pool block size: 64 KiB.
+const BLOCK_SECTORS: u64 = 128;
+/// dm-snapshot chunk: 4 KiB.
+const CHUNK_SECTORS: u64 = 8;
+/// COW store of the never-written upstream view.
+const UPSTREAM_COW: u64 = 1 << 20;
+
+/// Metadata room for dm-cache or a thin pool over `size` bytes of data: 8 MiB plus
+/// generous room per 64 KiB block.
+fn metadata_size(size: u64) -> u64 {
+    (8 << 20) + (size / 65536) * 64
+}
+
+/// The stack of the node at tree position `index` (1 is the origin).
+pub fn stack(
+    spec: &ClusterSpec,
+    kernel: &KernelSpec,
+    names: &Names,
+    tree: &Tree,
+    all: &[(String, IpAddr)],
+    index: usize,
+    size: u64,
+) -> Vec<ResourceSpec> {
+    let (name, address) = &all[index - 1];
+    let chap = Chap {
+        username: kernel.chap_user.clone(),
+        password: kernel.chap_secret.clone(),
+    };
+    let acls = tree
+        .children(index)
+        .into_iter()
+        .map(|c| Acl {
+            initiator: names.initiator_iqn(&all[c - 1].0),
+            chap: Some(chap.clone()),
+        })
+        .collect();
+    let target = |backing| LioTarget {
+        node: name.clone(),
+        iqn: names.node_target_iqn(name),
+        backstore: names.backstore(name),
+        backing,
+        portal: SocketAddr::new(*address, kernel.iscsi_port),
+        acls,
+        open_access: kernel.open_access,
+    };
+    let Some(parent) = tree.parent(index) else {
+        let image = Backing::File {
+            path: spec.image.source.clone(),
+            size,
+        };
+        return vec![ResourceSpec::LioTarget(target(image))];
+    };
+    let (parent_name, parent_address) = &all[parent - 1];
+    let sectors = size / 512;
+    let file = |what: &str| names.node_file(name, what);
+    let loop_file = |what: &str, bytes: u64| {
+        ResourceSpec::LoopFile(LoopFile {
+            node: name.clone(),
+            file: file(what),
+            size: bytes,
+        })
+    };
+    let session = IscsiSession {
+        node: name.clone(),
+        parent: parent_name.clone(),
+        portal: SocketAddr::new(*parent_address, kernel.iscsi_port),
+        target: names.node_target_iqn(parent_name),
+        lun: 0,
+        initiator: names.initiator_iqn(name),
+        chap: Some(chap.clone()),
+        size,
+        timeout_ms: spec.cluster.connect_timeout_ms,
+    };
+    let cache_name = names.dm_name(name, "cache");
+    let cache = DevRef::Dm {
+        name: cache_name.clone(),
+    };
+    // dm-cache opens its origin read-write, but the parent's LUN is write-protected. A
+    // transient dm-snapshot opens its origin read-only and is writable itself: dm-cache
+    // builds on that view. Nothing writes to it (VMs write to their own disks, children
+    // cannot write), so its small COW store stays empty.
+    let upstream_name = names.dm_name(name, "upstream");
+    let mut stack = vec![
+        ResourceSpec::IscsiSession(session.clone()),
+        loop_file("upstream-cow.img", UPSTREAM_COW),
+        ResourceSpec::DmSnapshot(DmSnapshot {
+            node: name.clone(),
+            index: 0,
+            name: upstream_name.clone(),
+            origin: DevRef::Iscsi {
+                session: Box::new(session.clone()),
+            },
+            cow: DevRef::Loop {
+                file: file("upstream-cow.img"),
+            },
+            sectors,
+            chunk_sectors: CHUNK_SECTORS,
+            persistent: false,
+        }),
+        loop_file("cache.img", size),
+        loop_file("cache-meta.img", metadata_size(size)),
+        ResourceSpec::DmCache(DmCache {
+            node: name.clone(),
+            name: cache_name.clone(),
+            origin: DevRef::Dm {
+                name: upstream_name,
+            },
+            cache: DevRef::Loop {
+                file: file("cache.img"),
+            },
+            metadata: DevRef::Loop {
+                file: file("cache-meta.img"),
+            },
+            sectors,
+            block_sectors: BLOCK_SECTORS,
+        }),
+        ResourceSpec::DmLinear(DmLinear {
+            node: name.clone(),
+            name: names.dm_name(name, "relay"),
+            origin: cache.clone(),
+            sectors,
+        }),
+        ResourceSpec::LioTarget(target(Backing::Dm {
+            name: names.dm_name(name, "relay"),
+        })),
+    ];
+    let per_node = spec.snapshots.per_node;
+    match spec.snapshots.kind {
+        SnapshotKind::DmThin => {
+            let pool = names.dm_name(name, "pool");
+            let data = size * u64::from(per_node.max(1));
+            stack.push(loop_file("pool-meta.img", metadata_size(data)));
+            stack.push(loop_file("pool-data.img", data));
+            stack.push(ResourceSpec::ThinPool(ThinPool {
+                node: name.clone(),
+                name: pool.clone(),
+                metadata: DevRef::Loop {
+                    file: file("pool-meta.img"),
+                },
+                data: DevRef::Loop {
+                    file: file("pool-data.img"),
+                },
+                sectors: data / 512,
+                block_sectors: BLOCK_SECTORS,
+            }));
+            for i in 1..=per_node {
+                stack.push(ResourceSpec::ThinVolume(ThinVolume {
+                    node: name.clone(),
+                    index: i,
+                    name: names.dm_name(name, &format!("thin-{i}")),
+                    pool: pool.clone(),
+                    thin_id: i,
+                    origin: cache.clone(),
+                    sectors,
+                }));
+            }
+        }
+        _ => {
+            for i in 1..=per_node {
+                let cow = format!("cow-{i}.img");
+                // Sparse: a COW store only grows as large as what its VM writes.
+                stack.push(loop_file(&cow, size));
+                stack.push(ResourceSpec::DmSnapshot(DmSnapshot {
+                    node: name.clone(),
+                    index: i,
+                    name: names.dm_name(name, &format!("snap-{i}")),
+                    origin: cache.clone(),
+                    cow: DevRef::Loop { file: file(&cow) },
+                    sectors,
+                    chunk_sectors: CHUNK_SECTORS,
+                    persistent: true,
+                }));
+            }
+        }
+    }
+    stack
+}

@@ -1,0 +1,182 @@
+//! A kernel-backend cluster inside one kernel: an origin and four nodes in a binary tree,
+//! told apart by name and IQN (host mode on 127.0.0.x). Every node logs in to its
+//! parent's LIO target with CHAP, caches it with dm-cache and relays the cache; each VM
+//! disk (dm-snapshot or dm-thin) reads back the image, writes stay in their disk, and
+//! `down` leaves no dm device, loop device, LIO object, iSCSI session or iscsid.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sftsan_core::backends::kernel::dm;
+use sftsan_core::backends::kernel::probe::NODE_FEATURES;
+use sftsan_core::engine::Engine;
+use sftsan_core::names::Names;
+use sftsan_core::plan;
+use sftsan_core::resources::Tools;
+use sftsan_core::spec::{validate, ClusterSpec};
+use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+
+const IMAGE: u64 = 16 * MIB;
+const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
+
+/// Brings a cluster up; takes it down when dropped, also when a test fails.
+struct KernelCluster {
+    engine: Engine,
+    names: Names,
+    sha: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for KernelCluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.engine.down() {
+            eprintln!("down: {e}");
+        }
+    }
+}
+
+fn cluster(name: &str, kind: &str) -> KernelCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.raw");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let data: Vec<u8> = (0..IMAGE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(&image, &data).unwrap();
+    let nodes: String = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("[[nodes]]\nname = \"{n}\"\naddress = \"127.0.0.{}\"\n", i + 2))
+        .collect();
+    let text = format!(
+        r#"
+[cluster]
+name = "{name}"
+state_dir = "{state}"
+backend = "kernel"
+mode = "host"
+degree = 2
+[image]
+name = "base"
+source = "{image}"
+[origin]
+address = "127.0.0.1"
+{nodes}
+[cache]
+size = "32MiB"
+[snapshots]
+per_node = 2
+kind = "{kind}"
+[kernel]
+chap_user = "sftsan"
+chap_secret = "a-secret-for-the-tests"
+"#,
+        state = dir.path().join("state").display(),
+        image = image.display(),
+    );
+    let spec = validate(ClusterSpec::from_toml(&text).unwrap()).unwrap();
+    let names = Names::new(spec.spec());
+    let plan = plan::plan(&spec);
+    let engine = Engine::new(&spec, plan, Tools::from_env(), Arc::new(|_| {}));
+    KernelCluster {
+        engine,
+        names,
+        sha: format!("{:x}", Sha256::digest(&data)),
+        _dir: dir,
+    }
+}
+
+fn disk(c: &KernelCluster, node: &str, what: &str) -> std::path::PathBuf {
+    let name = c.names.dm_name(node, what);
+    let dev = dm::device(&name).unwrap().unwrap_or_else(|| panic!("no dm device {name}"));
+    dm::node_path(dev).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    let mut data = Vec::new();
+    fs::File::open(path).unwrap().read_to_end(&mut data).unwrap();
+    format!("{:x}", Sha256::digest(&data))
+}
+
+fn check(name: &str, kind: &str, disk_name: &str) {
+    if !kernel_has(name, NODE_FEATURES) {
+        assert!(!in_kernel_tier(), "the kernel tier's kernel must have every node feature");
+        return;
+    }
+    let c = cluster(name, kind);
+    c.engine.up().unwrap_or_else(|e| panic!("up: {e}"));
+    for node in NODES {
+        for i in 1..=2 {
+            let path = disk(&c, node, &format!("{disk_name}-{i}"));
+            assert_eq!(sha256(&path), c.sha, "{node}'s disk {i} reads the image");
+        }
+    }
+    // A write to one VM's disk on a leaf stays there.
+    let written = disk(&c, "n4", &format!("{disk_name}-1"));
+    let mut f = fs::OpenOptions::new().write(true).open(&written).unwrap();
+    f.seek(SeekFrom::Start(2 * MIB)).unwrap();
+    f.write_all(&[0xcd; 8192]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_ne!(sha256(&written), c.sha);
+    assert_eq!(sha256(&disk(&c, "n4", &format!("{disk_name}-2"))), c.sha);
+    assert_eq!(sha256(&disk(&c, "n2", &format!("{disk_name}-1"))), c.sha);
+    assert_eq!(sha256(&disk(&c, "n1", "cache")), c.sha, "the leaf's parent's cache");
+
+    let again = c.engine.up().unwrap();
+    assert_eq!(again.created, 0, "a second up changes nothing");
+
+    c.engine.down().unwrap_or_else(|e| panic!("down: {e}"));
+    let prefix = format!("sftsan-{name}-");
+    let dm_left: Vec<String> = dm_names().into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    assert!(dm_left.is_empty(), "dm devices left: {dm_left:?}");
+    let loops: Vec<String> = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("loop/backing_file")).ok())
+        .filter(|f| f.contains(name) || f.contains("/state/"))
+        .collect();
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
+    let sessions = fs::read_dir("/sys/class/iscsi_session").map(|d| d.count()).unwrap_or(0);
+    assert_eq!(sessions, 0, "iSCSI sessions left");
+    let targets: Vec<String> = fs::read_dir("/sys/kernel/config/target/iscsi")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(
+        targets.iter().all(|t| !t.contains(name)),
+        "LIO targets left: {targets:?}"
+    );
+    let iscsid = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("comm")).ok())
+        .any(|c| c.trim() == "iscsid");
+    assert!(!iscsid, "the iscsid sftsan started is still running");
+}
+
+fn dm_names() -> Vec<String> {
+    fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("dm/name")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn a_tree_with_dm_snapshots() {
+    check("kc-snap", "dm-snapshot", "snap");
+}
+
+#[test]
+fn a_tree_with_thin_volumes() {
+    check("kc-thin", "dm-thin", "thin");
+}
