@@ -157,9 +157,26 @@ else
         die "qemu-block-extra ($block_version) does not match qemu-utils ($qemu_version)"
 fi
 
+# qemu-system-x86 (the guests of `sftsan vm`, QEMU under TCG) must be that build as well.
+system_version=$(installed_version qemu-system-x86)
+if [ "$system_version" = "$qemu_version" ]; then
+    log "qemu-system-x86: $system_version installed (matches qemu-utils)"
+else
+    log "qemu-system-x86: ${system_version:-not installed}; installing $qemu_version from bookworm-backports"
+    apt_install -t bookworm-backports "qemu-system-x86=$qemu_version"
+    system_version=$(installed_version qemu-system-x86)
+    [ "$system_version" = "$qemu_version" ] ||
+        die "qemu-system-x86 ($system_version) does not match qemu-utils ($qemu_version)"
+fi
+
+# libvirt-daemon-system (bookworm's libvirt 9.0, like libvirt-dev) creates the libvirt-qemu
+# user; without systemd running it starts no daemon. valgrind, make and python3 run the
+# C and Python callers' tests.
 PACKAGES=(
     iproute2 tgt libiscsi-bin pkg-config gcc
     libvirt-dev libudev-dev libdevmapper-dev libiscsi-dev libclang-dev
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+    valgrind make python3
 )
 present=()
 missing=()
@@ -173,7 +190,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # --- 5. check ------------------------------------------------------------------------------
-for tool in qemu-storage-daemon qemu-img ip tgtd tgtadm iscsi-ls pkg-config gcc; do
+for tool in qemu-storage-daemon qemu-img ip tgtd tgtadm iscsi-ls pkg-config gcc \
+    qemu-system-x86_64 virsh; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found after install"
 done
-log "done: qemu-utils $qemu_version, qemu-block-extra $block_version"
+log "done: qemu-utils $qemu_version, qemu-block-extra $block_version, qemu-system-x86 $system_version"

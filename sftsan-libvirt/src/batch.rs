@@ -1,0 +1,827 @@
+//! Batch operations on a cluster's VMs: define, start (with boot queueing), destroy,
+//! undefine, list. Each VM's outcome becomes a row of the result table.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::cluster::Snapshots;
+use crate::libvirt::{DomainState, Libvirt};
+use crate::vms::Vm;
+use crate::xml::VmMode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Define,
+    Start,
+    Destroy,
+    Undefine,
+    List,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Define => "define",
+            Op::Start => "start",
+            Op::Destroy => "destroy",
+            Op::Undefine => "undefine",
+            Op::List => "list",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// At most this many libvirt operations at once.
+    pub concurrency: usize,
+    /// At least this long between two starts (boot queueing against boot storms).
+    pub interval: Duration,
+    /// `undefine`: remove the VMs' snapshots too (their writes are lost).
+    pub remove_snapshots: bool,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            concurrency: 4,
+            interval: Duration::ZERO,
+            remove_snapshots: false,
+        }
+    }
+}
+
+/// The libvirt pool of one node's snapshot directory.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub cluster: String,
+    pub node: String,
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub vm: String,
+    pub node: String,
+    pub index: u32,
+    pub outcome: Result<String, String>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub op: Op,
+    pub rows: Vec<Row>,
+    /// Batch-level events: pools, rollback.
+    pub notes: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn failures(&self) -> usize {
+        self.rows.iter().filter(|r| r.outcome.is_err()).count()
+    }
+
+    /// The per-VM result table, then the notes and a summary line.
+    pub fn table(&self) -> String {
+        let header = ["VM", "NODE", "SNAPSHOT", "RESULT", "TIME"];
+        let cells: Vec<[String; 5]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                [
+                    r.vm.clone(),
+                    r.node.clone(),
+                    r.index.to_string(),
+                    match &r.outcome {
+                        Ok(s) => s.clone(),
+                        Err(e) => format!("FAILED: {e}"),
+                    },
+                    format!("{:.1}s", r.elapsed.as_secs_f64()),
+                ]
+            })
+            .collect();
+        let mut width = header.map(str::len);
+        for row in &cells {
+            for (w, c) in width.iter_mut().zip(row) {
+                *w = (*w).max(c.len());
+            }
+        }
+        let line = |row: &[&str]| {
+            let mut s = String::new();
+            for (i, c) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    s += c;
+                } else {
+                    s += &format!("{c:<w$}  ", w = width[i]);
+                }
+            }
+            s.trim_end().to_string() + "\n"
+        };
+        let mut out = line(&header);
+        for row in &cells {
+            out += &line(&row.each_ref().map(String::as_str));
+        }
+        for n in &self.notes {
+            out += &format!("{n}\n");
+        }
+        out += &format!(
+            "{}: {} VMs, {} failed, in {:.1}s\n",
+            self.op.as_str(),
+            self.rows.len(),
+            self.failures(),
+            self.elapsed.as_secs_f64()
+        );
+        out
+    }
+}
+
+/// Runs `work` on every item, at most `concurrency` at once, starting them in order with
+/// at least `interval` between two starts. Results come back in the items' order, each
+/// with how long it took.
+pub fn bounded<T: Sync, R: Send>(
+    items: &[T],
+    concurrency: usize,
+    interval: Duration,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<(R, Duration)> {
+    let next = AtomicUsize::new(0);
+    let gate: Mutex<Option<Instant>> = Mutex::new(None);
+    let results: Mutex<Vec<Option<(R, Duration)>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..concurrency.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                // Take the next item and its start slot together, so slots follow item order.
+                let (i, at) = {
+                    let mut g = gate.lock().unwrap();
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= items.len() {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let at = g.map_or(now, |t| t.max(now));
+                    *g = Some(at + interval);
+                    (i, at)
+                };
+                if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let started = Instant::now();
+                let r = work(&items[i]);
+                results.lock().unwrap()[i] = Some((r, started.elapsed()));
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// The persistent definition a define replaced (libvirt's XML), if there was one.
+type Previous = Option<String>;
+
+/// A batch over one cluster's VMs.
+pub struct Batch<'a> {
+    pub libvirt: &'a Libvirt,
+    pub snapshots: &'a dyn Snapshots,
+    /// The pools of the nodes the VMs are on.
+    pub pools: Vec<PoolSpec>,
+    pub options: BatchOptions,
+}
+
+fn row(vm: &Vm, outcome: Result<String, String>, elapsed: Duration) -> Row {
+    Row {
+        vm: vm.name.clone(),
+        node: vm.node.clone(),
+        index: vm.index,
+        outcome,
+        elapsed,
+    }
+}
+
+impl Batch<'_> {
+    pub fn run(&self, op: Op, vms: &[Vm]) -> Report {
+        let started = Instant::now();
+        let mut notes = Vec::new();
+        let rows = match op {
+            Op::Define => self.define(vms, &mut notes),
+            Op::Start => self.start(vms, &mut notes),
+            Op::Destroy => self.parallel(vms, |vm| self.destroy_one(vm)),
+            Op::Undefine => self.parallel(vms, |vm| self.undefine_one(vm)),
+            Op::List => vms
+                .iter()
+                .map(|vm| {
+                    let t = Instant::now();
+                    row(vm, self.describe(vm), t.elapsed())
+                })
+                .collect(),
+        };
+        if op != Op::List {
+            self.sync_pools(op, &mut notes);
+        }
+        Report {
+            op,
+            rows,
+            notes,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn parallel(
+        &self,
+        vms: &[Vm],
+        work: impl Fn(&Vm) -> Result<String, String> + Sync,
+    ) -> Vec<Row> {
+        bounded(vms, self.options.concurrency, Duration::ZERO, work)
+            .into_iter()
+            .zip(vms)
+            .map(|((outcome, t), vm)| row(vm, outcome, t))
+            .collect()
+    }
+
+    /// Snapshots first (one at a time: the engine holds the cluster's lock), then the
+    /// domains in parallel. Any failure undoes the whole batch: the domains it defined are
+    /// undefined and the snapshots it created are removed.
+    fn define(&self, vms: &[Vm], notes: &mut Vec<String>) -> Vec<Row> {
+        let mut created_snapshots = Vec::new();
+        let mut snap_results: Vec<Result<(), String>> = Vec::new();
+        let mut snap_times = Vec::new();
+        for vm in vms {
+            let t = Instant::now();
+            let existed = self.snapshots.exists(&vm.node, vm.index);
+            let r = self.snapshots.ensure(&vm.node, vm.index).map(|_| ());
+            if r.is_ok() && !existed {
+                created_snapshots.push(vm);
+            }
+            snap_times.push(t.elapsed());
+            let failed = r.is_err();
+            snap_results.push(r);
+            if failed {
+                break;
+            }
+        }
+        let snap_failed = snap_results.iter().any(Result::is_err);
+        let defined: Vec<(Result<Previous, String>, Duration)> = if snap_failed {
+            vec![]
+        } else {
+            bounded(vms, self.options.concurrency, Duration::ZERO, |vm| {
+                self.define_one(vm)
+            })
+        };
+        let failed = snap_failed || defined.iter().any(|(r, _)| r.is_err());
+        let mut rows = Vec::new();
+        for (i, vm) in vms.iter().enumerate() {
+            let snap_t = snap_times.get(i).copied().unwrap_or_default();
+            let outcome = match (snap_results.get(i), defined.get(i)) {
+                (Some(Err(e)), _) => Err(e.clone()),
+                (_, Some((Err(e), _))) => Err(e.clone()),
+                // Rollback: what this batch defined goes, what it redefined gets its old
+                // definition back.
+                (_, Some((Ok(None), _))) if failed => match self.libvirt.undefine(&vm.name) {
+                    Ok(()) => Ok("defined, then undefined (the batch failed)".into()),
+                    Err(e) => Err(format!("rollback: {e}")),
+                },
+                (_, Some((Ok(Some(old)), _))) if failed => {
+                    match self.libvirt.define_xml(&vm.name, old) {
+                        Ok(()) => Ok("redefined, then restored (the batch failed)".into()),
+                        Err(e) => Err(format!("rollback: {e}")),
+                    }
+                }
+                (_, Some((Ok(None), _))) => Ok("defined".into()),
+                (_, Some((Ok(Some(_)), _))) => Ok("redefined".into()),
+                _ => Ok("not attempted (the batch failed)".into()),
+            };
+            let t = snap_t + defined.get(i).map(|d| d.1).unwrap_or_default();
+            rows.push(row(vm, outcome, t));
+        }
+        if failed {
+            for vm in created_snapshots {
+                match self.snapshots.remove(&vm.node, vm.index) {
+                    Ok(_) => notes.push(format!(
+                        "rollback: removed snapshot {}/{} created by this batch",
+                        vm.node, vm.index
+                    )),
+                    Err(e) => notes.push(format!("rollback FAILED: {e}")),
+                }
+            }
+        }
+        rows
+    }
+
+    /// Defines one VM's domain; returns the definition it replaced, if any. A domain of
+    /// that name with another UUID is someone else's and is left alone.
+    fn define_one(&self, vm: &Vm) -> Result<Previous, String> {
+        let previous = match self.libvirt.uuid(&vm.name)? {
+            None => None,
+            Some(uuid) if uuid.eq_ignore_ascii_case(&vm.uuid) => {
+                Some(self.libvirt.inactive_xml(&vm.name)?)
+            }
+            Some(uuid) => {
+                return Err(format!(
+                    "a domain named {} with another UUID ({uuid}) exists: not this VM, left alone",
+                    vm.name
+                ))
+            }
+        };
+        self.libvirt.define(&vm.domain)?;
+        Ok(previous)
+    }
+
+    /// Makes the snapshots of stopped VMs exist (so that starts work without the hook
+    /// too), then starts the domains with the concurrency bound and the interval.
+    fn start(&self, vms: &[Vm], _notes: &mut [String]) -> Vec<Row> {
+        let mut prepared: Vec<Result<(), String>> = Vec::new();
+        for vm in vms {
+            let r = match self.libvirt.state(&vm.name) {
+                Ok(DomainState::Stopped) => self.snapshots.ensure(&vm.node, vm.index).map(|_| ()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            prepared.push(r);
+        }
+        let items: Vec<(&Vm, &Result<(), String>)> = vms.iter().zip(&prepared).collect();
+        bounded(
+            &items,
+            self.options.concurrency,
+            self.options.interval,
+            |(vm, prep)| {
+                if let Err(e) = prep {
+                    return Err(e.clone());
+                }
+                match self.libvirt.state(&vm.name)? {
+                    DomainState::Undefined => Err(format!(
+                        "{}: not defined (run `sftsan vm define` first)",
+                        vm.name
+                    )),
+                    DomainState::Running => Ok("already running".into()),
+                    DomainState::Stopped => self.libvirt.start(&vm.name).map(|_| "started".into()),
+                }
+            },
+        )
+        .into_iter()
+        .zip(vms)
+        .map(|((outcome, t), vm)| row(vm, outcome, t))
+        .collect()
+    }
+
+    /// The mode libvirt's copy of the domain records (what it was defined with).
+    fn defined_mode(&self, vm: &Vm) -> Option<VmMode> {
+        let d = self.libvirt.domain(&vm.name).ok()?;
+        d.sftsan().map(|m| m.mode)
+    }
+
+    fn destroy_one(&self, vm: &Vm) -> Result<String, String> {
+        let mut what = match self.libvirt.state(&vm.name)? {
+            DomainState::Undefined => return Ok("not defined".into()),
+            DomainState::Stopped => "not running".to_string(),
+            DomainState::Running => {
+                self.libvirt.destroy(&vm.name)?;
+                "destroyed".to_string()
+            }
+        };
+        // The hook discards a stateless VM's snapshot at release; do it here as well, for
+        // hosts without the hook (removing an absent snapshot does nothing).
+        if self.defined_mode(vm) == Some(VmMode::Stateless)
+            && self.snapshots.remove(&vm.node, vm.index)?
+        {
+            what += ", snapshot discarded (stateless)";
+        }
+        Ok(what)
+    }
+
+    fn undefine_one(&self, vm: &Vm) -> Result<String, String> {
+        let mode = self.defined_mode(vm);
+        let mut what = match self.libvirt.state(&vm.name)? {
+            DomainState::Undefined => "not defined".to_string(),
+            DomainState::Stopped => {
+                self.libvirt.undefine(&vm.name)?;
+                "undefined".to_string()
+            }
+            DomainState::Running => {
+                self.libvirt.destroy(&vm.name)?;
+                self.libvirt.undefine(&vm.name)?;
+                "destroyed, undefined".to_string()
+            }
+        };
+        if (self.options.remove_snapshots || mode == Some(VmMode::Stateless))
+            && self.snapshots.remove(&vm.node, vm.index)?
+        {
+            what += ", snapshot removed";
+        }
+        Ok(what)
+    }
+
+    fn describe(&self, vm: &Vm) -> Result<String, String> {
+        let state = self.libvirt.state(&vm.name)?;
+        let snapshot = if self.snapshots.exists(&vm.node, vm.index) {
+            "snapshot present"
+        } else {
+            "no snapshot"
+        };
+        let mode = match state {
+            DomainState::Undefined => String::new(),
+            _ => self
+                .defined_mode(vm)
+                .map(|m| format!(", {}", m.as_str()))
+                .unwrap_or_else(|| ", not sftsan's".into()),
+        };
+        Ok(format!("{}, {snapshot}{mode}", state.as_str()))
+    }
+
+    /// One refresh per pool per batch. After `undefine`, a node's pool goes away with
+    /// the last sftsan domain of the node.
+    fn sync_pools(&self, op: Op, notes: &mut Vec<String>) {
+        let remaining: Option<BTreeMap<(String, String), usize>> =
+            (op == Op::Undefine).then(|| {
+                let mut m = BTreeMap::new();
+                for d in self.libvirt.sftsan_domains().unwrap_or_default() {
+                    let meta = d.sftsan().expect("sftsan_domains have metadata");
+                    *m.entry((meta.cluster.clone(), meta.node.clone()))
+                        .or_insert(0) += 1;
+                }
+                m
+            });
+        for pool in &self.pools {
+            let key = (pool.cluster.clone(), pool.node.clone());
+            let keep = remaining
+                .as_ref()
+                .is_none_or(|m| m.get(&key).copied().unwrap_or(0) > 0);
+            let note = if !keep {
+                match self.libvirt.remove_pool(&pool.name) {
+                    Ok(true) => Some(format!("pool {}: removed", pool.name)),
+                    Ok(false) => None,
+                    Err(e) => Some(format!("pool {}: FAILED: {e}", pool.name)),
+                }
+            } else if !pool.dir.is_dir() {
+                None
+            } else {
+                match self.libvirt.ensure_pool(&pool.name, &pool.dir) {
+                    Ok(true) => Some(format!("pool {}: created", pool.name)),
+                    Ok(false) => Some(format!("pool {}: refreshed", pool.name)),
+                    Err(e) => Some(format!("pool {}: FAILED: {e}", pool.name)),
+                }
+            };
+            notes.extend(note);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vms::{build_domain, default_template};
+    use crate::xml::{Domain, SftsanMeta};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Snapshots as plain files in a scratch directory; can be told to fail for one VM.
+    struct FakeSnapshots {
+        dir: tempfile::TempDir,
+        fail: Option<(String, u32)>,
+    }
+
+    impl FakeSnapshots {
+        fn new() -> Self {
+            FakeSnapshots {
+                dir: tempfile::tempdir().unwrap(),
+                fail: None,
+            }
+        }
+        fn file(&self, node: &str, index: u32) -> PathBuf {
+            self.dir
+                .path()
+                .join(node)
+                .join(format!("base-{index}.qcow2"))
+        }
+    }
+
+    impl Snapshots for FakeSnapshots {
+        fn ensure(&self, node: &str, index: u32) -> Result<PathBuf, String> {
+            if self.fail.as_ref() == Some(&(node.to_string(), index)) {
+                return Err(format!("{node}/snapshot/{index}: injected failure"));
+            }
+            let f = self.file(node, index);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, b"qcow2").unwrap();
+            Ok(f)
+        }
+        fn remove(&self, node: &str, index: u32) -> Result<bool, String> {
+            Ok(std::fs::remove_file(self.file(node, index)).is_ok())
+        }
+        fn exists(&self, node: &str, index: u32) -> bool {
+            self.file(node, index).exists()
+        }
+    }
+
+    fn vms(
+        cluster: &str,
+        snaps: &FakeSnapshots,
+        nodes: &[&str],
+        per_node: u32,
+        mode: VmMode,
+    ) -> Vec<Vm> {
+        let mut out = Vec::new();
+        for node in nodes {
+            for index in 1..=per_node {
+                let name = format!("{cluster}-{node}-{index}");
+                let meta = SftsanMeta {
+                    cluster: cluster.into(),
+                    image: "base".into(),
+                    node: node.to_string(),
+                    snapshot: index,
+                    mode,
+                    spec: "/nonexistent/spec.toml".into(),
+                };
+                let file = snaps.file(node, index);
+                let domain = build_domain(&default_template(), &name, &file, meta);
+                out.push(Vm {
+                    uuid: domain.uuid.clone().unwrap(),
+                    name,
+                    node: node.to_string(),
+                    index,
+                    snapshot: file,
+                    domain,
+                });
+            }
+        }
+        out
+    }
+
+    fn pools(cluster: &str, snaps: &FakeSnapshots, nodes: &[&str]) -> Vec<PoolSpec> {
+        nodes
+            .iter()
+            .map(|n| PoolSpec {
+                cluster: cluster.into(),
+                node: n.to_string(),
+                name: format!("sftsan-{cluster}-{n}-base"),
+                dir: snaps.dir.path().join(n),
+            })
+            .collect()
+    }
+
+    fn test_driver() -> Libvirt {
+        Libvirt::open("test:///default").expect("libvirt's test driver")
+    }
+
+    fn outcomes(r: &Report) -> Vec<String> {
+        r.rows
+            .iter()
+            .map(|r| match &r.outcome {
+                Ok(s) => s.clone(),
+                Err(e) => format!("ERR {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bounded_keeps_order_and_the_concurrency_limit() {
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let items: Vec<u32> = (0..12).collect();
+        let out = bounded(&items, 3, Duration::ZERO, |i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(
+            out.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (0..12).map(|i| i * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn bounded_spaces_starts_by_the_interval() {
+        let t0 = Instant::now();
+        let starts = Mutex::new(Vec::new());
+        let items: Vec<u32> = (0..5).collect();
+        bounded(&items, 5, Duration::from_millis(60), |i| {
+            starts.lock().unwrap().push((*i, t0.elapsed()));
+        });
+        let mut starts = starts.into_inner().unwrap();
+        starts.sort();
+        for w in starts.windows(2) {
+            let gap = w[1].1.saturating_sub(w[0].1);
+            assert!(gap >= Duration::from_millis(55), "{starts:?}");
+        }
+        assert!(starts[4].1 >= Duration::from_millis(235), "{starts:?}");
+    }
+
+    #[test]
+    fn a_batch_defines_starts_destroys_and_undefines_on_the_test_driver() {
+        let lv = test_driver();
+        let snaps = FakeSnapshots::new();
+        let nodes = ["n1", "n2", "n3"];
+        let vms = vms("ut-full", &snaps, &nodes, 2, VmMode::Persistent);
+        let batch = Batch {
+            libvirt: &lv,
+            snapshots: &snaps,
+            pools: pools("ut-full", &snaps, &nodes),
+            options: BatchOptions {
+                concurrency: 2,
+                interval: Duration::from_millis(10),
+                remove_snapshots: false,
+            },
+        };
+        let r = batch.run(Op::Define, &vms);
+        assert_eq!(r.failures(), 0, "{}", r.table());
+        assert!(outcomes(&r).iter().all(|o| o == "defined"), "{}", r.table());
+        assert!(
+            r.notes.iter().filter(|n| n.ends_with("created")).count() == 3,
+            "{}",
+            r.table()
+        );
+        for vm in &vms {
+            assert!(snaps.exists(&vm.node, vm.index));
+            // libvirt's own XML parses back into the same VM.
+            let d: Domain = lv.domain(&vm.name).unwrap();
+            assert_eq!(d.uuid.as_deref(), Some(vm.uuid.as_str()));
+            assert_eq!(d.sftsan(), vm.domain.sftsan());
+            assert_eq!(d.devices.disk[0].source, vm.domain.devices.disk[0].source);
+            assert_eq!(
+                d.devices.interface[0].mac,
+                vm.domain.devices.interface[0].mac
+            );
+        }
+        // Defining again changes nothing but says so.
+        let r = batch.run(Op::Define, &vms);
+        assert!(
+            outcomes(&r).iter().all(|o| o == "redefined"),
+            "{}",
+            r.table()
+        );
+        assert!(
+            r.notes.iter().all(|n| n.ends_with("refreshed")),
+            "{}",
+            r.table()
+        );
+
+        let r = batch.run(Op::Start, &vms);
+        assert!(outcomes(&r).iter().all(|o| o == "started"), "{}", r.table());
+        let r = batch.run(Op::Start, &vms);
+        assert!(
+            outcomes(&r).iter().all(|o| o == "already running"),
+            "{}",
+            r.table()
+        );
+        let r = batch.run(Op::List, &vms);
+        assert!(
+            outcomes(&r)
+                .iter()
+                .all(|o| o == "running, snapshot present, persistent"),
+            "{}",
+            r.table()
+        );
+        let r = batch.run(Op::Destroy, &vms);
+        assert!(
+            outcomes(&r).iter().all(|o| o == "destroyed"),
+            "{}",
+            r.table()
+        );
+        let r = batch.run(Op::Undefine, &vms);
+        assert!(
+            outcomes(&r).iter().all(|o| o == "undefined"),
+            "{}",
+            r.table()
+        );
+        assert_eq!(
+            r.notes.iter().filter(|n| n.ends_with("removed")).count(),
+            3,
+            "{}",
+            r.table()
+        );
+        // Persistent VMs keep their disks unless asked.
+        assert!(vms.iter().all(|vm| snaps.exists(&vm.node, vm.index)));
+        let r = batch.run(Op::List, &vms);
+        assert!(
+            outcomes(&r)
+                .iter()
+                .all(|o| o == "undefined, snapshot present"),
+            "{}",
+            r.table()
+        );
+        let table = r.table();
+        assert!(table.starts_with("VM"), "{table}");
+        assert!(table.contains("ut-full-n3-2"), "{table}");
+        assert!(table.trim_end().ends_with("s"), "{table}");
+    }
+
+    #[test]
+    fn a_failing_define_leaves_no_vm_of_the_batch_defined() {
+        let lv = test_driver();
+        let snaps = FakeSnapshots::new();
+        let nodes = ["n1", "n2"];
+        let vms = vms("ut-fail", &snaps, &nodes, 3, VmMode::Persistent);
+        // Someone else's domain holds the name of the fifth VM.
+        let mut foreign = vms[4].domain.clone();
+        foreign.uuid = Some("00000000-0000-4000-8000-000000000001".into());
+        foreign.metadata = Default::default();
+        lv.define(&foreign).unwrap();
+        // One VM of the batch was defined before, with 64 MiB: it stays, as it was.
+        let mut before = vms[0].domain.clone();
+        before.memory = Some(crate::xml::Memory::mib(64));
+        lv.define(&before).unwrap();
+        let batch = Batch {
+            libvirt: &lv,
+            snapshots: &snaps,
+            pools: pools("ut-fail", &snaps, &nodes),
+            options: BatchOptions::default(),
+        };
+        let r = batch.run(Op::Define, &vms);
+        assert_eq!(r.failures(), 1, "{}", r.table());
+        assert!(outcomes(&r)[4].contains("another UUID"), "{}", r.table());
+        for (i, vm) in vms.iter().enumerate() {
+            let state = lv.state(&vm.name).unwrap();
+            match i {
+                0 => {
+                    assert_eq!(state, DomainState::Stopped, "defined before the batch");
+                    let mem = lv.domain(&vm.name).unwrap().memory.unwrap();
+                    assert_eq!(mem.bytes(), 64 << 20, "restored: {}", r.table());
+                    assert!(outcomes(&r)[0].contains("restored"), "{}", r.table());
+                }
+                4 => assert_eq!(
+                    lv.uuid(&vm.name).unwrap().as_deref(),
+                    foreign.uuid.as_deref()
+                ),
+                _ => assert_eq!(state, DomainState::Undefined, "{}: {}", vm.name, r.table()),
+            }
+            assert!(
+                !snaps.exists(&vm.node, vm.index),
+                "{}: snapshot left",
+                vm.name
+            );
+        }
+        lv.undefine(&vms[0].name).unwrap();
+        lv.undefine(&vms[4].name).unwrap();
+
+        // A snapshot that cannot be made: nothing is defined at all.
+        let mut snaps = FakeSnapshots::new();
+        snaps.fail = Some(("n2".into(), 1));
+        let vms = vms_for(&snaps, "ut-fail2");
+        let batch = Batch {
+            libvirt: &lv,
+            snapshots: &snaps,
+            pools: pools("ut-fail2", &snaps, &nodes),
+            options: BatchOptions::default(),
+        };
+        let r = batch.run(Op::Define, &vms);
+        assert_eq!(r.failures(), 1, "{}", r.table());
+        assert!(
+            outcomes(&r)[3].contains("injected failure"),
+            "{}",
+            r.table()
+        );
+        for vm in &vms {
+            assert_eq!(lv.state(&vm.name).unwrap(), DomainState::Undefined);
+            assert!(!snaps.exists(&vm.node, vm.index));
+        }
+    }
+
+    fn vms_for(snaps: &FakeSnapshots, cluster: &str) -> Vec<Vm> {
+        vms(cluster, snaps, &["n1", "n2"], 3, VmMode::Persistent)
+    }
+
+    #[test]
+    fn stateless_vms_lose_their_snapshot_when_stopped() {
+        let lv = test_driver();
+        let snaps = FakeSnapshots::new();
+        let vms = vms("ut-stateless", &snaps, &["n1"], 2, VmMode::Stateless);
+        let batch = Batch {
+            libvirt: &lv,
+            snapshots: &snaps,
+            pools: pools("ut-stateless", &snaps, &["n1"]),
+            options: BatchOptions::default(),
+        };
+        assert_eq!(batch.run(Op::Define, &vms).failures(), 0);
+        assert_eq!(batch.run(Op::Start, &vms).failures(), 0);
+        let r = batch.run(Op::Destroy, &vms);
+        assert!(
+            outcomes(&r)
+                .iter()
+                .all(|o| o == "destroyed, snapshot discarded (stateless)"),
+            "{}",
+            r.table()
+        );
+        assert!(vms.iter().all(|vm| !snaps.exists(&vm.node, vm.index)));
+        // The next start makes a fresh one.
+        let r = batch.run(Op::Start, &vms);
+        assert!(outcomes(&r).iter().all(|o| o == "started"), "{}", r.table());
+        assert!(vms.iter().all(|vm| snaps.exists(&vm.node, vm.index)));
+        let r = batch.run(Op::Undefine, &vms);
+        assert!(
+            outcomes(&r)
+                .iter()
+                .all(|o| o == "destroyed, undefined, snapshot removed"),
+            "{}",
+            r.table()
+        );
+    }
+}

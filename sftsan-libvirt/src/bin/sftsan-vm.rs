@@ -1,0 +1,176 @@
+//! `sftsan vm`: a cluster's VMs as libvirt domains, one per snapshot of each compute node.
+//! Run as `sftsan vm ...` (sftsan runs `sftsan-vm` for an unknown command `vm`).
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sftsan_core::resources::Tools;
+use sftsan_libvirt::batch::{Batch, BatchOptions, Op, PoolSpec};
+use sftsan_libvirt::cluster::Cluster;
+use sftsan_libvirt::identity::{NamePattern, DEFAULT_NAME_PATTERN};
+use sftsan_libvirt::libvirt::{Libvirt, DEFAULT_URI};
+use sftsan_libvirt::vms::{load_template, plan_vms, VmSettings};
+use sftsan_libvirt::xml::VmMode;
+
+#[derive(Parser)]
+#[command(
+    name = "sftsan vm",
+    version,
+    about = "A cluster's VMs as libvirt domains: one per snapshot of each compute node"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); also honours RUST_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the snapshots and define a domain for each (all or nothing).
+    Define(Common),
+    /// Start the domains (snapshots made first), --concurrency at once, --interval apart.
+    Start(Common),
+    /// Stop the domains (stateless VMs lose their snapshot).
+    Destroy(Common),
+    /// Stop and undefine the domains; --remove-snapshots also deletes their disks.
+    Undefine(Common),
+    /// One line per VM: domain state, snapshot, mode.
+    List(Common),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The cluster spec.
+    spec: PathBuf,
+    /// Only VMs of this node (repeatable; default: every compute node).
+    #[arg(long = "node", value_name = "NODE")]
+    nodes: Vec<String>,
+    /// libvirt connection URI [default: $LIBVIRT_DEFAULT_URI, else qemu:///system].
+    #[arg(short, long, value_name = "URI")]
+    connect: Option<String>,
+    /// Domain template: libvirt domain XML without the sftsan disk [default: built-in,
+    /// QEMU/TCG, 128 MiB, 1 CPU, a user-mode NIC].
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// Domain names, from {cluster}, {image}, {node} and {index}.
+    #[arg(long = "name", value_name = "PATTERN", default_value = DEFAULT_NAME_PATTERN)]
+    name_pattern: String,
+    /// persistent: a VM keeps its disk across stop and start; stateless: every start
+    /// begins from the image (recorded in the domain at define).
+    #[arg(long, default_value = "persistent")]
+    mode: VmMode,
+    /// VMs per node [default: the spec's snapshots.per_node].
+    #[arg(long, value_name = "N")]
+    count: Option<u32>,
+    /// Domains worked on at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Minimum time between two starts (boot queueing), e.g. 500ms, 2s.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    interval: Duration,
+    /// undefine: remove the VMs' snapshots (their disks) as well.
+    #[arg(long)]
+    remove_snapshots: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 500ms or 2s"))?;
+    if !(0.0..=86400.0).contains(&v) {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = ["warn", "info", "debug", "trace"][cli.verbose.min(3) as usize];
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli.command) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("sftsan vm: {}", chain.join(": ").replace('\n', " "));
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs one batch and prints its table; Ok(false) when a VM failed.
+fn run(command: Command) -> Result<bool> {
+    let (op, c) = match command {
+        Command::Define(c) => (Op::Define, c),
+        Command::Start(c) => (Op::Start, c),
+        Command::Destroy(c) => (Op::Destroy, c),
+        Command::Undefine(c) => (Op::Undefine, c),
+        Command::List(c) => (Op::List, c),
+    };
+    anyhow::ensure!(c.concurrency >= 1, "--concurrency must be at least 1");
+    let cluster = Cluster::load(&c.spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
+    let template = c
+        .template
+        .as_deref()
+        .map(load_template)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let settings = VmSettings {
+        name_pattern: NamePattern::new(&c.name_pattern).map_err(anyhow::Error::msg)?,
+        mode: c.mode,
+        template,
+        per_node: c.count,
+        nodes: c.nodes.clone(),
+    };
+    let vms =
+        plan_vms(&cluster.spec, cluster.plan(), &c.spec, &settings).map_err(anyhow::Error::msg)?;
+    let uri = c
+        .connect
+        .clone()
+        .or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok())
+        .unwrap_or_else(|| DEFAULT_URI.into());
+    let libvirt = Libvirt::open(&uri).map_err(anyhow::Error::msg)?;
+    let mut nodes: Vec<&str> = vms.iter().map(|v| v.node.as_str()).collect();
+    nodes.dedup();
+    let pools = nodes
+        .iter()
+        .map(|n| PoolSpec {
+            cluster: cluster.plan().cluster.clone(),
+            node: n.to_string(),
+            name: cluster.pool_name(n),
+            dir: cluster.names().snapshot_dir(n),
+        })
+        .collect();
+    let batch = Batch {
+        libvirt: &libvirt,
+        snapshots: &cluster,
+        pools,
+        options: BatchOptions {
+            concurrency: c.concurrency,
+            interval: c.interval,
+            remove_snapshots: c.remove_snapshots,
+        },
+    };
+    let report = batch.run(op, &vms);
+    print!("{}", report.table());
+    std::io::Write::flush(&mut std::io::stdout()).context("stdout")?;
+    Ok(report.failures() == 0)
+}

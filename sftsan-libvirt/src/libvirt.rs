@@ -1,0 +1,261 @@
+//! The libvirt calls sftsan makes, through the `virt` crate: domains and dir pools.
+
+use serde::Serialize;
+use std::sync::Once;
+use virt::connect::Connect;
+use virt::domain::Domain as VirtDomain;
+
+use crate::xml::Domain;
+
+/// The default connection (the system QEMU driver).
+pub const DEFAULT_URI: &str = "qemu:///system";
+
+/// libvirt's error, in one line.
+fn msg(e: virt::error::Error) -> String {
+    e.message().replace('\n', " ")
+}
+
+/// Whether a libvirt error says the object does not exist.
+fn is_missing(e: &virt::error::Error) -> bool {
+    use virt::error::ErrorNumber;
+    e.code().is_known_and(|c| {
+        matches!(
+            c,
+            ErrorNumber::NoDomain | ErrorNumber::NoStoragePool | ErrorNumber::NoStorageVolume
+        )
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Undefined,
+    Stopped,
+    Running,
+}
+
+impl DomainState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::Undefined => "undefined",
+            DomainState::Stopped => "shut off",
+            DomainState::Running => "running",
+        }
+    }
+}
+
+/// One connection, shared by a batch's threads (libvirt connections are thread-safe).
+pub struct Libvirt {
+    conn: Connect,
+    uri: String,
+}
+
+impl Libvirt {
+    pub fn open(uri: &str) -> Result<Libvirt, String> {
+        static QUIET: Once = Once::new();
+        // Without this libvirt prints every error to stderr as well.
+        QUIET.call_once(virt::error::clear_error_callback);
+        let conn = Connect::open(Some(uri)).map_err(|e| format!("connect {uri}: {}", msg(e)))?;
+        Ok(Libvirt {
+            conn,
+            uri: uri.into(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<VirtDomain>, String> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(format!("{name}: {}", msg(e))),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<VirtDomain, String> {
+        self.lookup(name)?
+            .ok_or_else(|| format!("{name}: not defined (run `sftsan vm define` first)"))
+    }
+
+    pub fn state(&self, name: &str) -> Result<DomainState, String> {
+        match self.lookup(name)? {
+            None => Ok(DomainState::Undefined),
+            Some(d) => match d.is_active() {
+                Ok(true) => Ok(DomainState::Running),
+                Ok(false) => Ok(DomainState::Stopped),
+                Err(e) => Err(format!("{name}: {}", msg(e))),
+            },
+        }
+    }
+
+    /// The UUID of a defined domain, if there is one by that name.
+    pub fn uuid(&self, name: &str) -> Result<Option<String>, String> {
+        match self.lookup(name)? {
+            None => Ok(None),
+            Some(d) => d
+                .uuid_string()
+                .map(Some)
+                .map_err(|e| format!("{name}: {}", msg(e))),
+        }
+    }
+
+    /// Defines (or redefines) a persistent domain.
+    pub fn define(&self, domain: &Domain) -> Result<(), String> {
+        let xml = domain.to_xml().map_err(|e| e.to_string())?;
+        self.conn
+            .define_domain_xml(&xml)
+            .map(|_| ())
+            .map_err(|e| format!("{}: define: {}", domain.name, msg(e)))
+    }
+
+    /// Defines a domain from libvirt XML as it is (e.g. to restore an earlier definition).
+    pub fn define_xml(&self, name: &str, xml: &str) -> Result<(), String> {
+        self.conn
+            .define_domain_xml(xml)
+            .map(|_| ())
+            .map_err(|e| format!("{name}: define: {}", msg(e)))
+    }
+
+    /// A domain's persistent definition, as libvirt's XML.
+    pub fn inactive_xml(&self, name: &str) -> Result<String, String> {
+        const INACTIVE: u32 = 2; // VIR_DOMAIN_XML_INACTIVE
+        self.get(name)?
+            .xml_desc(INACTIVE)
+            .map_err(|e| format!("{name}: {}", msg(e)))
+    }
+
+    pub fn start(&self, name: &str) -> Result<(), String> {
+        self.get(name)?
+            .create()
+            .map_err(|e| format!("{name}: start: {}", msg(e)))
+    }
+
+    pub fn destroy(&self, name: &str) -> Result<(), String> {
+        self.get(name)?
+            .destroy()
+            .map_err(|e| format!("{name}: destroy: {}", msg(e)))
+    }
+
+    pub fn undefine(&self, name: &str) -> Result<(), String> {
+        self.get(name)?
+            .undefine()
+            .map_err(|e| format!("{name}: undefine: {}", msg(e)))
+    }
+
+    /// libvirt's current XML of a domain, parsed.
+    pub fn domain(&self, name: &str) -> Result<Domain, String> {
+        let xml = self
+            .get(name)?
+            .xml_desc(0)
+            .map_err(|e| format!("{name}: {}", msg(e)))?;
+        Domain::from_xml(&xml).map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// Every domain (running or not) that carries sftsan metadata.
+    pub fn sftsan_domains(&self) -> Result<Vec<Domain>, String> {
+        let all = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| format!("list domains: {}", msg(e)))?;
+        let mut out = Vec::new();
+        for d in all {
+            let xml = d.xml_desc(0).map_err(msg)?;
+            if let Ok(parsed) = Domain::from_xml(&xml) {
+                if parsed.sftsan().is_some() {
+                    out.push(parsed);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// HMP command through the QEMU monitor (tests and diagnostics).
+    pub fn hmp(&self, name: &str, command: &str) -> Result<String, String> {
+        const HMP: u32 = 1; // VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+        self.get(name)?
+            .qemu_monitor_command(command, HMP)
+            .map_err(|e| format!("{name}: {}", msg(e)))
+    }
+
+    /// Makes a persistent, started, autostarted `dir` pool of that name over `path` exist,
+    /// and refreshes it. Returns whether it was created.
+    pub fn ensure_pool(&self, name: &str, path: &std::path::Path) -> Result<bool, String> {
+        let err = |what: &str, e| format!("pool {name}: {what}: {}", msg(e));
+        let (pool, created) = match self.conn.lookup_storage_pool_by_name(name) {
+            Ok(p) => (p, false),
+            Err(e) if is_missing(&e) => {
+                let xml = pool_xml(name, path)?;
+                let p = self
+                    .conn
+                    .define_storage_pool_xml(&xml, 0)
+                    .map_err(|e| err("define", e))?;
+                (p, true)
+            }
+            Err(e) => return Err(err("lookup", e)),
+        };
+        if !pool.is_active().map_err(|e| err("state", e))? {
+            pool.create(0).map_err(|e| err("start", e))?;
+        }
+        if created {
+            pool.set_autostart(true).map_err(|e| err("autostart", e))?;
+        } else {
+            pool.refresh(0).map_err(|e| err("refresh", e))?;
+        }
+        Ok(created)
+    }
+
+    /// Volume names of a pool (after its last refresh).
+    pub fn pool_volumes(&self, name: &str) -> Result<Vec<String>, String> {
+        let pool = self
+            .conn
+            .lookup_storage_pool_by_name(name)
+            .map_err(|e| format!("pool {name}: {}", msg(e)))?;
+        let mut v = pool
+            .list_volumes()
+            .map_err(|e| format!("pool {name}: {}", msg(e)))?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// Stops and undefines a pool (its directory and volumes stay). Returns whether there
+    /// was one.
+    pub fn remove_pool(&self, name: &str) -> Result<bool, String> {
+        let err = |what: &str, e| format!("pool {name}: {what}: {}", msg(e));
+        let pool = match self.conn.lookup_storage_pool_by_name(name) {
+            Ok(p) => p,
+            Err(e) if is_missing(&e) => return Ok(false),
+            Err(e) => return Err(err("lookup", e)),
+        };
+        if pool.is_active().map_err(|e| err("state", e))? {
+            pool.destroy().map_err(|e| err("stop", e))?;
+        }
+        pool.undefine().map_err(|e| err("undefine", e))?;
+        Ok(true)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename = "pool")]
+struct PoolXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    name: String,
+    target: PoolTarget,
+}
+
+#[derive(Serialize)]
+struct PoolTarget {
+    path: String,
+}
+
+fn pool_xml(name: &str, path: &std::path::Path) -> Result<String, String> {
+    quick_xml::se::to_string(&PoolXml {
+        kind: "dir",
+        name: name.into(),
+        target: PoolTarget {
+            path: path.display().to_string(),
+        },
+    })
+    .map_err(|e| format!("pool {name}: {e}"))
+}

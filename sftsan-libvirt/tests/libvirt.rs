@@ -1,0 +1,428 @@
+//! sftsan-libvirt against a real libvirtd with QEMU (TCG): batches through `sftsan vm`, the
+//! hook as libvirt runs it, and libvirt's own XML read back. Needs root; see common/mod.rs.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sftsan_libvirt::identity::{vm_mac, vm_uuid};
+use sftsan_libvirt::libvirt::DomainState;
+use sftsan_libvirt::vms::{build_domain, default_template};
+use sftsan_libvirt::xml::{SftsanMeta, VmMode};
+
+fn table_rows(out: &std::process::Output) -> Vec<String> {
+    stdout(out)
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(" n"))
+        .map(String::from)
+        .collect()
+}
+
+/// Six VMs over three nodes (binary tree), defined from the example template and started
+/// as one batch (3 at a time, 300 ms apart); every guest reads the whole image through its
+/// snapshot; libvirt's XML parses back with sftsan's metadata and the template's unknown
+/// elements intact; the pools show the snapshots; undefine removes everything.
+#[test]
+fn a_batch_of_six_vms_boots_from_the_cluster() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::get();
+    let lvd = h.libvirtd();
+    let c = TestCluster::create("lvbatch", 1, 3, 2, 2, &lvd.uri);
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/libvirt/domain.xml");
+    let template = template.to_str().unwrap();
+
+    let t = Instant::now();
+    let out = c.vm("define", &["--template", template, "--concurrency", "3"]);
+    let define_time = t.elapsed();
+    assert!(
+        out.status.success(),
+        "define failed:\n{}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        lvd.logs()
+    );
+    let rows = table_rows(&out);
+    assert_eq!(rows.len(), 6, "{}", stdout(&out));
+    assert!(
+        rows.iter().all(|r| r.contains(" defined ")),
+        "{}",
+        stdout(&out)
+    );
+    eprintln!(
+        "define of 6 VMs (snapshots, domains, pools): {:.1}s",
+        define_time.as_secs_f64()
+    );
+
+    let lv = lvd.connect();
+    for node in ["n1", "n2", "n3"] {
+        let pool = format!("sftsan-lvbatch-{node}-base");
+        assert_eq!(
+            lv.pool_volumes(&pool).unwrap(),
+            ["base-1.qcow2", "base-2.qcow2"],
+            "{pool}"
+        );
+        for index in 1..=2 {
+            let name = format!("lvbatch-{node}-{index}");
+            let d = lv.domain(&name).unwrap();
+            assert_eq!(
+                d.uuid.as_deref(),
+                Some(vm_uuid("lvbatch", node, index).as_str())
+            );
+            let meta = d.sftsan().expect("sftsan metadata after define");
+            assert_eq!(
+                (meta.node.as_str(), meta.snapshot, meta.mode),
+                (node, index, VmMode::Persistent)
+            );
+            assert_eq!(meta.image, "base");
+            assert_eq!(Path::new(&meta.spec), c.spec_path);
+            assert_eq!(
+                d.devices.interface[0].mac.as_ref().unwrap().address,
+                vm_mac("lvbatch", node, index, 0)
+            );
+            let src = d.devices.disk[0].source.as_ref().unwrap().file.clone();
+            assert_eq!(
+                src.as_deref(),
+                Some(c.names.snapshot_file(node, index).to_str().unwrap())
+            );
+            // What the template had and sftsan does not model survived libvirt.
+            assert!(
+                d.metadata.extra.iter().any(|m| m.0.contains("team-a")),
+                "{name}: {:?}",
+                d.metadata
+            );
+            assert!(
+                d.extra.iter().any(|e| e.name().as_deref() == Some("clock")),
+                "{name}"
+            );
+            assert!(
+                d.devices
+                    .extra
+                    .iter()
+                    .any(|e| e.name().as_deref() == Some("serial")),
+                "{name}"
+            );
+            // And it writes back to the same thing.
+            let again = sftsan_libvirt::xml::Domain::from_xml(&d.to_xml().unwrap()).unwrap();
+            assert_eq!(again, d);
+        }
+    }
+
+    let t = Instant::now();
+    let out = c.vm("start", &["--concurrency", "3", "--interval", "300ms"]);
+    let start_time = t.elapsed();
+    assert!(
+        out.status.success(),
+        "start failed:\n{}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        lvd.logs()
+    );
+    let rows = table_rows(&out);
+    assert_eq!(rows.len(), 6, "{}", stdout(&out));
+    assert!(
+        rows.iter().all(|r| r.contains(" started ")),
+        "{}",
+        stdout(&out)
+    );
+    // Boot queueing: six starts 300 ms apart take at least 1.5 s.
+    assert!(start_time >= Duration::from_millis(1500), "{start_time:?}");
+    eprintln!("start of 6 VMs: {:.1}s", start_time.as_secs_f64());
+
+    for node in ["n1", "n2", "n3"] {
+        for index in 1..=2 {
+            let name = format!("lvbatch-{node}-{index}");
+            assert_eq!(lv.state(&name).unwrap(), DomainState::Running);
+            guest_reads_the_image(lvd, &lv, &name, c.image_size)
+                .unwrap_or_else(|e| panic!("{e}\n{}", lvd.logs()));
+        }
+    }
+    // Each start went through the hook's prepare (installed twice: qemu and qemu.d).
+    let log = lvd.hook_log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("lvbatch-n2-1 prepare begin") && l.contains("ready"))
+            .count()
+            >= 2,
+        "{log}"
+    );
+
+    let out = c.vm("list", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        table_rows(&out)
+            .iter()
+            .filter(|r| r.contains("running, snapshot present, persistent"))
+            .count(),
+        6,
+        "{}",
+        stdout(&out)
+    );
+
+    let out = c.vm("undefine", &["--remove-snapshots"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        table_rows(&out)
+            .iter()
+            .all(|r| r.contains("destroyed, undefined, snapshot removed")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("pool sftsan-lvbatch-n1-base: removed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(lv
+        .sftsan_domains()
+        .unwrap()
+        .iter()
+        .all(|d| d.sftsan().unwrap().cluster != "lvbatch"));
+    for node in ["n1", "n2", "n3"] {
+        assert!(!c.names.snapshot_file(node, 1).exists());
+    }
+}
+
+fn domain_for(
+    c: &TestCluster,
+    node: &str,
+    index: u32,
+    mode: VmMode,
+) -> sftsan_libvirt::xml::Domain {
+    let meta = SftsanMeta {
+        cluster: c.name.clone(),
+        image: "base".into(),
+        node: node.into(),
+        snapshot: index,
+        mode,
+        spec: c.spec_path.display().to_string(),
+    };
+    let name = format!("{}-{node}-{index}", c.name);
+    build_domain(
+        &default_template(),
+        &name,
+        &c.names.snapshot_file(node, index),
+        meta,
+    )
+}
+
+/// A domain defined (by plain libvirt, no sftsan command) for a node that has no stack yet
+/// starts: libvirt's prepare hook brings the node (and its parent) up and makes the
+/// snapshot, and the guest reads the image.
+#[test]
+fn the_hook_brings_up_a_node_for_a_starting_domain() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::get();
+    let lvd = h.libvirtd();
+    let c = TestCluster::create("lvhook", 2, 2, 1, 1, &lvd.uri);
+    let lv = lvd.connect();
+    let d = domain_for(&c, "n2", 1, VmMode::Persistent);
+    lv.define(&d).unwrap();
+    assert!(!c.node_is_up("n1") && !c.node_is_up("n2"));
+    assert!(!c.names.snapshot_file("n2", 1).exists());
+
+    let t = Instant::now();
+    lv.start(&d.name)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lvd.logs()));
+    eprintln!(
+        "start with the node brought up by the hook: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(c.node_is_up("n1") && c.node_is_up("n2"), "{}", lvd.logs());
+    assert!(c.names.snapshot_file("n2", 1).exists());
+    guest_reads_the_image(lvd, &lv, &d.name, c.image_size)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lvd.logs()));
+
+    // A second start after a stop finds everything there (idempotent); persistent VMs
+    // keep their writes.
+    guest_writes(lvd, &lv, &d.name, 0xee, 0, 65536).unwrap();
+    lv.destroy(&d.name).unwrap();
+    assert!(
+        c.names.snapshot_file("n2", 1).exists(),
+        "a persistent VM keeps its disk"
+    );
+    lv.start(&d.name)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lvd.logs()));
+    guest_reads(lvd, &lv, &d.name, 0xee, 0, 65536).unwrap();
+    lv.destroy(&d.name).unwrap();
+}
+
+/// A stateless domain's writes are gone after a stop and a start: the release hook drops
+/// the snapshot, the prepare hook makes a fresh one.
+#[test]
+fn a_stateless_domain_forgets_its_writes() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::get();
+    let lvd = h.libvirtd();
+    let c = TestCluster::create("lvstateless", 3, 1, 1, 1, &lvd.uri);
+    let out = c.vm("define", &["--mode", "stateless"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let lv = lvd.connect();
+    let name = "lvstateless-n1-1";
+    assert_eq!(
+        lv.domain(name).unwrap().sftsan().unwrap().mode,
+        VmMode::Stateless
+    );
+
+    lv.start(name)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lvd.logs()));
+    guest_writes(lvd, &lv, name, 0xee, 0, 65536).unwrap();
+    guest_reads(lvd, &lv, name, 0xee, 0, 65536).unwrap();
+    // (the check can fail: the old contents are gone from the guest's view)
+    let err = guest_reads(lvd, &lv, name, pattern(0), 0, 65536).unwrap_err();
+    assert!(err.contains("Pattern verification failed"), "{err}");
+    lv.destroy(name).unwrap();
+    assert!(
+        !c.names.snapshot_file("n1", 1).exists(),
+        "release should discard the snapshot\n{}",
+        lvd.logs()
+    );
+    assert!(
+        lvd.hook_log()
+            .contains(&format!("{name} release end: n1/snapshot/1 discarded")),
+        "{}",
+        lvd.logs()
+    );
+
+    lv.start(name)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lvd.logs()));
+    guest_reads(lvd, &lv, name, pattern(0), 0, 65536).unwrap();
+    guest_reads_the_image(lvd, &lv, name, c.image_size).unwrap();
+    lv.destroy(name).unwrap();
+}
+
+/// A prepare the hook cannot serve aborts the start, and libvirt's error carries the hook's
+/// one-line message.
+#[test]
+fn a_failing_prepare_aborts_the_start() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::get();
+    let lvd = h.libvirtd();
+    let c = TestCluster::create("lvfail", 4, 1, 1, 1, &lvd.uri);
+    let lv = lvd.connect();
+    let d = domain_for(&c, "ghost", 1, VmMode::Persistent);
+    lv.define(&d).unwrap();
+    let err = lv.start(&d.name).expect_err("the start must fail");
+    eprintln!("libvirt said: {err}");
+    assert!(err.contains("sftsan-hook: lvfail-ghost-1:"), "{err}");
+    assert!(err.contains("no node named \"ghost\""), "{err}");
+    assert_eq!(lv.state(&d.name).unwrap(), DomainState::Stopped);
+    assert!(!c.node_is_up("n1"));
+    lv.undefine(&d.name).unwrap();
+}
+
+/// Defines are fast: capabilities are probed once per daemon, not once per define.
+#[test]
+fn defines_do_not_reprobe_qemu() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::get();
+    let lvd = h.libvirtd();
+    let c = TestCluster::create("lvprobe", 5, 1, 1, 1, &lvd.uri);
+    let lv = lvd.connect();
+    let mut times = Vec::new();
+    for i in 1..=4 {
+        let d = domain_for(&c, "n1", i, VmMode::Persistent);
+        let t = Instant::now();
+        lv.define(&d).unwrap();
+        times.push(t.elapsed());
+        lv.undefine(&d.name).unwrap();
+    }
+    eprintln!(
+        "define times (/dev/kvm {}): {times:?}",
+        if lvd.kvm_hidden { "hidden" } else { "visible" }
+    );
+    if lvd.kvm_hidden {
+        // The first may pay for the one probe; the rest must not.
+        assert!(
+            times[1..].iter().all(|t| *t < Duration::from_secs(2)),
+            "{times:?}"
+        );
+    }
+}
+
+/// `sftsan vm` reaches `sftsan-vm` through sftsan's external commands, here against
+/// libvirt's test driver (no root, no libvirtd needed).
+#[test]
+fn sftsan_vm_runs_as_a_subcommand_of_sftsan() {
+    let c = TestCluster::create("lvcli", 6, 2, 1, 1, "test:///default");
+    let out = std::process::Command::new(sftsan_bin())
+        .args(["vm", "list"])
+        .arg(&c.spec_path)
+        .args([
+            "--connect",
+            "test:///default",
+            "--name",
+            "vm-{node}x{index}",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("VM "), "{text}");
+    assert!(
+        text.contains("vm-n1x1") && text.contains("vm-n2x1"),
+        "{text}"
+    );
+    assert!(text.contains("undefined, no snapshot"), "{text}");
+    assert!(text.contains("list: 2 VMs, 0 failed"), "{text}");
+    let out = std::process::Command::new(sftsan_bin())
+        .args(["vm", "list"])
+        .arg(&c.spec_path)
+        .args(["--connect", "test:///default", "--node", "origin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is the origin"), "{}", stderr(&out));
+}
+
+/// libvirtd restarted under a running sftsan guest: its `reconnect begin` hook succeeds
+/// (the stack is healthy), the guest keeps running and still reads the image.
+#[test]
+fn a_libvirtd_restart_reconnects_running_guests() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::get();
+    let lvd = h.libvirtd();
+    let c = TestCluster::create("lvreconnect", 7, 1, 1, 1, &lvd.uri);
+    let out = c.vm("define", &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let out = c.vm("start", &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let name = "lvreconnect-n1-1";
+
+    lvd.restart_libvirtd();
+    let lv = lvd.connect();
+    // libvirtd reconnects to its guests in threads of their own, after it answers.
+    let want = format!("{name} reconnect begin: n1/snapshot/1 healthy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lvd.hook_log().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect hook\n{}",
+            lvd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        lv.state(name).unwrap(),
+        DomainState::Running,
+        "{}",
+        lvd.logs()
+    );
+    guest_reads_the_image(lvd, &lv, name, c.image_size).unwrap();
+    let out = c.vm("destroy", &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
