@@ -636,7 +636,7 @@ impl IscsiSession {
             })
             .and_then(|()| self.wait_for_disk());
         if let Err(e) = &result {
-            if let Err(cleanup) = self.teardown(ctx) {
+            if let Err(cleanup) = self.remove(ctx) {
                 return Err(ResourceError::new(format!(
                     "{e}; and cleaning up failed: {cleanup}"
                 )));
@@ -791,6 +791,24 @@ impl Resource for IscsiSession {
 
     fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
         let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove(ctx)
+    }
+
+    fn runtime(&self) -> Params {
+        match self.disk() {
+            Some(d) => vec![
+                ("disk", d.path().display().to_string()),
+                ("dev", format!("{}:{}", d.major, d.minor)),
+            ],
+            None => vec![],
+        }
+    }
+}
+
+impl IscsiSession {
+    /// Logs out and deletes the records; the caller holds [`ISCSIADM`] (login calls this
+    /// when it fails, and the lock is not reentrant).
+    fn remove(&self, ctx: &Ctx) -> Result<(), ResourceError> {
         let live = self.matching_sessions();
         if !live.is_empty() {
             // Logging out needs iscsid.
@@ -845,16 +863,6 @@ impl Resource for IscsiSession {
             }
         }
         Ok(())
-    }
-
-    fn runtime(&self) -> Params {
-        match self.disk() {
-            Some(d) => vec![
-                ("disk", d.path().display().to_string()),
-                ("dev", format!("{}:{}", d.major, d.minor)),
-            ],
-            None => vec![],
-        }
     }
 }
 
