@@ -287,6 +287,27 @@ sftsan_result sftsan_snapshot_path(const struct sftsan_ctx *ctx,
                                    uint32_t index,
                                    char **path_out);
 
+// The libvirt domain XML of VM `index` on `node`, as `sftsan vm define` defines it: the
+// default name pattern, a UUID and MAC derived from (cluster, node, index), the snapshot
+// as disk `vda`, and sftsan's `<metadata>` element (with the spec file's path when the
+// context was opened from a file, so the libvirt hook can serve the domain). From
+// `template_xml` (a libvirt domain without the sftsan disk), or the built-in default when
+// it is NULL. `stateless`: the hook discards the VM's snapshot whenever it stops.
+// Touches nothing. NOT_FOUND for an unknown node, INVALID_ARGUMENT for the origin, index
+// 0 or a template that is not domain XML. On success `*xml_out` is a string to free with
+// `sftsan_string_free`.
+//
+// # Safety
+// `ctx` is NULL or a live context; `node` is NULL or a NUL-terminated string;
+// `template_xml` is NULL or a NUL-terminated string; `xml_out` is NULL or valid for a
+// write.
+sftsan_result sftsan_domain_xml(const struct sftsan_ctx *ctx,
+                                const char *node,
+                                uint32_t index,
+                                const char *template_xml,
+                                bool stateless,
+                                char **xml_out);
+
 // Every compute node reads its planned snapshot `index` through its cache and compares
 // it with the image (what `sftsan verify` does; run it before VMs write to their disks).
 // NOT_UP unless every node is up; NOT_FOUND when no node plans snapshot `index`;

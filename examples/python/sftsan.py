@@ -182,6 +182,7 @@ def _declare(lib):
         "sftsan_snapshot_remove": (R, [P, S, ctypes.c_uint32, ctypes.POINTER(ctypes.c_bool)]),
         "sftsan_snapshot_path": (R, [P, S, ctypes.c_uint32, OUT]),
         "sftsan_verify_json": (R, [P, ctypes.c_uint32, OUT]),
+        "sftsan_domain_xml": (R, [P, S, ctypes.c_uint32, S, ctypes.c_bool, OUT]),
     }
     for name, (restype, argtypes) in signatures.items():
         f = getattr(lib, name)
@@ -311,6 +312,12 @@ class Cluster:
     def snapshot_path(self, node, index):
         """The file of an existing snapshot; NotUpError when the node is down."""
         return self._string_call("snapshot_path", _arg(node), index)
+
+    def domain_xml(self, node, index, template=None, stateless=False):
+        """The libvirt domain XML of VM `index` on `node`, as `sftsan vm define` makes it:
+        from `template` (domain XML without the sftsan disk) or the built-in default."""
+        template = None if template is None else _arg(template)
+        return self._string_call("domain_xml", _arg(node), index, template, bool(stateless))
 
     def verify(self, index=1):
         """Every node reads snapshot `index` through its cache and compares it with the

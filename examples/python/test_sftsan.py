@@ -179,6 +179,24 @@ class WrapperTests(unittest.TestCase):
                 cluster.snapshot_create("origin", 1)
             self.assertIn("is the origin", caught.exception.message)
 
+    def test_domain_xml_needs_no_running_cluster(self):
+        import xml.etree.ElementTree as ET
+        with sftsan.Cluster(self.spec) as cluster:
+            domain = ET.fromstring(cluster.domain_xml("n1", 2, stateless=True))
+            self.assertEqual(domain.findtext("name"), "py-down-n1-2")
+            source = domain.find("devices/disk/source").get("file")
+            self.assertTrue(source.endswith("/nodes/n1/snapshots/base-2.qcow2"), source)
+            meta = domain.find("metadata/{https://sftsan.org/xmlns/domain/1}vm")
+            self.assertEqual(meta.get("mode"), "stateless")
+            self.assertEqual(meta.get("spec"), os.path.abspath(self.spec))
+            again = ET.fromstring(cluster.domain_xml("n1", 2, stateless=True))
+            self.assertEqual(domain.findtext("uuid"), again.findtext("uuid"))
+            with self.assertRaises(sftsan.InvalidArgumentError) as caught:
+                cluster.domain_xml("n1", 1, template="<not-a-domain/>")
+            self.assertIn("template", caught.exception.message)
+            with self.assertRaises(sftsan.NotFoundError):
+                cluster.domain_xml("n9", 1)
+
     def test_the_last_error_is_per_thread(self):
         with sftsan.Cluster(self.spec) as cluster:
             with self.assertRaises(sftsan.NotUpError):

@@ -96,7 +96,12 @@ impl Names {
     /// The iSCSI target a kernel-backend node exports (the origin its image, a node its
     /// cache).
     pub fn node_target_iqn(&self, node: &str) -> String {
-        format!("iqn.2014-12.org.sftsan:{}.{}.{}", iqn_part(&self.cluster), iqn_part(node), iqn_part(&self.image))
+        format!(
+            "iqn.2014-12.org.sftsan:{}.{}.{}",
+            iqn_part(&self.cluster),
+            iqn_part(node),
+            iqn_part(&self.image)
+        )
     }
 
     /// A node's device-mapper device `what` (cache, snap-1, pool, thin-1, ...).

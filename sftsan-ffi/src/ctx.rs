@@ -45,13 +45,18 @@ type Slot = Arc<Mutex<Option<Callback>>>;
 #[allow(non_camel_case_types)]
 pub struct sftsan_ctx {
     spec: ValidatedSpec,
+    /// The spec file, when the context was opened from one (domains record it for the hook).
+    spec_path: Option<std::path::PathBuf>,
     engine: Engine,
     tools: Arc<Tools>,
     progress: Slot,
 }
 
 impl sftsan_ctx {
-    pub(crate) fn open(text: &str) -> Result<sftsan_ctx, Error> {
+    pub(crate) fn open(
+        text: &str,
+        spec_path: Option<&std::path::Path>,
+    ) -> Result<sftsan_ctx, Error> {
         let spec = validate(ClusterSpec::from_toml(text)?)?;
         let plan = plan::plan(&spec);
         let tools = Tools::from_env();
@@ -59,6 +64,7 @@ impl sftsan_ctx {
         let engine = Engine::new(&spec, plan, tools.clone(), progress(slot.clone()));
         Ok(sftsan_ctx {
             spec,
+            spec_path: spec_path.map(std::path::Path::to_path_buf),
             engine,
             tools: Arc::new(tools),
             progress: slot,
@@ -75,6 +81,14 @@ impl sftsan_ctx {
 
     pub(crate) fn tools(&self) -> Arc<Tools> {
         self.tools.clone()
+    }
+
+    pub(crate) fn spec(&self) -> &ValidatedSpec {
+        &self.spec
+    }
+
+    pub(crate) fn spec_path(&self) -> Option<&std::path::Path> {
+        self.spec_path.as_deref()
     }
 
     pub(crate) fn source(&self) -> &std::path::Path {

@@ -106,7 +106,8 @@ pub unsafe extern "C" fn sftsan_ctx_open_file(
             };
             Error::new(code, format!("cannot read the spec {path}: {e}"))
         })?;
-        let ctx = sftsan_ctx::open(&text).map_err(|e| e.context(path))?;
+        let ctx = sftsan_ctx::open(&text, Some(std::path::Path::new(path)))
+            .map_err(|e| e.context(path))?;
         // SAFETY: `ctx_out` is non-NULL (checked) and writable (caller guarantee).
         unsafe { give_ctx(ctx, ctx_out) };
         Ok(())
@@ -126,7 +127,7 @@ pub unsafe extern "C" fn sftsan_ctx_open_toml(
         // SAFETY: the caller guarantees `toml` is NULL or a NUL-terminated string.
         let toml = unsafe { str_arg(toml, "toml") }?;
         out_arg(ctx_out, "ctx_out")?;
-        let ctx = sftsan_ctx::open(toml)?;
+        let ctx = sftsan_ctx::open(toml, None)?;
         // SAFETY: `ctx_out` is non-NULL (checked) and writable (caller guarantee).
         unsafe { give_ctx(ctx, ctx_out) };
         Ok(())
@@ -445,6 +446,62 @@ pub unsafe extern "C" fn sftsan_snapshot_path(
         })?;
         // SAFETY: `path_out` is non-NULL (checked) and writable (caller guarantee).
         unsafe { give_string(file, path_out) }
+    })
+}
+
+/// The libvirt domain XML of VM `index` on `node`, as `sftsan vm define` defines it: the
+/// default name pattern, a UUID and MAC derived from (cluster, node, index), the snapshot
+/// as disk `vda`, and sftsan's `<metadata>` element (with the spec file's path when the
+/// context was opened from a file, so the libvirt hook can serve the domain). From
+/// `template_xml` (a libvirt domain without the sftsan disk), or the built-in default when
+/// it is NULL. `stateless`: the hook discards the VM's snapshot whenever it stops.
+/// Touches nothing. NOT_FOUND for an unknown node, INVALID_ARGUMENT for the origin, index
+/// 0 or a template that is not domain XML. On success `*xml_out` is a string to free with
+/// `sftsan_string_free`.
+///
+/// # Safety
+/// `ctx` is NULL or a live context; `node` is NULL or a NUL-terminated string;
+/// `template_xml` is NULL or a NUL-terminated string; `xml_out` is NULL or valid for a
+/// write.
+#[no_mangle]
+pub unsafe extern "C" fn sftsan_domain_xml(
+    ctx: *const sftsan_ctx,
+    node: *const c_char,
+    index: u32,
+    template_xml: *const c_char,
+    stateless: bool,
+    xml_out: *mut *mut c_char,
+) -> sftsan_result {
+    boundary(|| {
+        // SAFETY: the caller guarantees `ctx` is NULL or live.
+        let ctx = unsafe { ctx_arg(ctx) }?;
+        // SAFETY: the caller guarantees `node` is NULL or a NUL-terminated string.
+        let node = unsafe { str_arg(node, "node") }?;
+        let template = if template_xml.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+            Some(unsafe { str_arg(template_xml, "template_xml") }?)
+        };
+        out_arg(xml_out, "xml_out")?;
+        ctx.node(node)?;
+        let mode = if stateless {
+            sftsan_libvirt::xml::VmMode::Stateless
+        } else {
+            sftsan_libvirt::xml::VmMode::Persistent
+        };
+        let xml = sftsan_libvirt::vms::domain_xml(
+            ctx.spec(),
+            ctx.plan(),
+            ctx.spec_path(),
+            node,
+            index,
+            template,
+            mode,
+        )
+        .map_err(|e| Error::new(sftsan_result::InvalidArgument, e))?;
+        // SAFETY: `xml_out` is non-NULL (checked) and writable (caller guarantee).
+        unsafe { give_string(xml, xml_out) }
     })
 }
 

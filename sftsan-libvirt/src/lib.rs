@@ -12,10 +12,12 @@
 //! - [`hook`]: libvirt's QEMU hook (`sftsan-hook`): just-in-time stacks and snapshots.
 pub use sftsan_core as core;
 
+#[cfg(feature = "libvirt")]
 pub mod batch;
 pub mod cluster;
 pub mod hook;
 pub mod identity;
+#[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod vms;
 pub mod xml;

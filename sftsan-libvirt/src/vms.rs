@@ -165,6 +165,60 @@ pub fn plan_vms(
     Ok(vms)
 }
 
+/// The domain of VM `index` on `node`, as `sftsan vm define` defines it (default name
+/// pattern), from `template` (libvirt domain XML without the sftsan disk) or the default.
+/// `spec_path` goes into the metadata for the hook; without it the hook cannot serve the
+/// domain.
+pub fn domain_xml(
+    spec: &ValidatedSpec,
+    plan: &Plan,
+    spec_path: Option<&Path>,
+    node: &str,
+    index: u32,
+    template: Option<&str>,
+    mode: VmMode,
+) -> Result<String, String> {
+    match plan.node(node) {
+        None => {
+            return Err(format!(
+                "no node named {node:?} in cluster {}",
+                plan.cluster
+            ))
+        }
+        Some(n) if n.role == Role::Origin => {
+            return Err(format!("{node:?} is the origin: VMs run on compute nodes"))
+        }
+        Some(_) => {}
+    }
+    if index == 0 {
+        return Err("snapshots are numbered from 1".into());
+    }
+    let template = match template {
+        Some(text) => Domain::from_xml(text).map_err(|e| format!("template: {e}"))?,
+        None => default_template(),
+    };
+    let spec_path = match spec_path {
+        Some(p) => std::path::absolute(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .display()
+            .to_string(),
+        None => String::new(),
+    };
+    let names = Names::new(spec.spec());
+    let name = NamePattern::default().expand(&plan.cluster, &plan.image, node, index);
+    let meta = SftsanMeta {
+        cluster: plan.cluster.clone(),
+        image: plan.image.clone(),
+        node: node.into(),
+        snapshot: index,
+        mode,
+        spec: spec_path,
+    };
+    build_domain(&template, &name, &names.snapshot_file(node, index), meta)
+        .to_xml()
+        .map_err(|e| format!("domain XML: {e}"))
+}
+
 /// The template with this VM's name, UUID, MACs, metadata and disk.
 pub fn build_domain(template: &Domain, name: &str, snapshot: &Path, meta: SftsanMeta) -> Domain {
     let mut d = template.clone();

@@ -9,7 +9,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use sftsan_core::backends::kernel::dm;
 use sftsan_core::backends::kernel::probe::NODE_FEATURES;
 use sftsan_core::engine::Engine;
@@ -18,6 +17,7 @@ use sftsan_core::plan;
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{validate, ClusterSpec};
 use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+use sha2::{Digest, Sha256};
 
 const IMAGE: u64 = 16 * MIB;
 const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
@@ -54,7 +54,12 @@ fn cluster(name: &str, kind: &str) -> KernelCluster {
     let nodes: String = NODES
         .iter()
         .enumerate()
-        .map(|(i, n)| format!("[[nodes]]\nname = \"{n}\"\naddress = \"127.0.0.{}\"\n", i + 2))
+        .map(|(i, n)| {
+            format!(
+                "[[nodes]]\nname = \"{n}\"\naddress = \"127.0.0.{}\"\n",
+                i + 2
+            )
+        })
         .collect();
     let text = format!(
         r#"
@@ -96,19 +101,27 @@ chap_secret = "a-secret-for-the-tests"
 
 fn disk(c: &KernelCluster, node: &str, what: &str) -> std::path::PathBuf {
     let name = c.names.dm_name(node, what);
-    let dev = dm::device(&name).unwrap().unwrap_or_else(|| panic!("no dm device {name}"));
+    let dev = dm::device(&name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no dm device {name}"));
     dm::node_path(dev).unwrap()
 }
 
 fn sha256(path: &Path) -> String {
     let mut data = Vec::new();
-    fs::File::open(path).unwrap().read_to_end(&mut data).unwrap();
+    fs::File::open(path)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
     format!("{:x}", Sha256::digest(&data))
 }
 
 fn check(name: &str, kind: &str, disk_name: &str) {
     if !kernel_has(name, NODE_FEATURES) {
-        assert!(!in_kernel_tier(), "the kernel tier's kernel must have every node feature");
+        assert!(
+            !in_kernel_tier(),
+            "the kernel tier's kernel must have every node feature"
+        );
         return;
     }
     let c = cluster(name, kind);
@@ -129,14 +142,21 @@ fn check(name: &str, kind: &str, disk_name: &str) {
     assert_ne!(sha256(&written), c.sha);
     assert_eq!(sha256(&disk(&c, "n4", &format!("{disk_name}-2"))), c.sha);
     assert_eq!(sha256(&disk(&c, "n2", &format!("{disk_name}-1"))), c.sha);
-    assert_eq!(sha256(&disk(&c, "n1", "cache")), c.sha, "the leaf's parent's cache");
+    assert_eq!(
+        sha256(&disk(&c, "n1", "cache")),
+        c.sha,
+        "the leaf's parent's cache"
+    );
 
     let again = c.engine.up().unwrap();
     assert_eq!(again.created, 0, "a second up changes nothing");
 
     c.engine.down().unwrap_or_else(|e| panic!("down: {e}"));
     let prefix = format!("sftsan-{name}-");
-    let dm_left: Vec<String> = dm_names().into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    let dm_left: Vec<String> = dm_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
     assert!(dm_left.is_empty(), "dm devices left: {dm_left:?}");
     let loops: Vec<String> = fs::read_dir("/sys/block")
         .unwrap()
@@ -145,10 +165,16 @@ fn check(name: &str, kind: &str, disk_name: &str) {
         .filter(|f| f.contains(name) || f.contains("/state/"))
         .collect();
     assert!(loops.is_empty(), "loop devices left: {loops:?}");
-    let sessions = fs::read_dir("/sys/class/iscsi_session").map(|d| d.count()).unwrap_or(0);
+    let sessions = fs::read_dir("/sys/class/iscsi_session")
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(sessions, 0, "iSCSI sessions left");
     let targets: Vec<String> = fs::read_dir("/sys/kernel/config/target/iscsi")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(
         targets.iter().all(|t| !t.contains(name)),

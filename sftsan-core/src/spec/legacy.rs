@@ -427,7 +427,10 @@ cachesize=1024
         assert_eq!(spec.cluster.name, "ubuntu12");
         assert_eq!(spec.cluster.state_dir, Path::new("/root/sftsan/"));
         assert_eq!(spec.cluster.backend, Backend::Kernel);
-        let kernel = spec.kernel.as_ref().expect("a kernel cluster gets a [kernel] section");
+        let kernel = spec
+            .kernel
+            .as_ref()
+            .expect("a kernel cluster gets a [kernel] section");
         assert_eq!(kernel.chap_secret.len(), 24, "a generated CHAP secret");
         assert!(!kernel.open_access);
         assert_eq!(spec.cluster.mode, Mode::Host);
