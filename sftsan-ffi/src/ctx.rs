@@ -83,10 +83,6 @@ impl sftsan_ctx {
         self.tools.clone()
     }
 
-    pub(crate) fn spec(&self) -> &ValidatedSpec {
-        &self.spec
-    }
-
     pub(crate) fn spec_path(&self) -> Option<&std::path::Path> {
         self.spec_path.as_deref()
     }
@@ -156,9 +152,13 @@ impl sftsan_ctx {
                 ),
             )
         };
-        let spec = match (index, self.plan().snapshot(name, index)) {
-            (1.., Some(spec @ ResourceSpec::Snapshot(_))) => spec,
-            _ => return Err(no_such()),
+        let spec = match self
+            .plan()
+            .vm_disk(name, index)
+            .and_then(|d| d.last().cloned())
+        {
+            Some(spec) => spec,
+            None => return Err(no_such()),
         };
         if !self.node_up(node)? {
             return Err(Error::new(
@@ -175,10 +175,7 @@ impl sftsan_ctx {
             tools: self.tools(),
         };
         match spec.as_resource().observe(&ctx) {
-            Ok(Observed::Present(_)) => match spec {
-                ResourceSpec::Snapshot(s) => Ok(s.file),
-                _ => unreachable!("matched above"),
-            },
+            Ok(Observed::Present(_)) => Ok(self.plan().vm_disk_path(name, index)),
             Ok(_) => Err(no_such()),
             Err(e) => Err(Error::new(
                 sftsan_result::EngineFailure,

@@ -491,7 +491,6 @@ pub unsafe extern "C" fn sftsan_domain_xml(
             sftsan_libvirt::xml::VmMode::Persistent
         };
         let xml = sftsan_libvirt::vms::domain_xml(
-            ctx.spec(),
             ctx.plan(),
             ctx.spec_path(),
             node,

@@ -119,6 +119,6 @@ impl Snapshots for Cluster {
     }
 
     fn exists(&self, node: &str, index: u32) -> bool {
-        self.names.snapshot_file(node, index).exists()
+        self.plan().vm_disk_path(node, index).exists()
     }
 }

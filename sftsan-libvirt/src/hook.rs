@@ -75,7 +75,7 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome,
             let cluster = load()?;
             // The domain must boot from the snapshot the hook prepares, not from a file
             // that merely looks like one (a spec whose state_dir moved, a hand edit).
-            let want = cluster.names().snapshot_file(&meta.node, meta.snapshot);
+            let want = cluster.plan().vm_disk_path(&meta.node, meta.snapshot);
             if disk.as_deref() != Some(want.as_path()) {
                 return Err(format!(
                     "disk {} is {}, but {}/snapshot/{} is {}: redefine the domain with `sftsan vm define`",

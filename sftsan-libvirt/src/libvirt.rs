@@ -131,10 +131,26 @@ impl Libvirt {
             .map_err(|e| format!("{name}: start: {}", msg(e)))
     }
 
+    /// Stops a domain hard. libvirt reports a failure when QEMU takes longer to exit than
+    /// it waits (seen on a loaded host: "Failed to terminate process ... Device or
+    /// resource busy"); the domain is then asked again, a bounded number of times, and
+    /// the call succeeds once it is no longer running.
     pub fn destroy(&self, name: &str) -> Result<(), String> {
-        self.get(name)?
-            .destroy()
-            .map_err(|e| format!("{name}: destroy: {}", msg(e)))
+        const ATTEMPTS: usize = 3;
+        let domain = self.get(name)?;
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            match domain.destroy() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = msg(e),
+            }
+            if !domain.is_active().unwrap_or(true) {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "{name}: destroy: {last} (after {ATTEMPTS} attempts)"
+        ))
     }
 
     pub fn undefine(&self, name: &str) -> Result<(), String> {

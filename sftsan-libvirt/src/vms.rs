@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sftsan_core::names::Names;
 use sftsan_core::plan::{Plan, Role};
 use sftsan_core::spec::ValidatedSpec;
 
@@ -107,7 +106,6 @@ pub fn plan_vms(
     spec_path: &Path,
     settings: &VmSettings,
 ) -> Result<Vec<Vm>, String> {
-    let names = Names::new(spec.spec());
     for n in &settings.nodes {
         match plan.node(n) {
             None => {
@@ -142,7 +140,7 @@ pub fn plan_vms(
             let name = settings
                 .name_pattern
                 .expand(&plan.cluster, &plan.image, &node.name, index);
-            let snapshot = names.snapshot_file(&node.name, index);
+            let snapshot = plan.vm_disk_path(&node.name, index);
             let meta = SftsanMeta {
                 cluster: plan.cluster.clone(),
                 image: plan.image.clone(),
@@ -170,7 +168,6 @@ pub fn plan_vms(
 /// `spec_path` goes into the metadata for the hook; without it the hook cannot serve the
 /// domain.
 pub fn domain_xml(
-    spec: &ValidatedSpec,
     plan: &Plan,
     spec_path: Option<&Path>,
     node: &str,
@@ -204,7 +201,6 @@ pub fn domain_xml(
             .to_string(),
         None => String::new(),
     };
-    let names = Names::new(spec.spec());
     let name = NamePattern::default().expand(&plan.cluster, &plan.image, node, index);
     let meta = SftsanMeta {
         cluster: plan.cluster.clone(),
@@ -214,7 +210,7 @@ pub fn domain_xml(
         mode,
         spec: spec_path,
     };
-    build_domain(&template, &name, &names.snapshot_file(node, index), meta)
+    build_domain(&template, &name, &plan.vm_disk_path(node, index), meta)
         .to_xml()
         .map_err(|e| format!("domain XML: {e}"))
 }
@@ -230,19 +226,29 @@ pub fn build_domain(template: &Domain, name: &str, snapshot: &Path, meta: Sftsan
         });
     }
     d.devices.disk.retain(|disk| disk.target.dev != DISK_TARGET);
+    // The kernel backend's VM disks are dm devices; the userspace backend's qcow2 files.
+    let block = snapshot.starts_with("/dev");
+    let path = Some(snapshot.display().to_string());
     d.devices.disk.insert(
         0,
         Disk {
-            kind: "file".into(),
+            kind: if block { "block" } else { "file" }.into(),
             device: "disk".into(),
             driver: Some(DiskDriver {
                 name: Some("qemu".into()),
-                format: Some("qcow2".into()),
+                format: Some(if block { "raw" } else { "qcow2" }.into()),
                 ..Default::default()
             }),
-            source: Some(DiskSource {
-                file: Some(snapshot.display().to_string()),
-                ..Default::default()
+            source: Some(if block {
+                DiskSource {
+                    dev: path,
+                    ..Default::default()
+                }
+            } else {
+                DiskSource {
+                    file: path,
+                    ..Default::default()
+                }
             }),
             target: DiskTarget {
                 dev: DISK_TARGET.into(),
@@ -258,6 +264,38 @@ pub fn build_domain(template: &Domain, name: &str, snapshot: &Path, meta: Sftsan
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_path_becomes_a_raw_block_disk() {
+        let meta = SftsanMeta {
+            cluster: "c".into(),
+            image: "base".into(),
+            node: "n1".into(),
+            snapshot: 1,
+            mode: VmMode::Persistent,
+            spec: String::new(),
+        };
+        let d = build_domain(
+            &default_template(),
+            "vm",
+            Path::new("/dev/mapper/sftsan-c-n1-snap-1"),
+            meta,
+        );
+        let disk = &d.devices.disk[0];
+        assert_eq!(disk.kind, "block");
+        let source = disk.source.as_ref().unwrap();
+        assert_eq!(
+            source.dev.as_deref(),
+            Some("/dev/mapper/sftsan-c-n1-snap-1")
+        );
+        assert_eq!(source.file, None);
+        assert_eq!(disk.driver.as_ref().unwrap().format.as_deref(), Some("raw"));
+        let xml = d.to_xml().unwrap();
+        assert!(
+            xml.contains("<disk type=\"block\" device=\"disk\">"),
+            "{xml}"
+        );
+    }
     use crate::xml::RawXml;
 
     fn meta(node: &str, index: u32) -> SftsanMeta {

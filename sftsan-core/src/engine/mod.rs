@@ -346,41 +346,33 @@ impl Engine {
     /// returns its file. `index` may exceed `snapshots.per_node`: VMs beyond the planned
     /// count get their snapshots on demand.
     pub fn ensure_snapshot(&self, node: &str, index: u32) -> Result<PathBuf, EngineError> {
-        let snapshot = self.snapshot_spec(node, index)?;
+        let disk = self.vm_disk(node, index)?;
         let path = self.path_to(node)?;
         self.transaction(|run| {
             self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>())?;
-            run.ensure(Some(node), &snapshot)
+            disk.iter().try_for_each(|r| run.ensure(Some(node), r))
         })?;
-        match snapshot {
-            ResourceSpec::Snapshot(s) => Ok(s.file),
-            _ => unreachable!("snapshot_spec returns snapshots"),
-        }
+        Ok(self.plan.vm_disk_path(node, index))
     }
 
     /// Removes snapshot `index` of `node` (a VM's disk: its writes are gone). Returns
     /// whether there was one.
     pub fn remove_snapshot(&self, node: &str, index: u32) -> Result<bool, EngineError> {
-        let snapshot = self.snapshot_spec(node, index)?;
+        let disk = self.vm_disk(node, index)?;
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
-        let id = snapshot.id(Some(node));
-        let entry = run
-            .journal
-            .lock()
-            .unwrap()
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| planned_entry(id.clone(), Some(node), &snapshot));
+        let last = disk.last().expect("a VM disk has at least one resource");
         let existed = !matches!(
-            entry
-                .resource
-                .as_resource()
-                .observe(&run.ctx(Some(node), &snapshot)),
+            last.as_resource().observe(&run.ctx(Some(node), last)),
             Ok(Observed::Absent)
         );
-        run.remove(&entry, false)
-            .map_err(|f| EngineError::Teardown(vec![f]))?;
+        for r in disk.iter().rev() {
+            let id = r.id(Some(node));
+            let journaled = run.journal.lock().unwrap().get(&id).cloned();
+            let entry = journaled.unwrap_or_else(|| planned_entry(id, Some(node), r));
+            run.remove(&entry, false)
+                .map_err(|f| EngineError::Teardown(vec![f]))?;
+        }
         Ok(existed)
     }
 
@@ -445,7 +437,7 @@ impl Engine {
         Ok(path)
     }
 
-    fn snapshot_spec(&self, node: &str, index: u32) -> Result<ResourceSpec, EngineError> {
+    fn vm_disk(&self, node: &str, index: u32) -> Result<Vec<ResourceSpec>, EngineError> {
         if index == 0 {
             return Err(EngineError::NoSuchSnapshot(node.into(), index));
         }
@@ -457,7 +449,7 @@ impl Engine {
             Some(_) => {}
         }
         self.plan
-            .snapshot(node, index)
+            .vm_disk(node, index)
             .ok_or_else(|| EngineError::NoSuchSnapshot(node.into(), index))
     }
 

@@ -162,34 +162,146 @@ pub fn stack(
                 block_sectors: BLOCK_SECTORS,
             }));
             for i in 1..=per_node {
-                stack.push(ResourceSpec::ThinVolume(ThinVolume {
-                    node: name.clone(),
-                    index: i,
-                    name: names.dm_name(name, &format!("thin-{i}")),
-                    pool: pool.clone(),
-                    thin_id: i,
-                    origin: cache.clone(),
-                    sectors,
-                }));
+                stack.extend(vm_disk(names, SnapshotKind::DmThin, name, i, size));
             }
         }
         _ => {
             for i in 1..=per_node {
-                let cow = format!("cow-{i}.img");
-                // Sparse: a COW store only grows as large as what its VM writes.
-                stack.push(loop_file(&cow, size));
-                stack.push(ResourceSpec::DmSnapshot(DmSnapshot {
-                    node: name.clone(),
-                    index: i,
-                    name: names.dm_name(name, &format!("snap-{i}")),
-                    origin: cache.clone(),
-                    cow: DevRef::Loop { file: file(&cow) },
-                    sectors,
-                    chunk_sectors: CHUNK_SECTORS,
-                    persistent: true,
-                }));
+                stack.extend(vm_disk(names, SnapshotKind::DmSnapshot, name, i, size));
             }
         }
     }
     stack
+}
+
+/// The dm device name of VM disk `index` on `node`.
+pub fn vm_disk_name(names: &Names, kind: SnapshotKind, node: &str, index: u32) -> String {
+    match kind {
+        SnapshotKind::DmThin => names.dm_name(node, &format!("thin-{index}")),
+        _ => names.dm_name(node, &format!("snap-{index}")),
+    }
+}
+
+/// The resources making VM disk `index` on `node`, in creation order: a persistent
+/// dm-snapshot of the node's cache with its (sparse) COW file, or a thin volume in the
+/// node's pool with the cache as external origin.
+pub fn vm_disk(
+    names: &Names,
+    kind: SnapshotKind,
+    node: &str,
+    index: u32,
+    size: u64,
+) -> Vec<ResourceSpec> {
+    let cache = DevRef::Dm {
+        name: names.dm_name(node, "cache"),
+    };
+    let name = vm_disk_name(names, kind, node, index);
+    match kind {
+        SnapshotKind::DmThin => vec![ResourceSpec::ThinVolume(ThinVolume {
+            node: node.into(),
+            index,
+            name,
+            pool: names.dm_name(node, "pool"),
+            thin_id: index,
+            origin: cache,
+            sectors: size / 512,
+        })],
+        _ => {
+            let cow = names.node_file(node, &format!("cow-{index}.img"));
+            vec![
+                // Sparse: a COW store only grows as large as what its VM writes.
+                ResourceSpec::LoopFile(LoopFile {
+                    node: node.into(),
+                    file: cow.clone(),
+                    size,
+                }),
+                ResourceSpec::DmSnapshot(DmSnapshot {
+                    node: node.into(),
+                    index,
+                    name,
+                    origin: cache,
+                    cow: DevRef::Loop { file: cow },
+                    sectors: size / 512,
+                    chunk_sectors: CHUNK_SECTORS,
+                    persistent: true,
+                }),
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plan::plan;
+    use crate::resources::ResourceSpec;
+    use crate::spec::{validate, ClusterSpec};
+
+    fn kernel_plan(kind: &str) -> (crate::plan::Plan, tempfile::NamedTempFile) {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        image.as_file().set_len(1 << 20).unwrap();
+        let text = format!(
+            r#"
+            [cluster]
+            name = "kc"
+            state_dir = "/var/lib/sftsan/kc"
+            backend = "kernel"
+            degree = 2
+            [image]
+            name = "base"
+            source = "{}"
+            [origin]
+            address = "127.0.0.1"
+            [[nodes]]
+            name = "n1"
+            address = "127.0.0.2"
+            [cache]
+            size = "8MiB"
+            [snapshots]
+            per_node = 2
+            kind = "{kind}"
+            [kernel]
+            chap_user = "sftsan"
+            chap_secret = "a-long-secret"
+            "#,
+            image.path().display()
+        );
+        (
+            plan(&validate(ClusterSpec::from_toml(&text).unwrap()).unwrap()),
+            image,
+        )
+    }
+
+    #[test]
+    fn an_on_demand_vm_disk_is_a_dm_device_like_the_planned_ones() {
+        let (p, _image) = kernel_plan("dm-snapshot");
+        let planned: Vec<String> = p
+            .node("n1")
+            .unwrap()
+            .stack
+            .iter()
+            .map(|r| r.id(Some("n1")))
+            .collect();
+        assert!(
+            planned.contains(&"n1/dm-snapshot/2".to_string()),
+            "{planned:?}"
+        );
+        let disk = p.vm_disk("n1", 7).unwrap();
+        assert!(
+            matches!(disk.as_slice(), [ResourceSpec::LoopFile(_), ResourceSpec::DmSnapshot(s)] if s.index == 7)
+        );
+        assert_eq!(
+            p.vm_disk_path("n1", 7).to_str(),
+            Some("/dev/mapper/sftsan-kc-n1-snap-7")
+        );
+        assert!(p.vm_disk("origin", 1).is_none());
+        assert!(p.vm_disk("n1", 0).is_none());
+
+        let (p, _image) = kernel_plan("dm-thin");
+        let disk = p.vm_disk("n1", 3).unwrap();
+        assert!(matches!(disk.as_slice(), [ResourceSpec::ThinVolume(t)] if t.thin_id == 3));
+        assert_eq!(
+            p.vm_disk_path("n1", 3).to_str(),
+            Some("/dev/mapper/sftsan-kc-n1-thin-3")
+        );
+    }
 }

@@ -5,7 +5,7 @@ mod kernel;
 
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backends::userspace::{
     Cache, Daemon, IscsiLogin, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
@@ -13,7 +13,7 @@ use crate::backends::userspace::{
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
 use crate::resources::ResourceSpec;
-use crate::spec::{Backend, ClusterSpec, Mode, OriginProtocol, ValidatedSpec};
+use crate::spec::{Backend, ClusterSpec, Mode, OriginProtocol, SnapshotKind, ValidatedSpec};
 use crate::topology::Tree;
 use crate::transport::TransportSpec;
 
@@ -52,6 +52,8 @@ pub struct Plan {
     pub tree: Tree,
     #[serde(skip)]
     names: Names,
+    pub backend: Backend,
+    pub snapshot_kind: SnapshotKind,
 }
 
 impl Plan {
@@ -59,22 +61,47 @@ impl Plan {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Snapshot `index` of a compute node, planned or not: VMs beyond `per_node` get
-    /// theirs on demand.
-    pub fn snapshot(&self, node: &str, index: u32) -> Option<ResourceSpec> {
-        let n = self.node(node)?;
+    /// The resources making VM disk `index` of a compute node, planned or not (VMs beyond
+    /// `per_node` get theirs on demand), in creation order: the disk is the last.
+    pub fn vm_disk(&self, node: &str, index: u32) -> Option<Vec<ResourceSpec>> {
+        let n = self
+            .node(node)
+            .filter(|n| n.role == Role::Node && index > 0)?;
+        if self.backend == Backend::Kernel {
+            return Some(kernel::vm_disk(
+                &self.names,
+                self.snapshot_kind,
+                node,
+                index,
+                self.image_size,
+            ));
+        }
         let port = n.stack.iter().find_map(|r| match r {
-            ResourceSpec::Daemon(d) if n.role == Role::Node => Some(d.port),
+            ResourceSpec::Daemon(d) => Some(d.port),
             _ => None,
         })?;
-        Some(snapshot(
+        Some(vec![snapshot(
             &self.names,
             node,
             n.address,
             port,
             self.image_size,
             index,
-        ))
+        )])
+    }
+
+    /// Where VM disk `index` of `node` is, for a domain's `<disk>`: the qcow2 overlay of the
+    /// userspace backend, or `/dev/mapper/<name>` of the kernel backend's dm device.
+    pub fn vm_disk_path(&self, node: &str, index: u32) -> PathBuf {
+        match self.backend {
+            Backend::Kernel => Path::new("/dev/mapper").join(kernel::vm_disk_name(
+                &self.names,
+                self.snapshot_kind,
+                node,
+                index,
+            )),
+            Backend::Userspace => self.names.snapshot_file(node, index),
+        }
     }
 
     /// Node names grouped by level, parents first.
@@ -246,6 +273,8 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
         nodes,
         tree,
         names,
+        backend: spec.cluster.backend,
+        snapshot_kind: spec.snapshots.kind,
     }
 }
 
