@@ -27,7 +27,12 @@ struct KernelCluster {
     engine: Engine,
     names: Names,
     sha: String,
+    text: String,
     _dir: tempfile::TempDir,
+}
+
+fn spec_text(c: &KernelCluster) -> String {
+    c.text.clone()
 }
 
 impl Drop for KernelCluster {
@@ -95,6 +100,7 @@ chap_secret = "a-secret-for-the-tests"
         engine,
         names,
         sha: format!("{:x}", Sha256::digest(&data)),
+        text,
         _dir: dir,
     }
 }
@@ -205,4 +211,40 @@ fn a_tree_with_dm_snapshots() {
 #[test]
 fn a_tree_with_thin_volumes() {
     check("kc-thin", "dm-thin", "thin");
+}
+
+/// Where the kernel lacks what the spec needs (this host, not the tier's guest), `up`
+/// names every missing feature in one line and touches nothing.
+#[test]
+fn up_on_a_kernel_without_the_features_names_them_and_makes_nothing() {
+    use sftsan_core::backends::kernel::probe;
+    use sftsan_core::spec::SnapshotKind;
+    let missing = probe::missing(&probe::features_for(SnapshotKind::DmThin));
+    if missing.is_empty() || unsafe { libc::geteuid() } != 0 {
+        return; // the tier's kernel has everything: the cluster tests above cover it
+    }
+    let c = cluster("kc-missing", "dm-thin");
+    let dir = c._dir.path().to_path_buf();
+    let spec = dir.join("spec.toml");
+    fs::write(&spec, spec_text(&c)).unwrap();
+    let out = sftsan_tests::sftsan([std::ffi::OsStr::new("up"), spec.as_os_str()]);
+    let err = sftsan_tests::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("sftsan: the kernel lacks "), "{err}");
+    for m in &missing {
+        assert!(
+            err.contains(&m.feature.to_string()),
+            "{err} does not name {}",
+            m.feature
+        );
+    }
+    assert!(
+        !dir.join("state").join("journal.json").exists(),
+        "a journal was written"
+    );
+    assert!(
+        !dir.join("state").join("nodes").exists(),
+        "node files were made"
+    );
 }

@@ -86,6 +86,8 @@ pub enum EngineError {
     },
     #[error("teardown incomplete: {}", .0.join("; "))]
     Teardown(Vec<String>),
+    #[error("{0}")]
+    Kernel(String),
     #[error("no node named {0:?} in this cluster")]
     NoSuchNode(String),
     #[error("node {0:?} has no snapshot {1} (snapshots are numbered from 1)")]
@@ -453,11 +455,27 @@ impl Engine {
             .ok_or_else(|| EngineError::NoSuchSnapshot(node.into(), index))
     }
 
+    /// The kernel backend checks the running kernel before touching anything, and names
+    /// everything that is missing.
+    fn check_kernel(&self) -> Result<(), EngineError> {
+        if self.plan.backend != crate::spec::Backend::Kernel {
+            return Ok(());
+        }
+        let wanted = crate::backends::kernel::probe::features_for(self.plan.snapshot_kind);
+        match crate::backends::kernel::probe::report(&crate::backends::kernel::probe::missing(
+            &wanted,
+        )) {
+            None => Ok(()),
+            Some(why) => Err(EngineError::Kernel(why)),
+        }
+    }
+
     /// Runs `work` under the state lock; on failure tears down what it created, in reverse.
     fn transaction(
         &self,
         work: impl FnOnce(&Run) -> Result<(), EngineError>,
     ) -> Result<Summary, EngineError> {
+        self.check_kernel()?;
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         run.journal.lock().unwrap().save()?;

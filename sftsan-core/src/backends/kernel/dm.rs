@@ -24,6 +24,10 @@ fn dm_name(name: &str) -> Result<&DmName, ResourceError> {
 
 /// The device's dev_t, or None when no device of that name exists.
 pub fn device(name: &str) -> Result<Option<Device>, ResourceError> {
+    if !std::path::Path::new("/dev/mapper/control").exists() {
+        // No device-mapper in this kernel: no device of any name exists.
+        return Ok(None);
+    }
     let dm = open()?;
     let devices = dm.list_devices().map_err(|e| dm_err("list", name, e))?;
     Ok(devices

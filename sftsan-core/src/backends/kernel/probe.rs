@@ -93,6 +93,24 @@ pub const NODE_FEATURES: &[Feature] = &[
     Feature::IscsiInitiator,
 ];
 
+/// What a kernel-backend cluster with VM disks of `kind` needs.
+pub fn features_for(kind: crate::spec::SnapshotKind) -> Vec<Feature> {
+    let mut wanted = vec![
+        Feature::DeviceMapper,
+        Feature::DmTarget("linear"),
+        Feature::DmTarget("cache"),
+        Feature::DmTarget("snapshot"),
+        Feature::Loop,
+        Feature::Configfs,
+        Feature::LioIscsiTarget,
+        Feature::IscsiInitiator,
+    ];
+    if kind == crate::spec::SnapshotKind::DmThin {
+        wanted.extend([Feature::DmTarget("thin-pool"), Feature::DmTarget("thin")]);
+    }
+    wanted
+}
+
 /// The features of `wanted` the kernel lacks, after trying to load their modules once.
 pub fn missing(wanted: &[Feature]) -> Vec<Missing> {
     let absent: Vec<Missing> = wanted.iter().filter_map(|&f| check(f).err()).collect();
