@@ -61,4 +61,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"
     exit 1
 fi
-log "all steps passed: fmt, clippy, test"
+log "all steps passed: fmt, clippy, test, kernel-vm"
