@@ -297,7 +297,7 @@ impl TestCluster {
 
 /// Writes `size` bytes of a xorshift stream seeded by `seed` (no zero blocks, which
 /// copy-on-read treats specially) and returns their sha256.
-fn write_image(path: &Path, size: u64, seed: &str) -> String {
+pub fn write_image(path: &Path, size: u64, seed: &str) -> String {
     let mut x = seed.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });

@@ -16,7 +16,7 @@ use sftsan_core::names::Names;
 use sftsan_core::plan;
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{validate, ClusterSpec};
-use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+use sftsan_tests::{in_kernel_tier, kernel_has, write_image, MIB};
 use sha2::{Digest, Sha256};
 
 const IMAGE: u64 = 16 * MIB;
@@ -46,16 +46,7 @@ impl Drop for KernelCluster {
 fn cluster(name: &str, kind: &str) -> KernelCluster {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let data: Vec<u8> = (0..IMAGE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(&image, &data).unwrap();
+    let sha = write_image(&image, IMAGE, name);
     let nodes: String = NODES
         .iter()
         .enumerate()
@@ -99,7 +90,7 @@ chap_secret = "a-secret-for-the-tests"
     KernelCluster {
         engine,
         names,
-        sha: format!("{:x}", Sha256::digest(&data)),
+        sha,
         text,
         _dir: dir,
     }

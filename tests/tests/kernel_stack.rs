@@ -17,7 +17,7 @@ use sftsan_core::backends::kernel::loopback::LoopFile;
 use sftsan_core::backends::kernel::probe::Feature;
 use sftsan_core::resources::{Ctx, Observed, Resource, Tools};
 use sftsan_core::transport::LocalTransport;
-use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+use sftsan_tests::{in_kernel_tier, kernel_has, write_image, MIB};
 use sha2::{Digest, Sha256};
 
 const IMAGE: u64 = 16 * MIB;
@@ -67,20 +67,6 @@ impl Drop for Stack {
     }
 }
 
-fn image(path: &Path) -> String {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let data: Vec<u8> = (0..IMAGE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(path, &data).unwrap();
-    format!("{:x}", Sha256::digest(&data))
-}
-
 fn sha256_dev(dev: &DevRef) -> String {
     let path = dm::node_path(dev.resolve().unwrap()).unwrap();
     let mut f = fs::File::open(&path).unwrap();
@@ -111,7 +97,7 @@ fn loop_file(stack: &mut Stack, dir: &Path, name: &str, size: u64) -> DevRef {
 /// cluster, the upstream iSCSI disk).
 fn origin(dir: &Path) -> (Stack, DevRef, String) {
     let file: PathBuf = dir.join("image.raw");
-    let sha = image(&file);
+    let sha = write_image(&file, IMAGE, "kernel-stack");
     let dev = loopdev::LoopControl::open().unwrap().next_free().unwrap();
     dev.with()
         .read_only(true)

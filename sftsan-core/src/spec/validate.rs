@@ -982,27 +982,7 @@ mod iscsi_tests {
     use super::*;
 
     fn spec_with(protocol: OriginProtocol, managed: bool, target: Option<&str>) -> ClusterSpec {
-        let mut spec = ClusterSpec::from_toml(
-            r#"
-            [cluster]
-            name = "c"
-            state_dir = "/tmp/x"
-            degree = 2
-            [image]
-            name = "base"
-            source = "/nonexistent"
-            [origin]
-            address = "127.0.0.1"
-            [[nodes]]
-            name = "n1"
-            address = "127.0.0.2"
-            [cache]
-            size = "1GiB"
-            [snapshots]
-            per_node = 1
-            "#,
-        )
-        .unwrap();
+        let mut spec = minimal_spec();
         spec.origin.protocol = protocol;
         spec.origin.managed = managed;
         spec.origin.iscsi_target = target.map(String::from);
@@ -1035,6 +1015,32 @@ mod iscsi_tests {
     }
 }
 
+/// A spec that parses (not one that validates: its image does not exist).
+#[cfg(test)]
+fn minimal_spec() -> ClusterSpec {
+    ClusterSpec::from_toml(
+        r#"
+        [cluster]
+        name = "c"
+        state_dir = "/tmp/x"
+        degree = 2
+        [image]
+        name = "base"
+        source = "/nonexistent"
+        [origin]
+        address = "127.0.0.1"
+        [[nodes]]
+        name = "n1"
+        address = "127.0.0.2"
+        [cache]
+        size = "1GiB"
+        [snapshots]
+        per_node = 1
+        "#,
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 fn kernel_section(secret: &str) -> super::KernelSpec {
     super::KernelSpec {
@@ -1052,27 +1058,7 @@ mod kernel_tests {
     use super::*;
 
     fn spec(backend: Backend, kernel: Option<super::super::KernelSpec>) -> ClusterSpec {
-        let mut spec = ClusterSpec::from_toml(
-            r#"
-            [cluster]
-            name = "c"
-            state_dir = "/tmp/x"
-            degree = 2
-            [image]
-            name = "base"
-            source = "/nonexistent"
-            [origin]
-            address = "127.0.0.1"
-            [[nodes]]
-            name = "n1"
-            address = "127.0.0.2"
-            [cache]
-            size = "1GiB"
-            [snapshots]
-            per_node = 1
-            "#,
-        )
-        .unwrap();
+        let mut spec = minimal_spec();
         spec.cluster.backend = backend;
         spec.kernel = kernel;
         spec
