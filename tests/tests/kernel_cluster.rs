@@ -44,10 +44,14 @@ impl Drop for KernelCluster {
 }
 
 fn cluster(name: &str, kind: &str) -> KernelCluster {
+    cluster_of(name, kind, &NODES)
+}
+
+fn cluster_of(name: &str, kind: &str, node_names: &[&str]) -> KernelCluster {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let sha = write_image(&image, IMAGE, name);
-    let nodes: String = NODES
+    let nodes: String = node_names
         .iter()
         .enumerate()
         .map(|(i, n)| {
@@ -149,6 +153,11 @@ fn check(name: &str, kind: &str, disk_name: &str) {
     assert_eq!(again.created, 0, "a second up changes nothing");
 
     c.engine.down().unwrap_or_else(|e| panic!("down: {e}"));
+    assert_nothing_left(name);
+}
+
+/// No dm device, loop device, iSCSI session, LIO target or iscsid of cluster `name`.
+fn assert_nothing_left(name: &str) {
     let prefix = format!("sftsan-{name}-");
     let dm_left: Vec<String> = dm_names()
         .into_iter()
@@ -237,5 +246,74 @@ fn up_on_a_kernel_without_the_features_names_them_and_makes_nothing() {
     assert!(
         !dir.join("state").join("nodes").exists(),
         "node files were made"
+    );
+}
+
+/// `up` killed (SIGKILL) right after creating the first resource of each kernel kind:
+/// the next `up` completes, a VM disk reads the image, and `down` leaves nothing.
+#[test]
+fn up_resumes_after_a_crash_after_each_kernel_kind() {
+    use sftsan_core::engine::KILL_AFTER_ENV;
+    use sftsan_core::resources::ResourceSpec;
+    use std::os::unix::process::ExitStatusExt;
+    if !kernel_has(
+        "up_resumes_after_a_crash_after_each_kernel_kind",
+        NODE_FEATURES,
+    ) {
+        assert!(
+            !in_kernel_tier(),
+            "the kernel tier's kernel must have every node feature"
+        );
+        return;
+    }
+    let sftsan = std::env::var_os("SFTSAN_BIN").expect("the kernel tier sets SFTSAN_BIN");
+    let mut failed = Vec::new();
+    for (i, kind) in ResourceSpec::KERNEL_KINDS.iter().enumerate() {
+        let (snapshots, disk_name) = match *kind {
+            "thin-pool" | "thin-volume" => ("dm-thin", "thin-1"),
+            _ => ("dm-snapshot", "snap-1"),
+        };
+        let name = format!("kk{i}");
+        let c = cluster_of(&name, snapshots, &["n1", "n2"]);
+        let spec = c._dir.path().join("spec.toml");
+        fs::write(&spec, spec_text(&c)).unwrap();
+        let run = |env: Option<&str>| {
+            let mut cmd = std::process::Command::new(&sftsan);
+            cmd.arg("up").arg(&spec);
+            if let Some(k) = env {
+                cmd.env(KILL_AFTER_ENV, k);
+            }
+            cmd.output().unwrap()
+        };
+        let killed = run(Some(kind));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_eq!(
+                killed.status.signal(),
+                Some(9),
+                "up was not killed after {kind}: {killed:?}"
+            );
+            let resumed = run(None);
+            assert!(
+                resumed.status.success(),
+                "up after a crash after {kind}: {}",
+                String::from_utf8_lossy(&resumed.stderr)
+            );
+            assert_eq!(
+                sha256(&disk(&c, "n2", disk_name)),
+                c.sha,
+                "after a crash after {kind}"
+            );
+            c.engine
+                .down()
+                .unwrap_or_else(|e| panic!("down after {kind}: {e}"));
+            assert_nothing_left(&name);
+        }));
+        if outcome.is_err() {
+            failed.push(*kind);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "not recovered after a crash after {failed:?}"
     );
 }
