@@ -125,6 +125,12 @@ impl Names {
         20000 + (tag % 10000) as u16
     }
 
+    /// tgtd's management port for the node at tree position `index` (kernel backend: one
+    /// tgtd per node, side by side on one host).
+    pub fn tgt_node_control_port(&self, index: usize) -> u16 {
+        self.tgt_control_port() + index as u16
+    }
+
     pub fn netns(&self, node: &str) -> String {
         format!("{PREFIX}-{}-{node}", self.cluster)
     }

@@ -43,11 +43,11 @@ impl Drop for KernelCluster {
     }
 }
 
-fn cluster(name: &str, kind: &str) -> KernelCluster {
-    cluster_of(name, kind, &NODES)
+fn cluster(name: &str, kind: &str, relay: &str) -> KernelCluster {
+    cluster_of(name, kind, relay, &NODES)
 }
 
-fn cluster_of(name: &str, kind: &str, node_names: &[&str]) -> KernelCluster {
+fn cluster_of(name: &str, kind: &str, relay: &str, node_names: &[&str]) -> KernelCluster {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let sha = write_image(&image, IMAGE, name);
@@ -81,6 +81,7 @@ size = "32MiB"
 per_node = 2
 kind = "{kind}"
 [kernel]
+relay = "{relay}"
 chap_user = "sftsan"
 chap_secret = "a-secret-for-the-tests"
 "#,
@@ -117,7 +118,7 @@ fn sha256(path: &Path) -> String {
     format!("{:x}", Sha256::digest(&data))
 }
 
-fn check(name: &str, kind: &str, disk_name: &str) {
+fn check(name: &str, kind: &str, disk_name: &str, relay: &str) {
     if !kernel_has(name, NODE_FEATURES) {
         assert!(
             !in_kernel_tier(),
@@ -125,7 +126,7 @@ fn check(name: &str, kind: &str, disk_name: &str) {
         );
         return;
     }
-    let c = cluster(name, kind);
+    let c = cluster(name, kind, relay);
     c.engine.up().unwrap_or_else(|e| panic!("up: {e}"));
     for node in NODES {
         for i in 1..=2 {
@@ -192,6 +193,12 @@ fn assert_nothing_left(name: &str) {
         .filter_map(|e| fs::read_to_string(e.path().join("comm")).ok())
         .any(|c| c.trim() == "iscsid");
     assert!(!iscsid, "the iscsid sftsan started is still running");
+    let tgtd = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("comm")).ok())
+        .any(|c| c.trim() == "tgtd");
+    assert!(!tgtd, "a tgtd is still running");
 }
 
 fn dm_names() -> Vec<String> {
@@ -205,12 +212,18 @@ fn dm_names() -> Vec<String> {
 
 #[test]
 fn a_tree_with_dm_snapshots() {
-    check("kc-snap", "dm-snapshot", "snap");
+    check("kc-snap", "dm-snapshot", "snap", "lio");
 }
 
 #[test]
 fn a_tree_with_thin_volumes() {
-    check("kc-thin", "dm-thin", "thin");
+    check("kc-thin", "dm-thin", "thin", "lio");
+}
+
+/// The same tree with tgtd (userspace iSCSI targets) as the origin's and the relays' target.
+#[test]
+fn a_tree_with_tgt_relays() {
+    check("kc-tgt", "dm-snapshot", "snap", "tgt");
 }
 
 /// Where the kernel lacks what the spec needs (this host, not the tier's guest), `up`
@@ -223,7 +236,7 @@ fn up_on_a_kernel_without_the_features_names_them_and_makes_nothing() {
     if missing.is_empty() || unsafe { libc::geteuid() } != 0 {
         return; // the tier's kernel has everything: the cluster tests above cover it
     }
-    let c = cluster("kc-missing", "dm-thin");
+    let c = cluster("kc-missing", "dm-thin", "lio");
     let dir = c._dir.path().to_path_buf();
     let spec = dir.join("spec.toml");
     fs::write(&spec, spec_text(&c)).unwrap();
@@ -274,7 +287,7 @@ fn up_resumes_after_a_crash_after_each_kernel_kind() {
             _ => ("dm-snapshot", "snap-1"),
         };
         let name = format!("kk{i}");
-        let c = cluster_of(&name, snapshots, &["n1", "n2"]);
+        let c = cluster_of(&name, snapshots, "lio", &["n1", "n2"]);
         let spec = c._dir.path().join("spec.toml");
         fs::write(&spec, spec_text(&c)).unwrap();
         let run = |env: Option<&str>| {

@@ -5,15 +5,17 @@
 //! children may log in, with the cluster's CHAP credentials.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use crate::backends::kernel::devref::DevRef;
 use crate::backends::kernel::dm_devices::{DmCache, DmLinear, DmSnapshot, ThinPool, ThinVolume};
 use crate::backends::kernel::initiator::{Chap, IscsiSession};
 use crate::backends::kernel::lio::{Acl, Backing, LioTarget};
 use crate::backends::kernel::loopback::LoopFile;
+use crate::backends::userspace::OriginTarget;
 use crate::names::Names;
 use crate::resources::ResourceSpec;
-use crate::spec::{ClusterSpec, KernelSpec, SnapshotKind};
+use crate::spec::{ClusterSpec, KernelSpec, RelayTarget, SnapshotKind};
 use crate::topology::Tree;
 
 /// dm-cache and thin-pool block size: 64 KiB.
@@ -44,7 +46,7 @@ pub fn stack(
         username: kernel.chap_user.clone(),
         password: kernel.chap_secret.clone(),
     };
-    let acls = tree
+    let acls: Vec<Acl> = tree
         .children(index)
         .into_iter()
         .map(|c| Acl {
@@ -52,21 +54,44 @@ pub fn stack(
             chap: Some(chap.clone()),
         })
         .collect();
-    let target = |backing| LioTarget {
-        node: name.clone(),
-        iqn: names.node_target_iqn(name),
-        backstore: names.backstore(name),
-        backing,
-        portal: SocketAddr::new(*address, kernel.iscsi_port),
-        acls,
-        open_access: kernel.open_access,
+    let tgt = kernel.relay == RelayTarget::Tgt;
+    let initiators: Vec<String> = acls.iter().map(|a: &Acl| a.initiator.clone()).collect();
+    // A node's target: LIO by default, or a private tgtd (`kernel.relay = "tgt"`).
+    let target = |backing: Backing| {
+        if !tgt {
+            return ResourceSpec::LioTarget(LioTarget {
+                node: name.clone(),
+                iqn: names.node_target_iqn(name),
+                backstore: names.backstore(name),
+                backing,
+                portal: SocketAddr::new(*address, kernel.iscsi_port),
+                acls: acls.clone(),
+                open_access: kernel.open_access,
+            });
+        }
+        let (source, source_dm) = match backing {
+            Backing::File { path, .. } | Backing::Block { path } => (path, None),
+            Backing::Dm { name } => (PathBuf::from(format!("dm:{name}")), Some(name)),
+        };
+        ResourceSpec::OriginTarget(OriginTarget {
+            node: name.clone(),
+            run_dir: names.run_dir(name),
+            address: *address,
+            port: kernel.iscsi_port,
+            control_port: names.tgt_node_control_port(index),
+            iqn: names.node_target_iqn(name),
+            source,
+            initiators: initiators.clone(),
+            chap: Some(chap.clone()),
+            source_dm,
+        })
     };
     let Some(parent) = tree.parent(index) else {
         let image = Backing::File {
             path: spec.image.source.clone(),
             size,
         };
-        return vec![ResourceSpec::LioTarget(target(image))];
+        return vec![target(image)];
     };
     let (parent_name, parent_address) = &all[parent - 1];
     let sectors = size / 512;
@@ -83,7 +108,8 @@ pub fn stack(
         parent: parent_name.clone(),
         portal: SocketAddr::new(*parent_address, kernel.iscsi_port),
         target: names.node_target_iqn(parent_name),
-        lun: 0,
+        // tgt's LUN 0 is its controller; LIO exports the disk as LUN 0.
+        lun: if tgt { 1 } else { 0 },
         initiator: names.initiator_iqn(name),
         chap: Some(chap.clone()),
         size,
@@ -138,9 +164,9 @@ pub fn stack(
             origin: cache.clone(),
             sectors,
         }),
-        ResourceSpec::LioTarget(target(Backing::Dm {
+        target(Backing::Dm {
             name: names.dm_name(name, "relay"),
-        })),
+        }),
     ];
     let per_node = spec.snapshots.per_node;
     match spec.snapshots.kind {

@@ -214,6 +214,8 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                             .iter()
                             .map(|&c| names.initiator_iqn(&all[c - 1].0))
                             .collect(),
+                        chap: None,
+                        source_dm: None,
                     })),
                     None => {
                         stack.push(daemon(name, *address, port, &run_dir));

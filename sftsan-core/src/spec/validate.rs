@@ -278,12 +278,6 @@ fn check_kernel(spec: &ClusterSpec) -> Result<(), SpecError> {
             "dm-clone is not supported yet; use \"dm-cache\"",
         ));
     }
-    if kernel.relay == super::RelayTarget::Tgt {
-        return Err(SpecError::new(
-            "kernel.relay",
-            "tgt relays are not supported yet; use \"lio\"",
-        ));
-    }
     let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
     if kernel.chap_user.is_empty() || kernel.chap_user.len() > 255 || !printable(&kernel.chap_user)
     {

@@ -28,6 +28,13 @@ pub struct OriginTarget {
     pub source: PathBuf,
     /// Initiator names allowed to log in (the origin's children).
     pub initiators: Vec<String>,
+    /// CHAP credentials every initiator must log in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<crate::backends::kernel::initiator::Chap>,
+    /// Export this device-mapper device (found when the target is made) instead of
+    /// `source`: the kernel backend's relay of a node's cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_dm: Option<String>,
 }
 
 impl OriginTarget {
@@ -51,8 +58,22 @@ impl OriginTarget {
         Ok(run_stdout(&LocalTransport, "tgtadm", &full)?)
     }
 
+    /// What the LUN serves: the file or device, or the dm device's node.
+    fn backing(&self) -> Result<String, ResourceError> {
+        match &self.source_dm {
+            None => Ok(self.source.display().to_string()),
+            Some(name) => {
+                let dev = crate::backends::kernel::dm::device(name)?
+                    .ok_or_else(|| ResourceError::new(format!("no dm device {name} to export")))?;
+                Ok(crate::backends::kernel::dm::node_path(dev)?
+                    .display()
+                    .to_string())
+            }
+        }
+    }
+
     fn configure(&self) -> Result<(), ResourceError> {
-        let source = self.source.display().to_string();
+        let source = self.backing()?;
         self.tgtadm(&[
             "--mode",
             "target",
@@ -88,6 +109,22 @@ impl OriginTarget {
             "--params",
             "readonly=1",
         ])?;
+        if let Some(chap) = &self.chap {
+            let (user, password) = (chap.username.as_str(), chap.password.as_str());
+            self.tgtadm(&[
+                "--mode",
+                "account",
+                "--op",
+                "new",
+                "--user",
+                user,
+                "--password",
+                password,
+            ])?;
+            self.tgtadm(&[
+                "--mode", "account", "--op", "bind", "--tid", TID, "--user", user,
+            ])?;
+        }
         for name in &self.initiators {
             self.tgtadm(&[
                 "--mode",
@@ -121,10 +158,11 @@ impl OriginTarget {
 
 impl Resource for OriginTarget {
     fn desired(&self) -> Params {
-        vec![
-            ("target", self.iqn.clone()),
-            ("source", self.source.display().to_string()),
-        ]
+        // A dm device's node is only known while it exists.
+        let source = self
+            .backing()
+            .unwrap_or_else(|_| self.source.display().to_string());
+        vec![("target", self.iqn.clone()), ("source", source)]
     }
 
     fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
