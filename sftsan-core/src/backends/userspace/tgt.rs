@@ -1,5 +1,7 @@
-//! The origin as an iSCSI target: a private tgtd in the origin's network namespace with one
-//! read-only LUN over the image, reachable only from the origin's children.
+//! A private tgtd (userspace iSCSI target) with one read-only LUN: the userspace origin
+//! (`origin.protocol = "iscsi"`), and the kernel backend's targets with `kernel.relay =
+//! "tgt"` (the image, or a dm view of a node's cache, with a CHAP account). Only the
+//! node's children's initiator names may log in.
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
