@@ -88,14 +88,20 @@ fn checked(cmd: &mut Command) -> String {
 /// Whether this host can run clusters (root, qemu-storage-daemon, ip). When it cannot, says
 /// so on stderr with a visible SKIPPED and the caller returns early.
 pub fn can_run_clusters() -> bool {
+    can_run_with(&["qemu-storage-daemon", "ip"])
+}
+
+/// Whether we are root and every program of `tools` is installed; otherwise prints a
+/// visible `SKIPPED: <test>: <reason>` line and returns false.
+pub fn can_run_with(tools: &[&str]) -> bool {
     // SAFETY: geteuid cannot fail.
     let reason = if unsafe { libc::geteuid() } != 0 {
         Some("not root".to_string())
     } else {
-        ["qemu-storage-daemon", "ip"]
-            .into_iter()
+        tools
+            .iter()
             .find(|tool| !on_path(tool))
-            .map(|tool| format!("{tool} is not installed"))
+            .map(|tool| format!("{tool} is not installed (scripts/install-deps.sh installs it)"))
     };
     match reason {
         Some(reason) => {
@@ -107,9 +113,13 @@ pub fn can_run_clusters() -> bool {
     }
 }
 
+/// Whether `program` is on PATH, or in the sbin directories a non-root PATH may lack.
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|d| d.join(program).is_file())
+    })
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.

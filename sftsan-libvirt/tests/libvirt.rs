@@ -163,8 +163,7 @@ fn a_batch_of_six_vms_boots_from_the_cluster() {
         stdout(&out)
     );
 
-    let out = c.vm("undefine", &["--remove-snapshots"]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let out = c.vm_ok("undefine", &["--remove-snapshots"]);
     assert!(
         table_rows(&out)
             .iter()
@@ -263,8 +262,7 @@ fn a_stateless_domain_forgets_its_writes() {
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvstateless", 3, 1, 1, 1, &lvd.uri);
-    let out = c.vm("define", &["--mode", "stateless"]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    c.vm_ok("define", &["--mode", "stateless"]);
     let lv = lvd.connect();
     let name = "lvstateless-n1-1";
     assert_eq!(
@@ -397,10 +395,8 @@ fn a_libvirtd_restart_reconnects_running_guests() {
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvreconnect", 7, 1, 1, 1, &lvd.uri);
-    let out = c.vm("define", &[]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let out = c.vm("start", &[]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    c.vm_ok("define", &[]);
+    c.vm_ok("start", &[]);
     let name = "lvreconnect-n1-1";
 
     lvd.restart_libvirtd();
@@ -423,6 +419,5 @@ fn a_libvirtd_restart_reconnects_running_guests() {
         lvd.logs()
     );
     guest_reads_the_image(lvd, &lv, name, c.image_size).unwrap();
-    let out = c.vm("destroy", &[]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    c.vm_ok("destroy", &[]);
 }

@@ -53,40 +53,16 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|d| d.join(program).is_file())
-    })
-}
-
 /// Whether this host can run the libvirt tests; says SKIPPED with the reason when not.
 pub fn can_run() -> bool {
-    // SAFETY: geteuid cannot fail.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("not root".to_string())
-    } else {
-        [
-            "libvirtd",
-            "virtlogd",
-            "qemu-system-x86_64",
-            "qemu-storage-daemon",
-            "qemu-img",
-            "unshare",
-        ]
-        .into_iter()
-        .find(|tool| !on_path(tool))
-        .map(|tool| format!("{tool} is not installed (scripts/install-deps.sh installs it)"))
-    };
-    match reason {
-        Some(reason) => {
-            let test = std::thread::current().name().unwrap_or("test").to_string();
-            eprintln!("SKIPPED: {test}: {reason}");
-            false
-        }
-        None => true,
-    }
+    sftsan_tests::can_run_with(&[
+        "libvirtd",
+        "virtlogd",
+        "qemu-system-x86_64",
+        "qemu-storage-daemon",
+        "qemu-img",
+        "unshare",
+    ])
 }
 
 /// The workspace's target directory for this build.
@@ -488,6 +464,18 @@ impl TestCluster {
         all.extend([OsStr::new("--connect"), OsStr::new(&self.uri)]);
         all.extend(args.iter().map(OsStr::new));
         sftsan_vm(all)
+    }
+
+    /// `sftsan vm OP SPEC --connect URI ARGS...`, which must succeed.
+    pub fn vm_ok(&self, op: &str, args: &[&str]) -> Output {
+        let out = self.vm(op, args);
+        assert!(
+            out.status.success(),
+            "sftsan vm {op}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        out
     }
 
     pub fn sftsan(&self, args: &[&str]) -> Output {
