@@ -4,6 +4,7 @@
 
 mod bridge;
 mod namespace;
+mod shaping;
 mod subnet_guard;
 
 pub use bridge::Bridge;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
+use super::shaping::{egress_limit, limit_egress};
 use super::{disable_ipv6, ip, ip_json, link_exists};
 use crate::names::NETNS_IFACE;
 use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
@@ -19,6 +20,9 @@ pub struct Namespace {
     pub veth_host: String,
     pub veth_peer: String,
     pub bridge: String,
+    /// Both directions of the node's link limited to this rate (`local.link_mbit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_mbit: Option<u32>,
 }
 
 impl Namespace {
@@ -29,11 +33,29 @@ impl Namespace {
     fn cidr(&self) -> String {
         format!("{}/{}", self.address, self.prefix_len)
     }
+
+    /// Limits the link both ways: the bridge side's egress is what the node receives, the
+    /// namespace side's egress what it sends.
+    fn shape(&self, ctx: &Ctx, mbit: u32) -> Result<(), ResourceError> {
+        limit_egress(ctx, None, &self.veth_host, mbit)?;
+        limit_egress(ctx, Some(&self.netns), NETNS_IFACE, mbit)
+    }
+
+    /// The link's rate limit as found, when both ends carry the same one.
+    fn observed_limit(&self, ctx: &Ctx) -> Result<Option<u32>, ResourceError> {
+        let inbound = egress_limit(ctx, None, &self.veth_host)?;
+        let outbound = egress_limit(ctx, Some(&self.netns), NETNS_IFACE)?;
+        Ok(if inbound == outbound { inbound } else { None })
+    }
 }
 
 impl Resource for Namespace {
     fn desired(&self) -> Params {
-        vec![("address", self.cidr())]
+        let mut params = vec![("address", self.cidr())];
+        if let Some(mbit) = self.link_mbit {
+            params.push(("link_mbit", mbit.to_string()));
+        }
+        params
     }
 
     fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError> {
@@ -61,7 +83,19 @@ impl Resource for Namespace {
         if cidrs.is_empty() || !link_exists(&self.veth_host) {
             return Ok(Observed::Partial(format!("{} is not wired up", self.netns)));
         }
-        Ok(Observed::Present(vec![("address", cidrs.join(","))]))
+        let mut params = vec![("address", cidrs.join(","))];
+        if self.link_mbit.is_some() {
+            match self.observed_limit(ctx)? {
+                Some(mbit) => params.push(("link_mbit", mbit.to_string())),
+                None => {
+                    return Ok(Observed::Partial(format!(
+                        "{}'s link is not rate-limited",
+                        self.netns
+                    )))
+                }
+            }
+        }
+        Ok(Observed::Present(params))
     }
 
     fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
@@ -100,6 +134,12 @@ impl Resource for Namespace {
                 disable_ipv6(&self.veth_host);
             }
             if let Err(e) = ip(ctx, step) {
+                let _ = self.teardown(ctx);
+                return Err(e);
+            }
+        }
+        if let Some(mbit) = self.link_mbit {
+            if let Err(e) = self.shape(ctx, mbit) {
                 let _ = self.teardown(ctx);
                 return Err(e);
             }

@@ -190,6 +190,7 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                     veth_host: names.veth_host(index),
                     veth_peer: names.veth_peer(index),
                     bridge: names.bridge(),
+                    link_mbit: l.link_mbit,
                 }));
             }
             let iscsi_origin = spec.origin.protocol == OriginProtocol::Iscsi;

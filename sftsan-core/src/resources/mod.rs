@@ -65,6 +65,8 @@ pub struct Tools {
     pub storage_daemon: PathBuf,
     pub qemu_img: PathBuf,
     pub ip: PathBuf,
+    /// iproute2's `tc`, which shapes local-mode links (`local.link_mbit`).
+    pub tc: PathBuf,
     /// The `sftsan` executable, which hosts the cache keeper (`sftsan keeper`).
     pub sftsan: PathBuf,
 }
@@ -86,6 +88,7 @@ impl Tools {
             storage_daemon: "qemu-storage-daemon".into(),
             qemu_img: "qemu-img".into(),
             ip: "ip".into(),
+            tc: "tc".into(),
             sftsan,
         }
     }

@@ -223,6 +223,10 @@ pub enum RelayTarget {
 pub struct LocalSpec {
     /// Every node address lies in it; an `unreachable` route for it guards the root namespace.
     pub subnet: ipnet::Ipv4Net,
+    /// Limits every node's link to this many Mbit/s each way (a tbf qdisc on both ends of
+    /// its veth), so the emulated network has the bottlenecks of a real one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_mbit: Option<u32>,
 }
 
 fn default_port() -> u16 {

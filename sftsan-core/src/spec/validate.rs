@@ -316,7 +316,10 @@ fn backend_name(backend: Backend) -> &'static str {
 /// `[local]` goes with mode local, and then every address the cluster binds lies in it.
 fn check_mode(spec: &ClusterSpec) -> Result<(), SpecError> {
     match (spec.cluster.mode, &spec.local) {
-        (Mode::Local, Some(local)) => check_local_addresses(spec, local.subnet),
+        (Mode::Local, Some(local)) => {
+            check_link_rate(local.link_mbit)?;
+            check_local_addresses(spec, local.subnet)
+        }
         (Mode::Local, None) => Err(SpecError::new(
             "local",
             "cluster.mode = \"local\" needs a [local] section with a subnet",
@@ -326,6 +329,21 @@ fn check_mode(spec: &ClusterSpec) -> Result<(), SpecError> {
             "only used with cluster.mode = \"local\" (mode is \"host\")",
         )),
         (Mode::Host, None) => Ok(()),
+    }
+}
+
+/// Highest link rate sftsan shapes to: 100 Gbit/s, beyond any veth's real throughput.
+const LINK_MBIT_MAX: u32 = 100_000;
+
+fn check_link_rate(link_mbit: Option<u32>) -> Result<(), SpecError> {
+    match link_mbit {
+        Some(rate) if rate == 0 || rate > LINK_MBIT_MAX => Err(SpecError::new(
+            "local.link_mbit",
+            format!(
+                "{rate} is out of range (1 to {LINK_MBIT_MAX} Mbit/s; leave it out for no limit)"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -521,6 +539,7 @@ mod tests {
         spec.cluster.mode = Mode::Local;
         spec.local = Some(LocalSpec {
             subnet: "10.0.0.0/24".parse().unwrap(),
+            link_mbit: None,
         });
         spec.origin.address = ip("10.0.0.1");
         for (i, node) in spec.nodes.iter_mut().enumerate() {
@@ -792,12 +811,32 @@ mod tests {
             make_local(s);
             s.local = Some(LocalSpec {
                 subnet: "10.0.0.0/31".parse().unwrap(),
+                link_mbit: None,
             });
         });
         assert!(
             err.starts_with("local.subnet: 10.0.0.0/31 has no room for host addresses"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn local_link_rate_must_be_in_range() {
+        for bad in [0, LINK_MBIT_MAX + 1] {
+            let err = error_after(|s| {
+                make_local(s);
+                s.local.as_mut().unwrap().link_mbit = Some(bad);
+            });
+            assert!(
+                err.starts_with(&format!("local.link_mbit: {bad} is out of range")),
+                "{err}"
+            );
+        }
+        let image = image_file(MIB);
+        let mut spec = spec_for(image.path());
+        make_local(&mut spec);
+        spec.local.as_mut().unwrap().link_mbit = Some(100);
+        validate(spec).unwrap();
     }
 
     #[test]
