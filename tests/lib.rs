@@ -189,6 +189,7 @@ pub struct TestCluster {
     managed_origin: bool,
     iscsi_origin: bool,
     connect_timeout_ms: u64,
+    link_mbit: Option<u32>,
 }
 
 impl TestCluster {
@@ -204,6 +205,7 @@ impl TestCluster {
             managed_origin: true,
             iscsi_origin: false,
             connect_timeout_ms: 5000,
+            link_mbit: None,
         }
     }
 
@@ -245,6 +247,12 @@ impl TestCluster {
         self
     }
 
+    /// `[local] link_mbit`: every node's link limited to this rate each way.
+    pub fn link_mbit(mut self, mbit: u32) -> Self {
+        self.link_mbit = Some(mbit);
+        self
+    }
+
     /// Writes the base image and the spec; creates nothing on the system yet.
     pub fn create(self) -> Cluster {
         assert_eq!(self.image_size % MIB, 0, "image size must be whole MiB");
@@ -281,6 +289,9 @@ impl TestCluster {
             cache_size = cache_needed(self.image_size),
             snapshots = self.snapshots,
         );
+        if let Some(mbit) = self.link_mbit {
+            text += &format!("link_mbit = {mbit}\n");
+        }
         for i in 1..=self.nodes {
             text += &format!(
                 "\n[[nodes]]\nname = \"n{i}\"\naddress = \"{net}.{}\"\n",

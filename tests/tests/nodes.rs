@@ -2,7 +2,8 @@
 //! made on demand (also beyond the planned count) and removed, and `down --node` refuses
 //! while a child still reads through the node.
 
-use sftsan_tests::{can_run_clusters, sftsan, stderr, stdout, TestCluster};
+use sftsan_tests::{can_run_clusters, sftsan, stderr, stdout, TestCluster, MIB};
+use std::time::Instant;
 
 #[test]
 fn a_node_comes_up_with_its_ancestors_only() {
@@ -51,6 +52,56 @@ fn a_node_comes_up_with_its_ancestors_only() {
         assert!(out.status.success(), "down --node {node}: {}", stderr(&out));
         assert_eq!(state(node), "down");
     }
+    c.down();
+    c.assert_no_leftovers();
+}
+
+/// The root tbf's rate of `dev` (in `netns`, if given) as `tc` prints it, e.g. "40Mbit".
+fn tbf_rate(netns: Option<&str>, dev: &str) -> Option<String> {
+    let mut cmd = std::process::Command::new("tc");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd.args(["qdisc", "show", "dev", dev]).output().unwrap();
+    let text = stdout(&out);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let tbf = words.windows(2).position(|w| w == ["qdisc", "tbf"])?;
+    let rate = words[tbf..].iter().position(|w| *w == "rate")?;
+    Some(words[tbf + rate + 1].to_string())
+}
+
+#[test]
+fn local_links_are_limited_to_link_mbit() {
+    if !can_run_clusters() {
+        return;
+    }
+    // 32 Mbit/s is 4 MB/s: the node's 24 MiB take at least 6.3 s to arrive.
+    let c = TestCluster::new("shaped", 61)
+        .nodes(1)
+        .snapshots(1)
+        .image_size(24 * MIB)
+        .link_mbit(32)
+        .create();
+    c.up();
+    let node = &c.nodes()[0];
+    for position in [1, 2] {
+        let veth = c.names.veth_host(position);
+        assert_eq!(tbf_rate(None, &veth).as_deref(), Some("32Mbit"), "{veth}");
+    }
+    let netns = c.names.netns(node);
+    assert_eq!(tbf_rate(Some(&netns), "eth0").as_deref(), Some("32Mbit"));
+    // A second up finds the limits in place and changes nothing.
+    let again = c.up();
+    assert!(again.contains("up: 0 created"), "{again}");
+
+    let started = Instant::now();
+    assert_eq!(c.read_snapshot_sha256(node, 1), c.base_sha256);
+    let took = started.elapsed().as_secs_f64();
+    let floor = (24 * MIB) as f64 / (32e6 / 8.0);
+    assert!(
+        took > 0.95 * floor,
+        "24 MiB arrived in {took:.2} s; 32 Mbit/s needs {floor:.2} s"
+    );
     c.down();
     c.assert_no_leftovers();
 }
