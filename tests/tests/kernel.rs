@@ -113,3 +113,62 @@ fn dm_linear_over_a_loop_device_reads_and_writes_through() {
         "the dm device outlived its test"
     );
 }
+
+/// A device's event, not the slow re-check, wakes a waiter: the waiter has looked once
+/// (nothing there), then a loop device is attached, and the wait ends well within the
+/// re-check interval.
+#[test]
+fn a_block_devices_event_wakes_a_waiter() {
+    use sftsan_core::backends::kernel::loopback;
+    use sftsan_core::backends::kernel::uevents::{DeviceEvents, Source, RECHECK};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    if !kernel_has("a_block_devices_event_wakes_a_waiter", &[Feature::Loop]) {
+        assert!(
+            !in_kernel_tier(),
+            "the kernel tier's kernel has loop devices"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("disk.img");
+    fs::File::create(&backing).unwrap().set_len(MIB).unwrap();
+    let mut devs = Devices {
+        dm: None,
+        loop_dev: None,
+    };
+    let events = DeviceEvents::subscribe(&["block"]).unwrap();
+    if in_kernel_tier() {
+        assert_eq!(events.source(), Source::Kernel, "the guest runs no udevd");
+    }
+    let (looked, attach) = mpsc::channel::<()>();
+    let (attached_tx, attached_rx) = mpsc::channel();
+    let file = backing.clone();
+    let attacher = std::thread::spawn(move || {
+        attach.recv().unwrap();
+        let ld = LoopControl::open().unwrap().next_free().unwrap();
+        ld.with().part_scan(false).attach(&file).unwrap();
+        attached_tx.send(Instant::now()).unwrap();
+        ld
+    });
+    let mut first = true;
+    let found = events
+        .wait_until(Duration::from_secs(30), || {
+            if first {
+                first = false;
+                looked.send(()).unwrap();
+                return None;
+            }
+            loopback::find(&backing)
+        })
+        .unwrap();
+    let woke = Instant::now();
+    devs.loop_dev = Some(attacher.join().unwrap());
+    assert!(found.is_some(), "the loop device was not seen");
+    let after = woke - attached_rx.recv().unwrap();
+    assert!(
+        after < RECHECK,
+        "woken {after:?} after the attach: by the re-check, not by the device's event"
+    );
+    drop(devs);
+}

@@ -14,7 +14,9 @@
 //! - The disk is found through sysfs only: the session whose target, initiator name and
 //!   portal match (`/sys/class/iscsi_session/sessionN`, `/sys/class/iscsi_connection`), its
 //!   `device/target*/H:C:T:LUN/block/sdX`, and the node `/dev/sdX` checked against the
-//!   dev_t. Never /dev/disk/by-*, which needs udev.
+//!   dev_t. Never /dev/disk/by-*, which needs udev. The waits for the disk after a login
+//!   and for the session's end after a logout are woken by device events
+//!   ([`super::uevents`]), subscribed to before the login or logout.
 //! - Teardown logs the session out by its sid, deletes the node record and the iface; a
 //!   failed create does the same, so no session or record outlives an error.
 //!
@@ -34,6 +36,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::target_probe::{probe_target, validate_chap_word, validate_iqn};
+use super::uevents::DeviceEvents;
 use crate::process;
 use crate::resources::{first_difference, Ctx, Observed, Params, Resource, ResourceError};
 
@@ -50,7 +53,7 @@ const ISCSID_SOCKET: &str = "@ISCSIADM_ABSTRACT_NAMESPACE";
 /// other's records. One record change (and login) at a time per process.
 static ISCSIADM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// How often sysfs is polled while waiting for a session, its disk or its removal.
+/// How often iscsid's control socket is looked for after starting iscsid (no event tells).
 const POLL: Duration = Duration::from_millis(50);
 
 /// CHAP credentials an initiator logs in with. Debug output hides the secret.
@@ -629,12 +632,13 @@ impl IscsiSession {
         let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
         let result = self
             .write_records(ctx)
-            .and_then(|()| {
+            // Subscribed before logging in, so the disk's event cannot be missed.
+            .and_then(|()| DeviceEvents::subscribe(&["block"]))
+            .and_then(|events| {
                 self.node_cmd(ctx, &["--login"])
-                    .map(drop)
-                    .map_err(|e| self.login_error(&e))
-            })
-            .and_then(|()| self.wait_for_disk());
+                    .map_err(|e| self.login_error(&e))?;
+                self.wait_for_disk(&events)
+            });
         if let Err(e) = &result {
             if let Err(cleanup) = self.remove(ctx) {
                 return Err(ResourceError::new(format!(
@@ -645,48 +649,46 @@ impl IscsiSession {
         result
     }
 
-    /// Polls sysfs until the session's disk for the LUN is there (and its /dev node), with
-    /// the right size.
-    fn wait_for_disk(&self) -> Result<Disk, ResourceError> {
-        let deadline = Instant::now() + self.timeout();
-        loop {
-            if let Some(disk) = self.disk() {
-                if disk.size != self.size {
-                    return Err(ResourceError::new(format!(
-                        "{}: LUN {} of {} is {} ({} bytes), expected {} bytes",
-                        self.node,
-                        self.lun,
-                        self.target,
-                        disk.path().display(),
-                        disk.size,
-                        self.size
-                    )));
+    /// Waits (on device events, see [`DeviceEvents`]) until the session's disk for the LUN
+    /// is there with its /dev node, and udev is done with it where udevd runs; checks its
+    /// size.
+    fn wait_for_disk(&self, events: &DeviceEvents) -> Result<Disk, ResourceError> {
+        let found = events.wait_until(self.timeout(), || {
+            self.disk().filter(|d| events.settled(d.major, d.minor))
+        })?;
+        let Some(disk) = found else {
+            let state = self
+                .matching_sessions()
+                .iter()
+                .map(|s| format!("session {} {}", s.sid, s.state))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ResourceError::new(format!(
+                "{}: logged in to {} at {}, but no disk for LUN {} appeared within {} ms ({})",
+                self.node,
+                self.target,
+                self.portal,
+                self.lun,
+                self.timeout_ms,
+                if state.is_empty() {
+                    "no session".into()
+                } else {
+                    state
                 }
-                return Ok(disk);
-            }
-            if Instant::now() >= deadline {
-                let state = self
-                    .matching_sessions()
-                    .iter()
-                    .map(|s| format!("session {} {}", s.sid, s.state))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(ResourceError::new(format!(
-                    "{}: logged in to {} at {}, but no disk for LUN {} appeared within {} ms ({})",
-                    self.node,
-                    self.target,
-                    self.portal,
-                    self.lun,
-                    self.timeout_ms,
-                    if state.is_empty() {
-                        "no session".into()
-                    } else {
-                        state
-                    }
-                )));
-            }
-            std::thread::sleep(POLL);
+            )));
+        };
+        if disk.size != self.size {
+            return Err(ResourceError::new(format!(
+                "{}: LUN {} of {} is {} ({} bytes), expected {} bytes",
+                self.node,
+                self.lun,
+                self.target,
+                disk.path().display(),
+                disk.size,
+                self.size
+            )));
         }
+        Ok(disk)
     }
 
     fn iface_exists(&self, ctx: &Ctx) -> Result<bool, ResourceError> {
@@ -810,10 +812,13 @@ impl IscsiSession {
     /// when it fails, and the lock is not reentrant).
     fn remove(&self, ctx: &Ctx) -> Result<(), ResourceError> {
         let live = self.matching_sessions();
-        if !live.is_empty() {
-            // Logging out needs iscsid.
-            ensure_iscsid(ctx, self.timeout())?;
+        if live.is_empty() {
+            return self.delete_records(ctx);
         }
+        // Logging out needs iscsid.
+        ensure_iscsid(ctx, self.timeout())?;
+        // Subscribed before logging out: the session's removal wakes the wait below.
+        let events = DeviceEvents::subscribe(&["iscsi_session", "block"])?;
         for s in &live {
             let sid = s.sid.to_string();
             match iscsiadm(ctx, &["-m", "session", "-r", &sid, "--logout"]) {
@@ -828,16 +833,20 @@ impl IscsiSession {
                 }
             }
         }
-        let deadline = Instant::now() + self.timeout();
-        while !self.matching_sessions().is_empty() {
-            if Instant::now() >= deadline {
-                return Err(ResourceError::new(format!(
-                    "{}: the session to {} is still there {} ms after logging out",
-                    self.node, self.target, self.timeout_ms
-                )));
-            }
-            std::thread::sleep(POLL);
+        let gone = events.wait_until(self.timeout(), || {
+            self.matching_sessions().is_empty().then_some(())
+        })?;
+        if gone.is_none() {
+            return Err(ResourceError::new(format!(
+                "{}: the session to {} is still there {} ms after logging out",
+                self.node, self.target, self.timeout_ms
+            )));
         }
+        self.delete_records(ctx)
+    }
+
+    /// Deletes the node record and the iface, if they are there.
+    fn delete_records(&self, ctx: &Ctx) -> Result<(), ResourceError> {
         if self.iface_exists(ctx)? {
             match self.node_cmd(ctx, &["-o", "delete"]) {
                 Ok(_) => {}

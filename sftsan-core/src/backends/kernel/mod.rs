@@ -10,3 +10,5 @@ pub mod lio;
 pub mod loopback;
 pub mod probe;
 pub mod target_probe;
+pub mod uevents;
+pub mod wait;
