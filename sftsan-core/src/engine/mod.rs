@@ -461,7 +461,7 @@ impl Engine {
         if self.plan.backend != crate::spec::Backend::Kernel {
             return Ok(());
         }
-        let wanted = crate::backends::kernel::probe::features_for(self.plan.snapshot_kind);
+        let wanted = crate::backends::kernel::probe::features_for(&self.plan);
         match crate::backends::kernel::probe::report(&crate::backends::kernel::probe::missing(
             &wanted,
         )) {

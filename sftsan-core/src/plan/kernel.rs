@@ -1,6 +1,6 @@
 //! A kernel-backend node's stack. The origin exports its image as an LIO target; every
-//! node logs in to its parent's target, caches the disk with dm-cache over loop-backed
-//! files, relays the cache as its own LIO target, and gives each VM a persistent
+//! node logs in to its parent's target, caches the disk with dm-cache or dm-clone over
+//! loop-backed files, relays the cache as its own LIO target, and gives each VM a persistent
 //! dm-snapshot or a thin volume with the cache as external origin. Only the node's
 //! children may log in, with the cluster's CHAP credentials.
 
@@ -8,24 +8,26 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::backends::kernel::devref::DevRef;
-use crate::backends::kernel::dm_devices::{DmCache, DmLinear, DmSnapshot, ThinPool, ThinVolume};
+use crate::backends::kernel::dm_devices::{
+    DmCache, DmClone, DmLinear, DmSnapshot, ThinPool, ThinVolume,
+};
 use crate::backends::kernel::initiator::{Chap, IscsiSession};
 use crate::backends::kernel::lio::{Acl, Backing, LioTarget};
 use crate::backends::kernel::loopback::LoopFile;
 use crate::backends::userspace::OriginTarget;
 use crate::names::Names;
 use crate::resources::ResourceSpec;
-use crate::spec::{ClusterSpec, KernelSpec, RelayTarget, SnapshotKind};
+use crate::spec::{ClusterSpec, KernelCache, KernelSpec, RelayTarget, SnapshotKind};
 use crate::topology::Tree;
 
-/// dm-cache and thin-pool block size: 64 KiB.
+/// dm-cache, dm-clone region and thin-pool block size: 64 KiB.
 const BLOCK_SECTORS: u64 = 128;
 /// dm-snapshot chunk: 4 KiB.
 const CHUNK_SECTORS: u64 = 8;
 /// COW store of the never-written upstream view.
 const UPSTREAM_COW: u64 = 1 << 20;
 
-/// Metadata room for dm-cache or a thin pool over `size` bytes of data: 8 MiB plus
+/// Metadata room for dm-cache, dm-clone or a thin pool over `size` bytes of data: 8 MiB plus
 /// generous room per 64 KiB block.
 fn metadata_size(size: u64) -> u64 {
     (8 << 20) + (size / 65536) * 64
@@ -119,45 +121,71 @@ pub fn stack(
     let cache = DevRef::Dm {
         name: cache_name.clone(),
     };
-    // dm-cache opens its origin read-write, but the parent's LUN is write-protected. A
-    // transient dm-snapshot opens its origin read-only and is writable itself: dm-cache
-    // builds on that view. Nothing writes to it (VMs write to their own disks, children
-    // cannot write), so its small COW store stays empty.
-    let upstream_name = names.dm_name(name, "upstream");
-    let mut stack = vec![
-        ResourceSpec::IscsiSession(session.clone()),
-        loop_file("upstream-cow.img", UPSTREAM_COW),
-        ResourceSpec::DmSnapshot(DmSnapshot {
-            node: name.clone(),
-            index: 0,
-            name: upstream_name.clone(),
-            origin: DevRef::Iscsi {
-                session: Box::new(session.clone()),
-            },
-            cow: DevRef::Loop {
-                file: file("upstream-cow.img"),
-            },
-            sectors,
-            chunk_sectors: CHUNK_SECTORS,
-            persistent: false,
-        }),
-        loop_file("cache.img", size),
-        loop_file("cache-meta.img", metadata_size(size)),
-        ResourceSpec::DmCache(DmCache {
-            node: name.clone(),
-            name: cache_name.clone(),
-            origin: DevRef::Dm {
-                name: upstream_name,
-            },
-            cache: DevRef::Loop {
-                file: file("cache.img"),
-            },
-            metadata: DevRef::Loop {
-                file: file("cache-meta.img"),
-            },
-            sectors,
-            block_sectors: BLOCK_SECTORS,
-        }),
+    let mut stack = vec![ResourceSpec::IscsiSession(session.clone())];
+    match kernel.cache {
+        KernelCache::DmCache => {
+            // dm-cache opens its origin read-write, but the parent's LUN is write-protected.
+            // A transient dm-snapshot opens its origin read-only and is writable itself:
+            // dm-cache builds on that view. Nothing writes to it (VMs write to their own
+            // disks, children cannot write), so its small COW store stays empty.
+            let upstream_name = names.dm_name(name, "upstream");
+            stack.extend([
+                loop_file("upstream-cow.img", UPSTREAM_COW),
+                ResourceSpec::DmSnapshot(DmSnapshot {
+                    node: name.clone(),
+                    index: 0,
+                    name: upstream_name.clone(),
+                    origin: DevRef::Iscsi {
+                        session: Box::new(session.clone()),
+                    },
+                    cow: DevRef::Loop {
+                        file: file("upstream-cow.img"),
+                    },
+                    sectors,
+                    chunk_sectors: CHUNK_SECTORS,
+                    persistent: false,
+                }),
+                loop_file("cache.img", size),
+                loop_file("cache-meta.img", metadata_size(size)),
+                ResourceSpec::DmCache(DmCache {
+                    node: name.clone(),
+                    name: cache_name.clone(),
+                    origin: DevRef::Dm {
+                        name: upstream_name,
+                    },
+                    cache: DevRef::Loop {
+                        file: file("cache.img"),
+                    },
+                    metadata: DevRef::Loop {
+                        file: file("cache-meta.img"),
+                    },
+                    sectors,
+                    block_sectors: BLOCK_SECTORS,
+                }),
+            ]);
+        }
+        // dm-clone opens its source read-only: it builds on the parent's LUN itself.
+        KernelCache::DmClone => stack.extend([
+            loop_file("clone.img", size),
+            loop_file("clone-meta.img", metadata_size(size)),
+            ResourceSpec::DmClone(DmClone {
+                node: name.clone(),
+                name: cache_name.clone(),
+                source: DevRef::Iscsi {
+                    session: Box::new(session.clone()),
+                },
+                destination: DevRef::Loop {
+                    file: file("clone.img"),
+                },
+                metadata: DevRef::Loop {
+                    file: file("clone-meta.img"),
+                },
+                sectors,
+                region_sectors: BLOCK_SECTORS,
+            }),
+        ]),
+    }
+    stack.extend([
         ResourceSpec::DmLinear(DmLinear {
             node: name.clone(),
             name: names.dm_name(name, "relay"),
@@ -167,7 +195,7 @@ pub fn stack(
         target(Backing::Dm {
             name: names.dm_name(name, "relay"),
         }),
-    ];
+    ]);
     let per_node = spec.snapshots.per_node;
     match spec.snapshots.kind {
         SnapshotKind::DmThin => {
@@ -263,6 +291,10 @@ mod tests {
     use crate::spec::{validate, ClusterSpec};
 
     fn kernel_plan(kind: &str) -> (crate::plan::Plan, tempfile::NamedTempFile) {
+        kernel_plan_with(kind, "dm-cache")
+    }
+
+    fn kernel_plan_with(kind: &str, cache: &str) -> (crate::plan::Plan, tempfile::NamedTempFile) {
         let image = tempfile::NamedTempFile::new().unwrap();
         image.as_file().set_len(1 << 20).unwrap();
         let text = format!(
@@ -286,6 +318,7 @@ mod tests {
             per_node = 2
             kind = "{kind}"
             [kernel]
+            cache = "{cache}"
             chap_user = "sftsan"
             chap_secret = "a-long-secret"
             "#,
@@ -329,5 +362,55 @@ mod tests {
             p.vm_disk_path("n1", 3).to_str(),
             Some("/dev/mapper/sftsan-kc-n1-thin-3")
         );
+    }
+
+    #[test]
+    fn a_dm_clone_cache_builds_on_the_parents_lun_and_needs_the_clone_target() {
+        use crate::backends::kernel::devref::DevRef;
+        use crate::backends::kernel::probe::{features_for, Feature};
+        let (p, _image) = kernel_plan_with("dm-snapshot", "dm-clone");
+        let stack = &p.node("n1").unwrap().stack;
+        let kinds: Vec<&str> = stack.iter().map(|r| r.kind()).collect();
+        assert_eq!(
+            kinds[..6],
+            [
+                "iscsi-session",
+                "loop-file",
+                "loop-file",
+                "dm-clone",
+                "dm-linear",
+                "lio-target"
+            ],
+            "{kinds:?}"
+        );
+        let clone = stack
+            .iter()
+            .find_map(|r| match r {
+                ResourceSpec::DmClone(c) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        assert!(matches!(clone.source, DevRef::Iscsi { .. }), "{clone:?}");
+        assert_eq!(clone.name, "sftsan-kc-n1-cache");
+        assert_eq!(clone.sectors, (1 << 20) / 512);
+        let wanted = features_for(&p);
+        assert!(wanted.contains(&Feature::DmTarget("clone")), "{wanted:?}");
+        assert!(!wanted.contains(&Feature::DmTarget("cache")), "{wanted:?}");
+        assert!(!wanted.contains(&Feature::DmTarget("thin")), "{wanted:?}");
+
+        let (p, _image) = kernel_plan_with("dm-thin", "dm-cache");
+        let wanted = features_for(&p);
+        for f in [
+            Feature::DmTarget("cache"),
+            Feature::DmTarget("snapshot"),
+            Feature::DmTarget("thin-pool"),
+            Feature::DmTarget("thin"),
+            Feature::IscsiInitiator,
+            Feature::LioIscsiTarget,
+            Feature::Loop,
+        ] {
+            assert!(wanted.contains(&f), "{f} missing from {wanted:?}");
+        }
+        assert!(!wanted.contains(&Feature::DmTarget("clone")), "{wanted:?}");
     }
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::backends::kernel::dm_devices::{DmCache, DmLinear, DmSnapshot, ThinPool, ThinVolume};
+use crate::backends::kernel::dm_devices::{
+    DmCache, DmClone, DmLinear, DmSnapshot, ThinPool, ThinVolume,
+};
 use crate::backends::kernel::initiator::IscsiSession;
 use crate::backends::kernel::lio::LioTarget;
 use crate::backends::kernel::loopback::LoopFile;
@@ -137,6 +139,7 @@ pub enum ResourceSpec {
     IscsiSession(IscsiSession),
     LoopFile(LoopFile),
     DmCache(DmCache),
+    DmClone(DmClone),
     DmLinear(DmLinear),
     LioTarget(LioTarget),
     DmSnapshot(DmSnapshot),
@@ -161,6 +164,7 @@ impl ResourceSpec {
             ResourceSpec::IscsiSession(r) => r,
             ResourceSpec::LoopFile(r) => r,
             ResourceSpec::DmCache(r) => r,
+            ResourceSpec::DmClone(r) => r,
             ResourceSpec::DmLinear(r) => r,
             ResourceSpec::LioTarget(r) => r,
             ResourceSpec::DmSnapshot(r) => r,
@@ -194,6 +198,7 @@ impl ResourceSpec {
             ResourceSpec::IscsiSession(_) => "iscsi-session",
             ResourceSpec::LoopFile(_) => "loop-file",
             ResourceSpec::DmCache(_) => "dm-cache",
+            ResourceSpec::DmClone(_) => "dm-clone",
             ResourceSpec::DmLinear(_) => "dm-linear",
             ResourceSpec::LioTarget(_) => "lio-target",
             ResourceSpec::DmSnapshot(_) => "dm-snapshot",
@@ -203,10 +208,11 @@ impl ResourceSpec {
     }
 
     /// The kernel backend's kinds, in the order a node's stack is built.
-    pub const KERNEL_KINDS: [&'static str; 8] = [
+    pub const KERNEL_KINDS: [&'static str; 9] = [
         "iscsi-session",
         "loop-file",
         "dm-cache",
+        "dm-clone",
         "dm-linear",
         "lio-target",
         "dm-snapshot",

@@ -204,7 +204,8 @@ pub enum KernelCache {
     /// dm-cache, writethrough, smq policy.
     #[default]
     DmCache,
-    /// dm-clone: hydrates a full local copy (where the running kernel has the target).
+    /// dm-clone: copies the whole image in the background; regions not copied yet are
+    /// read from the parent. Needs the kernel's clone target (`dm_clone`).
     DmClone,
 }
 

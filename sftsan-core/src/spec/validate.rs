@@ -272,12 +272,8 @@ fn check_kernel(spec: &ClusterSpec) -> Result<(), SpecError> {
             "the kernel backend does not support an unmanaged origin yet",
         ));
     }
-    if kernel.cache == super::KernelCache::DmClone {
-        return Err(SpecError::new(
-            "kernel.cache",
-            "dm-clone is not supported yet; use \"dm-cache\"",
-        ));
-    }
+    // kernel.cache = "dm-clone" needs the kernel's clone target: the kernel probe checks
+    // that on the host that runs the cluster, not here.
     let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
     if kernel.chap_user.is_empty() || kernel.chap_user.len() > 255 || !printable(&kernel.chap_user)
     {
@@ -1112,6 +1108,24 @@ mod kernel_tests {
             Some(kernel_section("a-long-secret"))
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn either_kernel_cache_is_accepted() {
+        use super::super::KernelCache;
+        for cache in [KernelCache::DmCache, KernelCache::DmClone] {
+            let mut k = kernel_section("a-long-secret");
+            k.cache = cache;
+            assert!(
+                check_kernel(&spec(Backend::Kernel, Some(k))).is_ok(),
+                "{cache:?}"
+            );
+        }
+        let parsed: super::super::KernelSpec = toml::from_str(
+            "cache = \"dm-clone\"\nchap_user = \"u\"\nchap_secret = \"a-long-secret\"",
+        )
+        .unwrap();
+        assert_eq!(parsed.cache, KernelCache::DmClone);
     }
 
     #[test]

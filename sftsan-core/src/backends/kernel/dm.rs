@@ -103,6 +103,36 @@ pub fn status(name: &str) -> Result<Table, ResourceError> {
         .map_err(|e| dm_err("status of", name, e))
 }
 
+/// Waits up to `timeout` until `done` accepts the status lines of `name`, woken by
+/// device-mapper's events (a target's table event, such as dm-clone finishing its copy,
+/// wakes pollers of the control device); `Ok(None)` means the time ran out.
+pub fn wait_for_status<T>(
+    name: &str,
+    timeout: std::time::Duration,
+    mut done: impl FnMut(&Table) -> Option<T>,
+) -> Result<Option<T>, ResourceError> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let dm = open()?;
+    let arm = |dm: &DM| {
+        dm.arm_poll()
+            .map(drop)
+            .map_err(|e| dm_err("arm poll for", name, e))
+    };
+    // Armed before the first look, so an event right after it still wakes the poll.
+    arm(&dm)?;
+    super::wait::until(
+        std::time::Instant::now() + timeout,
+        || status(name).map(|t| done(&t)),
+        |left| {
+            // SAFETY: `dm` owns the descriptor and outlives this borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(dm.as_raw_fd()) };
+            super::wait::readable(fd, left)
+                .map_err(|e| dm_err("waiting for events of", name, e))?;
+            arm(&dm)
+        },
+    )
+}
+
 /// Sends a message to a target (e.g. `create_thin 1` to a thin pool).
 pub fn message(name: &str, text: &str) -> Result<(), ResourceError> {
     let dm = open()?;

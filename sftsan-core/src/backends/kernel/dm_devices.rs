@@ -1,5 +1,5 @@
-//! The device-mapper devices of a kernel-backend node: the cache over the upstream disk,
-//! and per VM either a persistent dm-snapshot or a thin volume with the cache as its
+//! The device-mapper devices of a kernel-backend node: the cache over the upstream disk
+//! (dm-cache or dm-clone), and per VM either a persistent dm-snapshot or a thin volume with the cache as its
 //! external origin (one thin pool per node).
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,87 @@ impl Resource for DmCache {
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
         dm::remove(&self.name)
     }
+}
+
+/// dm-clone: a local copy of the upstream disk, hydrated region by region in the
+/// background. Until a region is copied, reads of it go to the source (the parent), so the
+/// device reads the image from the start. dm-clone opens its source read-only, so it
+/// builds on the parent's write-protected LUN directly.
+///
+/// Reads alone never hydrate a region (dm-clone-target.c remaps them to the source), so
+/// `no_hydration` would leave the local copy empty forever: background hydration stays on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmClone {
+    pub node: String,
+    pub name: String,
+    pub source: DevRef,
+    pub destination: DevRef,
+    pub metadata: DevRef,
+    /// The source's (the image's) length in sectors.
+    pub sectors: u64,
+    /// Region size in sectors (64 KiB = 128), a power of two.
+    pub region_sectors: u64,
+}
+
+impl Resource for DmClone {
+    fn desired(&self) -> Params {
+        desired("clone", self.sectors)
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        observe_table(&self.name)
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let params = format!(
+            "{} {} {} {}",
+            self.metadata.table_arg()?,
+            self.destination.table_arg()?,
+            self.source.table_arg()?,
+            self.region_sectors
+        );
+        dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "clone".into(), params)],
+            false,
+        )
+        .map(drop)
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)
+    }
+}
+
+/// How far a dm-clone device has copied its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hydration {
+    pub hydrated: u64,
+    pub regions: u64,
+    /// Regions being copied right now.
+    pub in_flight: u64,
+}
+
+/// dm-clone's status line: `<metadata block size> <used>/<total metadata blocks>
+/// <region size> <hydrated>/<total regions> <hydrating regions> ...`.
+pub fn parse_clone_status(line: &str) -> Option<Hydration> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (hydrated, regions) = fields.get(3)?.split_once('/')?;
+    Some(Hydration {
+        hydrated: hydrated.parse().ok()?,
+        regions: regions.parse().ok()?,
+        in_flight: fields.get(4)?.parse().ok()?,
+    })
+}
+
+/// The hydration of dm-clone device `name`.
+pub fn clone_hydration(name: &str) -> Result<Hydration, ResourceError> {
+    let status = dm::status(name)?;
+    status
+        .first()
+        .filter(|t| t.2 == "clone")
+        .and_then(|t| parse_clone_status(&t.3))
+        .ok_or_else(|| ResourceError::new(format!("{name}: not a dm-clone status: {status:?}")))
 }
 
 /// A VM's disk as a persistent dm-snapshot of a read-only origin: its COW store survives
@@ -249,5 +330,25 @@ impl Resource for ThinVolume {
             let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_status_line_gives_its_hydration() {
+        let line = "8 37/1024 128 25/256 1 0 4 hydration_threshold 1 hydration_batch_size 1 rw";
+        assert_eq!(
+            parse_clone_status(line),
+            Some(Hydration {
+                hydrated: 25,
+                regions: 256,
+                in_flight: 1
+            })
+        );
+        assert_eq!(parse_clone_status("Fail"), None);
+        assert_eq!(parse_clone_status("8 37/1024 128 x/256 0"), None);
     }
 }

@@ -93,22 +93,44 @@ pub const NODE_FEATURES: &[Feature] = &[
     Feature::IscsiInitiator,
 ];
 
-/// What a kernel-backend cluster with VM disks of `kind` needs.
-pub fn features_for(kind: crate::spec::SnapshotKind) -> Vec<Feature> {
-    let mut wanted = vec![
-        Feature::DeviceMapper,
-        Feature::DmTarget("linear"),
-        Feature::DmTarget("cache"),
-        Feature::DmTarget("snapshot"),
-        Feature::Loop,
-        Feature::Configfs,
-        Feature::LioIscsiTarget,
-        Feature::IscsiInitiator,
-    ];
-    if kind == crate::spec::SnapshotKind::DmThin {
-        wanted.extend([Feature::DmTarget("thin-pool"), Feature::DmTarget("thin")]);
+/// What a kernel-backend cluster needs: the features of every resource its plan makes,
+/// including a VM disk made on demand. A dm-clone cache asks for the clone target, which
+/// many kernels (Debian's among them) lack.
+pub fn features_for(plan: &crate::plan::Plan) -> Vec<Feature> {
+    let on_demand = plan
+        .nodes
+        .iter()
+        .find(|n| n.role == crate::plan::Role::Node)
+        .and_then(|n| plan.vm_disk(&n.name, 1))
+        .unwrap_or_default();
+    let mut wanted = Vec::new();
+    let resources = plan.nodes.iter().flat_map(|n| &n.stack);
+    for r in resources.chain(&on_demand) {
+        for f in resource_features(r) {
+            if !wanted.contains(f) {
+                wanted.push(*f);
+            }
+        }
     }
     wanted
+}
+
+/// The kernel features one resource needs (none for userspace ones).
+fn resource_features(r: &crate::resources::ResourceSpec) -> &'static [Feature] {
+    use crate::resources::ResourceSpec as R;
+    const DM: Feature = Feature::DeviceMapper;
+    match r {
+        R::IscsiSession(_) => &[Feature::IscsiInitiator],
+        R::LoopFile(_) => &[Feature::Loop],
+        R::DmCache(_) => &[DM, Feature::DmTarget("cache")],
+        R::DmClone(_) => &[DM, Feature::DmTarget("clone")],
+        R::DmLinear(_) => &[DM, Feature::DmTarget("linear")],
+        R::DmSnapshot(_) => &[DM, Feature::DmTarget("snapshot")],
+        R::ThinPool(_) => &[DM, Feature::DmTarget("thin-pool")],
+        R::ThinVolume(_) => &[DM, Feature::DmTarget("thin")],
+        R::LioTarget(_) => &[Feature::Configfs, Feature::LioIscsiTarget],
+        _ => &[],
+    }
 }
 
 /// The features of `wanted` the kernel lacks, after trying to load their modules once.
