@@ -178,8 +178,8 @@ PACKAGES=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     valgrind make python3
 )
-# The kernel tier builds dm-clone.ko for its guest kernel (tests/kernel-vm/build-dm-clone).
-PACKAGES+=(gcc-12 libelf1 xz-utils) # and make, above
+# The kernel tier builds dm-clone.ko for its guest (tests/kernel-vm/build-dm-clone) and gives it udevd (libkmod2).
+PACKAGES+=(gcc-12 libelf1 xz-utils libkmod2) # and make, above
 present=()
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -671,3 +671,75 @@ fn iscsid_is_started_once_and_only_the_one_sftsan_started_is_stopped() {
     assert!(sftsan_tests::process_gone(pid), "iscsid {pid} still runs");
     assert_eq!(stop_started_iscsid(TIMEOUT).unwrap(), None);
 }
+
+/// A systemd-udevd this test started (no rules): stopped, and its /run/udev removed, when
+/// dropped, so later tests see a host without udevd again.
+struct Udevd(std::process::Child);
+
+impl Drop for Udevd {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+        let _ = fs::remove_dir_all("/run/udev");
+    }
+}
+
+/// Where udevd runs, a login waits on udev's events and returns only once udev has
+/// initialized the disk (its database entry is there), as on a production host.
+#[test]
+fn with_udevd_a_login_returns_once_udev_has_initialized_the_disk() {
+    use sftsan_core::backends::kernel::uevents::{DeviceEvents, Source};
+    use std::time::Instant;
+    let test = "with_udevd_a_login_returns_once_udev_has_initialized_the_disk";
+    if !ready(test, true) {
+        return;
+    }
+    let _serial = serial();
+    let _udevd = if Path::new("/run/udev/control").exists() {
+        None // this host runs udevd already: use it as it is
+    } else if !on_path("systemd-udevd") {
+        eprintln!("SKIPPED: {test}: systemd-udevd (udev) is not installed");
+        assert!(
+            !in_kernel_tier(),
+            "the kernel tier's guest must have systemd-udevd"
+        );
+        return;
+    } else {
+        let child = Command::new("systemd-udevd")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("systemd-udevd starts");
+        let udevd = Udevd(child);
+        // Nothing announces the control socket: look for it until a deadline.
+        let deadline = Instant::now() + TIMEOUT;
+        while !Path::new("/run/udev/control").exists() {
+            assert!(Instant::now() < deadline, "udevd made no control socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(udevd)
+    };
+    assert_eq!(Source::detect(), Source::Udev);
+    let ctx = ctx();
+    let n1 = admitted(1);
+    let target = LioTarget::new("udev", 8 * MIB, &[&n1]);
+    let s = session_for(&target, "n1", &n1);
+    let attached = Attached { session: s.clone() };
+
+    s.create(&ctx).expect("create");
+    let disk = s.disk().expect("the session's disk");
+    let db = format!("/run/udev/data/b{}:{}", disk.major, disk.minor);
+    assert!(
+        Path::new(&db).exists(),
+        "create returned before udev initialized {} ({db} is missing)",
+        disk.path().display()
+    );
+    let events = DeviceEvents::subscribe(&["block"]).unwrap();
+    assert_eq!(events.source(), Source::Udev);
+    assert!(events.settled(disk.major, disk.minor));
+
+    s.teardown(&ctx).expect("teardown");
+    assert_nothing_left(&s);
+    drop(attached);
+}
