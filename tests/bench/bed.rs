@@ -98,6 +98,31 @@ impl Bed {
         })
     }
 
+    /// Removes what an interrupted earlier run of this method left: its cluster (through
+    /// the journal) and the namespaces a baseline made outside it.
+    pub fn clear_leftovers(&self) -> Result<()> {
+        self.engine
+            .down()
+            .context("removing an earlier run's cluster")?;
+        for ns in self.planned_namespaces() {
+            ns.as_resource()
+                .teardown(&self.ctx)
+                .context("removing an earlier run's namespace")?;
+        }
+        Ok(())
+    }
+
+    fn planned_namespaces(&self) -> Vec<ResourceSpec> {
+        self.plan()
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Node)
+            .flat_map(|n| n.stack.iter())
+            .filter(|r| matches!(r, ResourceSpec::Namespace(_)))
+            .cloned()
+            .collect()
+    }
+
     /// sftsan's method: the whole cluster, with a snapshot per VM.
     pub fn up_sftsan(&self) -> Result<()> {
         self.engine.up().context("sftsan up")?;
@@ -110,16 +135,7 @@ impl Bed {
         self.engine
             .up_node(&origin)
             .context("bringing up the origin")?;
-        let namespaces: Vec<ResourceSpec> = self
-            .plan()
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Node)
-            .flat_map(|n| n.stack.iter())
-            .filter(|r| matches!(r, ResourceSpec::Namespace(_)))
-            .cloned()
-            .collect();
-        for ns in namespaces {
+        for ns in self.planned_namespaces() {
             // Recorded before creation: a half-made namespace is torn down too.
             self.own_namespaces.push(ns.clone());
             ns.as_resource()

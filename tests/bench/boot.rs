@@ -135,6 +135,8 @@ fn guest(vm: &Vm, w: &Workload, t0: Instant, timeout: Duration) -> Result<Boot> 
             }
         }
     });
+    // Connected before the guest can power off: QMP keeps no events for later clients.
+    let mut qmp = connect_qmp(&qmp_path, &mut child, Duration::from_secs(60))?;
     let marker = m.booted_marker.replace("{vm}", &vm.name);
     let deadline = Instant::now() + timeout;
     let end = loop {
@@ -152,7 +154,6 @@ fn guest(vm: &Vm, w: &Workload, t0: Instant, timeout: Duration) -> Result<Boot> 
             }
         }
     };
-    let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(30))?;
     qmp.wait_event("SHUTDOWN", Duration::from_secs(60), |_| true)?;
     let stats = qmp.execute("query-blockstats", serde_json::json!({}))?;
     let read_bytes = stats
@@ -173,6 +174,22 @@ fn guest(vm: &Vm, w: &Workload, t0: Instant, timeout: Duration) -> Result<Boot> 
         end,
         read_bytes,
     })
+}
+
+/// Connects to QEMU's monitor once its socket exists (polled until `timeout`).
+fn connect_qmp(path: &Path, child: &mut Reaped, timeout: Duration) -> Result<Qmp> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match Qmp::connect(path, Duration::from_secs(30)) {
+            Ok(qmp) => return Ok(qmp),
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => {}
+        }
+        if let Some(status) = child.0.try_wait()? {
+            bail!("QEMU exited ({status}) before its monitor was up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// qemu-io commands that repeat the trace: reads, and writes of a fixed pattern.

@@ -73,7 +73,7 @@ pub struct MethodRun {
     /// Bytes each node received on its link.
     pub node_ingress: Vec<(String, u64)>,
     /// sftsan only: of the bytes nodes served (to VMs and children), the share that did
-    /// not have to come from upstream.
+    /// not have to come from upstream (a lower bound; see [`hit_ratio`]).
     pub cache_hit_ratio: Option<f64>,
     /// Counters sampled during the run: index 0 is the origin's egress.
     pub samples: Vec<Sample>,
@@ -97,6 +97,7 @@ impl Run<'_> {
             Method::Sftsan(d) => (format!("s{d}"), d),
         };
         let mut bed = Bed::new(self.params, &tag, degree)?;
+        bed.clear_leftovers()?;
         let origin = bed.origin();
         let nodes = bed.nodes();
         let mut counters = vec![Counter::new(&origin.veth, "rx")];
@@ -282,8 +283,10 @@ fn full_copy(netns: &str, origin_backing: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// 1 - fetched/served over all nodes: served counts the node's VMs' reads and what its
-/// children fetched from it; fetched what it took from its own parent.
+/// A lower bound of the nodes' byte hit ratio, 1 - fetched/served over all nodes (0 when
+/// negative): served counts the nodes' VMs' reads and what their children fetched from
+/// them; fetched what they took from their parents. Every fetched byte belongs to a miss,
+/// but a miss fetches its whole 64 KiB cluster, so the true hit ratio is at least this.
 fn hit_ratio(nodes: &[Host], boots: &[Boot], upstream: &[(String, u64)]) -> f64 {
     let fetched_by = |name: &str| {
         upstream
@@ -309,5 +312,49 @@ fn hit_ratio(nodes: &[Host], boots: &[Boot], upstream: &[(String, u64)]) -> f64 
     if served == 0 {
         return 0.0;
     }
-    1.0 - fetched as f64 / served as f64
+    (1.0 - fetched as f64 / served as f64).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, parent: &str) -> Host {
+        Host {
+            name: name.into(),
+            netns: String::new(),
+            veth: String::new(),
+            parent: Some(parent.into()),
+        }
+    }
+
+    fn boot(node: &str, read_bytes: u64) -> Boot {
+        Boot {
+            vm: format!("{node}-vm"),
+            node: node.into(),
+            start: 0.0,
+            end: 1.0,
+            read_bytes,
+        }
+    }
+
+    #[test]
+    fn the_hit_ratio_counts_children_as_readers_and_is_never_negative() {
+        let nodes = [host("n1", "origin"), host("n2", "n1")];
+        let boots = [
+            boot("n1", 10),
+            boot("n1", 10),
+            boot("n2", 10),
+            boot("n2", 10),
+        ];
+        let upstream = [("n1".to_string(), 15), ("n2".to_string(), 15)];
+        // n1 served 20 to its VMs and 15 to n2; n2 served 20: 30 of 55 were fetched.
+        let ratio = hit_ratio(&nodes, &boots, &upstream);
+        assert!((ratio - (1.0 - 30.0 / 55.0)).abs() < 1e-9, "{ratio}");
+        let wasteful = [("n1".to_string(), 100), ("n2".to_string(), 100)];
+        assert_eq!(hit_ratio(&nodes, &boots, &wasteful), 0.0);
+        assert!("sftsan-0".parse::<Method>().is_err());
+        assert_eq!("sftsan-4".parse::<Method>(), Ok(Method::Sftsan(4)));
+        assert_eq!(Method::FullCopy.to_string(), "full-copy");
+    }
 }

@@ -109,7 +109,7 @@ pub fn markdown(title: &str, ctx: &Context, summaries: &[Summary]) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| method | VMs | makespan s | prepare s | boot p50 s | boot p90 s | boot max s | origin egress MiB | origin egress / (WS x children) | node ingress mean MiB | node ingress max MiB | cache hit ratio |"
+        "\n| method | VMs | makespan s | prepare s | boot p50 s | boot p90 s | boot max s | origin egress MiB | origin egress / (WS x children) | node ingress mean MiB | node ingress max MiB | cache hit ratio (at least) |"
     );
     let _ = writeln!(
         md,
@@ -143,7 +143,8 @@ pub fn markdown(title: &str, ctx: &Context, summaries: &[Summary]) -> String {
          ingress are bytes on the hosts' links (veth counters, headers included). WS (working set): \
          the image bytes one boot makes a node fetch (the trace's requests rounded out to the \
          cache's 64 KiB clusters). Cache hit ratio: of the bytes sftsan's nodes served to their \
-         VMs and children, the share they did not fetch from upstream.\n"
+         VMs and children, the share they did not fetch from upstream; a lower bound, since a \
+         miss fetches a whole 64 KiB cluster (1 - fetched/served, 0 when negative).\n"
     );
     let _ = writeln!(md, "## Plots\n");
     for (file, caption) in &ctx.plots {
