@@ -61,6 +61,23 @@ pub fn boot(vm: &Vm, w: &Workload, mode: BootMode, t0: Instant, timeout: Duratio
     boot.with_context(|| format!("VM {} on {}", vm.name, vm.node))
 }
 
+/// A command in the node's namespace whose process is killed when the thread that started
+/// it ends: an interrupted benchmark leaves no VM behind (each waits on a scoped thread).
+pub fn in_node(netns: &str, program: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = NetnsTransport::new(netns).command(program);
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// A child process killed (and reaped) if still running when dropped.
 struct Reaped(Child);
 
@@ -103,7 +120,7 @@ fn guest(vm: &Vm, w: &Workload, t0: Instant, timeout: Duration) -> Result<Boot> 
         "driver": "qcow2", "node-name": "disk",
         "file": {"driver": "file", "filename": vm.disk},
     });
-    let mut cmd = NetnsTransport::new(&vm.netns).command("qemu-system-x86_64");
+    let mut cmd = in_node(&vm.netns, "qemu-system-x86_64");
     cmd.args(&m.qemu_args)
         .arg("-kernel")
         .arg(w.path(&m.vmlinuz))
@@ -218,7 +235,7 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Str
 
 fn replay(vm: &Vm, w: &Workload, t0: Instant, timeout: Duration) -> Result<Boot> {
     let script = replay_script(w);
-    let mut cmd = NetnsTransport::new(&vm.netns).command("qemu-io");
+    let mut cmd = in_node(&vm.netns, "qemu-io");
     cmd.arg("-f")
         .arg("qcow2")
         .arg(&vm.disk)

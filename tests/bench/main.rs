@@ -167,6 +167,7 @@ fn boot_storm(args: &BootStorm) -> Result<()> {
         tick: Duration::from_millis(args.tick_ms),
         progress: bar.clone(),
     };
+    run.clear_leftovers(&args.methods)?;
     let mut runs: Vec<MethodRun> = Vec::new();
     let mut summaries: Vec<Summary> = Vec::new();
     for &method in &args.methods {

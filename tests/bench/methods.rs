@@ -9,10 +9,8 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sftsan_core::transport::{NetnsTransport, Transport};
-
 use crate::bed::{Bed, BedParams, Host};
-use crate::boot::{boot, Boot, BootMode, Vm};
+use crate::boot::{boot, in_node, Boot, BootMode, Vm};
 use crate::sampler::{Counter, Sample, Sampler};
 use crate::workload::Workload;
 
@@ -89,15 +87,28 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    pub fn method(&self, method: Method) -> Result<MethodRun> {
-        let t0 = Instant::now();
+    /// The method's cluster, planned (named after the method: one run's clusters never
+    /// share names).
+    fn bed(&self, method: Method) -> Result<Bed> {
         let (tag, degree) = match method {
             Method::Central => ("c".to_string(), self.params.nodes as u32),
             Method::FullCopy => ("f".to_string(), self.params.nodes as u32),
             Method::Sftsan(d) => (format!("s{d}"), d),
         };
-        let mut bed = Bed::new(self.params, &tag, degree)?;
-        bed.clear_leftovers()?;
+        Bed::new(self.params, &tag, degree)
+    }
+
+    /// Removes what an interrupted earlier run of these methods left behind, before any
+    /// of them starts: their clusters share the subnet.
+    pub fn clear_leftovers(&self, methods: &[Method]) -> Result<()> {
+        methods
+            .iter()
+            .try_for_each(|&m| self.bed(m)?.clear_leftovers())
+    }
+
+    pub fn method(&self, method: Method) -> Result<MethodRun> {
+        let t0 = Instant::now();
+        let mut bed = self.bed(method)?;
         let origin = bed.origin();
         let nodes = bed.nodes();
         let mut counters = vec![Counter::new(&origin.veth, "rx")];
@@ -266,8 +277,7 @@ fn full_copy(netns: &str, origin_backing: &str, dest: &Path) -> Result<()> {
     }
     let source: serde_json::Value = serde_json::from_str(origin_backing)?;
     let source = serde_json::json!({"driver": "raw", "file": source["file"]});
-    let out = NetnsTransport::new(netns)
-        .command("qemu-img")
+    let out = in_node(netns, "qemu-img")
         .args(["convert", "-O", "raw"])
         .arg(format!("json:{source}"))
         .arg(dest)
