@@ -174,7 +174,7 @@ fi
 # C and Python callers' tests.
 PACKAGES=(
     iproute2 tgt libiscsi-bin pkg-config gcc
-    libvirt-dev libudev-dev libdevmapper-dev libiscsi-dev libclang-dev
+    libvirt-dev libudev-dev libdevmapper-dev libiscsi-dev libblkid-dev libclang-dev
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     valgrind make python3
 )

@@ -30,6 +30,10 @@ impl Names {
         }
     }
 
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }

@@ -1,19 +1,56 @@
-//! Crash safety of the kernel backend: `up` killed after each kind of kernel resource,
-//! then `up` completes and `down` leaves nothing (see kernel_cluster.rs for the tree).
+//! Crash safety of the kernel backend: `up` killed after each kind of kernel resource
+//! (with LIO, and tgtd's target with `kernel.relay = "tgt"`), then `up` completes and
+//! `down` leaves nothing (see kernel_cluster.rs for the tree).
 
 mod kernel_support;
 
 use kernel_support::*;
 use sftsan_core::backends::kernel::probe::{Feature, NODE_FEATURES};
-use sftsan_tests::{in_kernel_tier, kernel_has};
-use std::fs;
+use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+use std::ffi::OsStr;
+
+/// How the cluster of a crash case is made.
+struct Case {
+    kind: &'static str,
+    snapshots: &'static str,
+    relay: &'static str,
+    cache: &'static str,
+}
+
+/// Every kernel resource kind, on the LIO relay; and tgtd's target (`origin-target`) for
+/// `kernel.relay = "tgt"`.
+fn cases() -> Vec<Case> {
+    use sftsan_core::resources::ResourceSpec;
+    let mut cases: Vec<Case> = ResourceSpec::KERNEL_KINDS
+        .iter()
+        .map(|&kind| Case {
+            kind,
+            snapshots: match kind {
+                "thin-pool" | "thin-volume" => "dm-thin",
+                _ => "dm-snapshot",
+            },
+            relay: "lio",
+            cache: if kind == "dm-clone" {
+                "dm-clone"
+            } else {
+                "dm-cache"
+            },
+        })
+        .collect();
+    cases.push(Case {
+        kind: "origin-target",
+        snapshots: "dm-snapshot",
+        relay: "tgt",
+        cache: "dm-cache",
+    });
+    cases
+}
 
 /// `up` killed (SIGKILL) right after creating the first resource of each kernel kind:
 /// the next `up` completes, a VM disk reads the image, and `down` leaves nothing.
 #[test]
 fn up_resumes_after_a_crash_after_each_kernel_kind() {
     use sftsan_core::engine::KILL_AFTER_ENV;
-    use sftsan_core::resources::ResourceSpec;
     use std::os::unix::process::ExitStatusExt;
     let mut needs = NODE_FEATURES.to_vec();
     needs.push(Feature::DmTarget("clone"));
@@ -24,38 +61,40 @@ fn up_resumes_after_a_crash_after_each_kernel_kind() {
         );
         return;
     }
-    let sftsan = std::env::var_os("SFTSAN_BIN").expect("the kernel tier sets SFTSAN_BIN");
     let mut failed = Vec::new();
-    for (i, kind) in ResourceSpec::KERNEL_KINDS.iter().enumerate() {
-        let (snapshots, disk_name) = match *kind {
-            "thin-pool" | "thin-volume" => ("dm-thin", "thin-1"),
-            _ => ("dm-snapshot", "snap-1"),
-        };
-        let cache = if *kind == "dm-clone" {
-            "dm-clone"
-        } else {
-            "dm-cache"
+    for (i, case) in cases().iter().enumerate() {
+        let kind = case.kind;
+        let disk_name = match case.snapshots {
+            "dm-thin" => "thin-1",
+            _ => "snap-1",
         };
         let name = format!("kk{i}");
-        let c = cluster_of(&name, snapshots, "lio", cache, &["n1", "n2"]);
-        let spec = c._dir.path().join("spec.toml");
-        fs::write(&spec, spec_text(&c)).unwrap();
-        let run = |env: Option<&str>| {
-            let mut cmd = std::process::Command::new(&sftsan);
-            cmd.arg("up").arg(&spec);
-            if let Some(k) = env {
-                cmd.env(KILL_AFTER_ENV, k);
-            }
-            cmd.output().unwrap()
+        // n2 keeps its first VM's COW on a named block device (the `block-device` kind).
+        let disks = TestDisks::new(&[4 * MIB]);
+        let n2 = match kind {
+            "block-device" => format!(
+                "devices = {{ cow = [{:?}] }}",
+                disks.path(0).display().to_string()
+            ),
+            _ => String::new(),
         };
-        let killed = run(Some(kind));
+        let c = cluster_with(
+            &name,
+            case.snapshots,
+            case.relay,
+            case.cache,
+            &[("n1", String::new()), ("n2", n2)],
+        );
+        let spec = spec_file(&c);
+        let run = |env: &[(&str, &str)]| sftsan_cli(&[OsStr::new("up"), spec.as_os_str()], env);
+        let killed = run(&[(KILL_AFTER_ENV, kind)]);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             assert_eq!(
                 killed.status.signal(),
                 Some(9),
                 "up was not killed after {kind}: {killed:?}"
             );
-            let resumed = run(None);
+            let resumed = run(&[]);
             assert!(
                 resumed.status.success(),
                 "up after a crash after {kind}: {}",
@@ -72,7 +111,7 @@ fn up_resumes_after_a_crash_after_each_kernel_kind() {
             assert_nothing_left(&name);
         }));
         if outcome.is_err() {
-            failed.push(*kind);
+            failed.push(kind);
         }
     }
     assert!(

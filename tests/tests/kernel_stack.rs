@@ -89,6 +89,7 @@ fn loop_file(stack: &mut Stack, dir: &Path, name: &str, size: u64) -> DevRef {
         node: "n1".into(),
         file: file.clone(),
         size,
+        identity: "kernel-stack".into(),
     });
     DevRef::Loop { file }
 }
@@ -209,7 +210,7 @@ fn thin_volumes_with_the_cache_as_external_origin() {
         name: pool.clone(),
         metadata,
         data,
-        sectors: 2 * SECTORS,
+        sectors: Some(2 * SECTORS),
         block_sectors: 128,
     });
     let vols: Vec<DevRef> = (1..=2)

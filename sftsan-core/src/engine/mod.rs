@@ -30,6 +30,9 @@ pub enum Action {
     Unchanged,
     /// Was half there: removed and made again.
     Recreated,
+    /// The journal says it was made, but its kernel objects were gone (a reboot): made
+    /// again over what its stores kept.
+    Revived,
     Removed,
     /// Teardown found nothing to remove.
     Absent,
@@ -42,6 +45,7 @@ impl Action {
             Action::Created => "created",
             Action::Unchanged => "unchanged",
             Action::Recreated => "recreated",
+            Action::Revived => "revived",
             Action::Removed => "removed",
             Action::Absent => "absent",
             Action::Failed => "FAILED",
@@ -88,6 +92,9 @@ pub enum EngineError {
     Teardown(Vec<String>),
     #[error("{0}")]
     Kernel(String),
+    /// A block device the spec names cannot hold its store.
+    #[error("{0}")]
+    Device(String),
     #[error("no node named {0:?} in this cluster")]
     NoSuchNode(String),
     #[error("node {0:?} has no snapshot {1} (snapshots are numbered from 1)")]
@@ -159,6 +166,8 @@ impl Run {
             }
         };
         let observed = res.observe(&ctx).map_err(step("observe"))?;
+        let made_before =
+            self.journal.lock().unwrap().get(&id).map(|e| e.state) == Some(EntryState::Created);
         let action = match observed {
             Observed::Present(have) => {
                 if let Some((field, have, want)) = first_difference(&have, &res.desired()) {
@@ -184,23 +193,27 @@ impl Run {
                 res.teardown(&ctx).map_err(step("teardown"))?;
                 Action::Recreated
             }
+            Observed::Absent if made_before => Action::Revived,
             Observed::Absent => Action::Created,
         };
-        self.journal
-            .lock()
-            .unwrap()
-            .record(&id, node, r, EntryState::Creating)?;
-        self.created
-            .lock()
-            .unwrap()
-            .push(planned_entry(id.clone(), node, r));
-        if let Err(cause) = res.create(&ctx) {
+        let made = if action == Action::Revived {
+            // It stays journaled as made and is never rolled back: its stores hold what
+            // earlier runs kept (a VM's writes), which only `down` may discard.
+            res.revive(&ctx).map_err(step("revive"))
+        } else {
+            self.journal
+                .lock()
+                .unwrap()
+                .record(&id, node, r, EntryState::Creating)?;
+            self.created
+                .lock()
+                .unwrap()
+                .push(planned_entry(id.clone(), node, r));
+            res.create(&ctx).map_err(step("create"))
+        };
+        if let Err(e) = made {
             self.report(&id, Action::Failed, started, false);
-            return Err(EngineError::Step {
-                id,
-                action: "create",
-                cause,
-            });
+            return Err(e);
         }
         crash_point(r.kind());
         self.journal
@@ -334,14 +347,25 @@ impl Engine {
 
     /// Brings the whole cluster up, resuming whatever an earlier run left.
     pub fn up(&self) -> Result<Summary, EngineError> {
-        self.transaction(|run| self.apply(run, &self.plan.tree.setup_order()))
+        let scope: Vec<&ResourceSpec> = self.plan.nodes.iter().flat_map(|n| &n.stack).collect();
+        self.transaction(&scope, |run| self.apply(run, &self.plan.tree.setup_order()))
     }
 
     /// Brings up one node and every node between it and the origin (parents first), each
     /// with its whole stack: what a VM on that node needs, and nothing else.
     pub fn up_node(&self, node: &str) -> Result<Summary, EngineError> {
         let path = self.path_to(node)?;
-        self.transaction(|run| self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>()))
+        self.transaction(&self.stacks_of(&path), |run| {
+            self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>())
+        })
+    }
+
+    /// The stacks of the nodes at these tree positions.
+    fn stacks_of(&self, positions: &[usize]) -> Vec<&ResourceSpec> {
+        positions
+            .iter()
+            .flat_map(|&i| &self.plan.nodes[i - 1].stack)
+            .collect()
     }
 
     /// Makes sure snapshot `index` of `node` exists (bringing the node up if needed) and
@@ -350,7 +374,9 @@ impl Engine {
     pub fn ensure_snapshot(&self, node: &str, index: u32) -> Result<PathBuf, EngineError> {
         let disk = self.vm_disk(node, index)?;
         let path = self.path_to(node)?;
-        self.transaction(|run| {
+        let mut scope = self.stacks_of(&path);
+        scope.extend(&disk);
+        self.transaction(&scope, |run| {
             self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>())?;
             disk.iter().try_for_each(|r| run.ensure(Some(node), r))
         })?;
@@ -470,30 +496,73 @@ impl Engine {
         }
     }
 
+    /// Block devices the spec names for `scope` must exist, be block devices and be large
+    /// enough on this host: checked before anything is touched.
+    fn check_devices(scope: &[&ResourceSpec]) -> Result<(), EngineError> {
+        for r in scope {
+            if let ResourceSpec::BlockStore(b) = r {
+                b.preflight()
+                    .map_err(|e| EngineError::Device(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `work` under the state lock; on failure tears down what it created, in reverse.
+    /// `scope`: the resources `work` may make, checked before anything is touched.
     fn transaction(
         &self,
+        scope: &[&ResourceSpec],
         work: impl FnOnce(&Run) -> Result<(), EngineError>,
     ) -> Result<Summary, EngineError> {
         self.check_kernel()?;
-        let _lock = StateLock::acquire(&self.names)?;
+        Self::check_devices(scope)?;
+        let lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         run.journal.lock().unwrap().save()?;
-        match work(&run) {
-            Ok(()) => Ok(run.summary.into_inner().unwrap()),
-            Err(cause) if run.created.lock().unwrap().is_empty() => Err(cause),
-            Err(cause) => {
-                let rollback_failures = run.rollback();
-                let journal = run.journal.lock().unwrap();
-                if journal.data.entries.is_empty() {
-                    journal.delete()?;
-                }
-                Err(EngineError::RolledBack {
-                    cause: Box::new(cause),
-                    rollback_failures,
-                })
+        let cause = match work(&run) {
+            Ok(()) => return Ok(run.summary.into_inner().unwrap()),
+            Err(cause) if run.created.lock().unwrap().is_empty() => cause,
+            Err(cause) => EngineError::RolledBack {
+                cause: Box::new(cause),
+                rollback_failures: run.rollback(),
+            },
+        };
+        // Nothing of the cluster exists (any more): leave no state behind either.
+        let journal = run.journal.into_inner().unwrap();
+        if journal.data.entries.is_empty() {
+            if let Err(e) = self.stop_iscsid() {
+                tracing::warn!("{e}");
             }
+            journal.delete()?;
+            self.remove_state(lock);
         }
+        Err(cause)
+    }
+
+    /// Stops the iscsid sftsan started for its sessions once the kernel has none left
+    /// (another cluster's may still need it), and never one sftsan did not start.
+    fn stop_iscsid(&self) -> Result<(), EngineError> {
+        use crate::backends::kernel::initiator;
+        let sessions = self
+            .plan
+            .nodes
+            .iter()
+            .flat_map(|n| &n.stack)
+            .any(|r| matches!(r, ResourceSpec::IscsiSession(_)));
+        if sessions && initiator::sessions().is_empty() {
+            initiator::stop_started_iscsid(Duration::from_secs(10))
+                .map_err(|e| EngineError::Teardown(vec![format!("iscsid: {e}")]))?;
+        }
+        Ok(())
+    }
+
+    /// Once the journal is gone: the directories sftsan made, the lock file and (when
+    /// empty) the state directory.
+    fn remove_state(&self, lock: StateLock) {
+        remove_state_dirs(&self.names, self.plan.nodes.iter().map(|n| n.name.as_str()));
+        lock.remove();
+        let _ = std::fs::remove_dir(self.names.state_dir());
     }
 
     /// The cluster's own resources, then the given levels of nodes in order.
@@ -515,23 +584,13 @@ impl Engine {
     /// Tears down everything the journal names plus everything the plan would create
     /// (in case the journal was lost), children before parents.
     pub fn down(&self) -> Result<Summary, EngineError> {
-        let _lock = StateLock::acquire(&self.names)?;
+        let lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         add_planned_entries(&run, &self.plan, None);
         teardown_all(&run, self.plan.parallelism)?;
-        if self
-            .plan
-            .nodes
-            .iter()
-            .flat_map(|n| &n.stack)
-            .any(|r| matches!(r, ResourceSpec::IscsiSession(_)))
-        {
-            // The iscsid sftsan started for its sessions (none is stopped that it did not start).
-            crate::backends::kernel::initiator::stop_started_iscsid(Duration::from_secs(10))
-                .map_err(|e| EngineError::Teardown(vec![format!("iscsid: {e}")]))?;
-        }
+        self.stop_iscsid()?;
         run.journal.lock().unwrap().delete()?;
-        remove_state_dirs(&self.names);
+        self.remove_state(lock);
         Ok(run.summary.into_inner().unwrap())
     }
 }
@@ -620,8 +679,21 @@ fn teardown_all(run: &Run, parallelism: usize) -> Result<(), EngineError> {
     }
 }
 
-/// Removes the directories sftsan made inside the state directory once they are empty.
-fn remove_state_dirs(names: &Names) {
+/// Removes the directories sftsan made for the cluster's nodes (in the state directory and
+/// in `cache.dir`) once they are empty.
+fn remove_state_dirs<'a>(names: &Names, nodes: impl Iterator<Item = &'a str>) {
+    let mut cache_parent = None;
+    for node in nodes {
+        let _ = std::fs::remove_dir(names.snapshot_dir(node));
+        let _ = std::fs::remove_dir(names.run_dir(node));
+        let cache = names.cache_dir(node);
+        let _ = std::fs::remove_dir(&cache);
+        cache_parent = cache.parent().map(PathBuf::from);
+    }
+    // `<cache.dir>/<cluster>` (or the state directory's `nodes`).
+    if let Some(dir) = cache_parent {
+        let _ = std::fs::remove_dir(dir);
+    }
     for d in [
         names.state_dir().join("run"),
         names.state_dir().join("nodes"),

@@ -1,12 +1,14 @@
 //! A kernel-backend node's stack. The origin exports its image as an LIO target; every
 //! node logs in to its parent's target, caches the disk with dm-cache or dm-clone over
-//! loop-backed files, relays the cache as its own LIO target, and gives each VM a persistent
-//! dm-snapshot or a thin volume with the cache as external origin. Only the node's
-//! children may log in, with the cluster's CHAP credentials.
+//! loop-backed files or block devices the spec names, relays the cache as its own LIO
+//! target, and gives each VM a persistent dm-snapshot or a thin volume with the cache as
+//! external origin. Only the node's children may log in, with the cluster's CHAP
+//! credentials.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::backends::kernel::blockdev::BlockStore;
 use crate::backends::kernel::devref::DevRef;
 use crate::backends::kernel::dm_devices::{
     DmCache, DmClone, DmLinear, DmSnapshot, ThinPool, ThinVolume,
@@ -17,7 +19,7 @@ use crate::backends::kernel::loopback::LoopFile;
 use crate::backends::userspace::OriginTarget;
 use crate::names::Names;
 use crate::resources::ResourceSpec;
-use crate::spec::{ClusterSpec, KernelCache, KernelSpec, RelayTarget, SnapshotKind};
+use crate::spec::{ClusterSpec, KernelCache, KernelSpec, NodeDevices, RelayTarget, SnapshotKind};
 use crate::topology::Tree;
 
 /// dm-cache, dm-clone region and thin-pool block size: 64 KiB.
@@ -27,13 +29,141 @@ const CHUNK_SECTORS: u64 = 8;
 /// COW store of the never-written upstream view.
 const UPSTREAM_COW: u64 = 1 << 20;
 
+/// Smallest COW device of a VM's dm-snapshot: its header and a few chunks. What a VM can
+/// write is bounded by its COW device, as with LVM snapshots.
+const COW_DEVICE_MIN: u64 = 1 << 20;
+/// Smallest thin pool data and metadata devices the spec may name.
+const THIN_DATA_MIN: u64 = 1 << 20;
+const THIN_METADATA_MIN: u64 = 2 << 20;
+
 /// Metadata room for dm-cache, dm-clone or a thin pool over `size` bytes of data: 8 MiB plus
 /// generous room per 64 KiB block.
 fn metadata_size(size: u64) -> u64 {
     (8 << 20) + (size / 65536) * 64
 }
 
-/// The stack of the node at tree position `index` (1 is the origin).
+/// Where one node keeps its stores: loop-backed files in its directory, or the block
+/// devices its spec entry names.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    names: Names,
+    node: String,
+    /// `nodes[i].devices`, for errors about a device.
+    field: String,
+    devices: NodeDevices,
+    /// The image the stores' content belongs to.
+    identity: String,
+}
+
+impl Stores {
+    /// The stores of `spec.nodes[position]`.
+    pub fn new(spec: &ClusterSpec, names: &Names, position: usize, identity: &str) -> Stores {
+        let node = &spec.nodes[position];
+        Stores {
+            names: names.clone(),
+            node: node.name.clone(),
+            field: format!("nodes[{position}].devices"),
+            devices: node.devices.clone(),
+            identity: identity.into(),
+        }
+    }
+
+    /// The resource making store `file` (a loop-backed file of `bytes`, or the device named
+    /// by `device`: (its field, its path), of at least `bytes`) and how dm tables name it.
+    fn store(
+        &self,
+        file: &str,
+        device: Option<(String, &Path)>,
+        bytes: u64,
+    ) -> (ResourceSpec, DevRef) {
+        let Some((field, path)) = device else {
+            let file = self.names.node_file(&self.node, file);
+            let made = ResourceSpec::LoopFile(LoopFile {
+                node: self.node.clone(),
+                file: file.clone(),
+                size: bytes,
+                identity: self.identity.clone(),
+            });
+            return (made, DevRef::Loop { file });
+        };
+        let role = file.trim_end_matches(".img");
+        let name = self.names.dm_name(&self.node, &format!("dev-{role}"));
+        let made = ResourceSpec::BlockStore(BlockStore {
+            node: self.node.clone(),
+            role: role.into(),
+            field: format!("{}.{field}", self.field),
+            device: path.into(),
+            name: name.clone(),
+            min_bytes: bytes,
+            identity: self.identity.clone(),
+            identity_file: self
+                .names
+                .node_file(&self.node, &format!("dev-{role}.identity")),
+        });
+        (made, DevRef::Dm { name })
+    }
+
+    fn named<'a>(field: &str, path: &'a Option<PathBuf>) -> Option<(String, &'a Path)> {
+        path.as_deref().map(|p| (field.to_string(), p))
+    }
+
+    /// The cache's data and metadata stores (dm-cache's cache and metadata devices, or
+    /// dm-clone's destination and metadata), named by `kind`'s files.
+    fn cache(&self, kind: &str, size: u64) -> [(ResourceSpec, DevRef); 2] {
+        let d = &self.devices;
+        [
+            self.store(&format!("{kind}.img"), Self::named("cache", &d.cache), size),
+            self.store(
+                &format!("{kind}-meta.img"),
+                Self::named("cache_metadata", &d.cache_metadata),
+                metadata_size(size),
+            ),
+        ]
+    }
+
+    /// The thin pool's metadata and data stores; the data holds `data` bytes as a file.
+    fn thin_pool(&self, data: u64) -> [(ResourceSpec, DevRef); 2] {
+        let d = &self.devices;
+        let metadata = match d.thin_metadata {
+            Some(_) => THIN_METADATA_MIN,
+            None => metadata_size(data),
+        };
+        [
+            self.store(
+                "pool-meta.img",
+                Self::named("thin_metadata", &d.thin_metadata),
+                metadata,
+            ),
+            self.store(
+                "pool-data.img",
+                Self::named("thin_data", &d.thin_data),
+                if d.thin_data.is_some() {
+                    THIN_DATA_MIN
+                } else {
+                    data
+                },
+            ),
+        ]
+    }
+
+    /// VM disk `index`'s COW store: the spec's `cow[index - 1]`, else a sparse file as
+    /// large as the image (it grows only as large as what its VM writes).
+    fn cow(&self, index: u32, size: u64) -> (ResourceSpec, DevRef) {
+        let i = index as usize - 1;
+        match self.devices.cow.get(i) {
+            Some(path) => self.store(
+                &format!("cow-{index}.img"),
+                Some((format!("cow[{i}]"), path)),
+                COW_DEVICE_MIN,
+            ),
+            None => self.store(&format!("cow-{index}.img"), None, size),
+        }
+    }
+}
+
+/// The stack of the node at tree position `index` (1 is the origin); `stores` is None
+/// only for the origin.
+#[allow(clippy::too_many_arguments)]
 pub fn stack(
     spec: &ClusterSpec,
     kernel: &KernelSpec,
@@ -42,6 +172,7 @@ pub fn stack(
     all: &[(String, IpAddr)],
     index: usize,
     size: u64,
+    stores: Option<&Stores>,
 ) -> Vec<ResourceSpec> {
     let (name, address) = &all[index - 1];
     let chap = Chap {
@@ -95,16 +226,9 @@ pub fn stack(
         };
         return vec![target(image)];
     };
+    let stores = stores.expect("a node's stack needs its stores");
     let (parent_name, parent_address) = &all[parent - 1];
     let sectors = size / 512;
-    let file = |what: &str| names.node_file(name, what);
-    let loop_file = |what: &str, bytes: u64| {
-        ResourceSpec::LoopFile(LoopFile {
-            node: name.clone(),
-            file: file(what),
-            size: bytes,
-        })
-    };
     let session = IscsiSession {
         node: name.clone(),
         parent: parent_name.clone(),
@@ -129,8 +253,11 @@ pub fn stack(
             // dm-cache builds on that view. Nothing writes to it (VMs write to their own
             // disks, children cannot write), so its small COW store stays empty.
             let upstream_name = names.dm_name(name, "upstream");
+            let (upstream_cow, upstream_cow_dev) =
+                stores.store("upstream-cow.img", None, UPSTREAM_COW);
+            let [(cache_store, cache_dev), (meta_store, meta_dev)] = stores.cache("cache", size);
             stack.extend([
-                loop_file("upstream-cow.img", UPSTREAM_COW),
+                upstream_cow,
                 ResourceSpec::DmSnapshot(DmSnapshot {
                     node: name.clone(),
                     index: 0,
@@ -138,52 +265,45 @@ pub fn stack(
                     origin: DevRef::Iscsi {
                         session: Box::new(session.clone()),
                     },
-                    cow: DevRef::Loop {
-                        file: file("upstream-cow.img"),
-                    },
+                    cow: upstream_cow_dev,
                     sectors,
                     chunk_sectors: CHUNK_SECTORS,
                     persistent: false,
                 }),
-                loop_file("cache.img", size),
-                loop_file("cache-meta.img", metadata_size(size)),
+                cache_store,
+                meta_store,
                 ResourceSpec::DmCache(DmCache {
                     node: name.clone(),
                     name: cache_name.clone(),
                     origin: DevRef::Dm {
                         name: upstream_name,
                     },
-                    cache: DevRef::Loop {
-                        file: file("cache.img"),
-                    },
-                    metadata: DevRef::Loop {
-                        file: file("cache-meta.img"),
-                    },
+                    cache: cache_dev,
+                    metadata: meta_dev,
                     sectors,
                     block_sectors: BLOCK_SECTORS,
                 }),
             ]);
         }
         // dm-clone opens its source read-only: it builds on the parent's LUN itself.
-        KernelCache::DmClone => stack.extend([
-            loop_file("clone.img", size),
-            loop_file("clone-meta.img", metadata_size(size)),
-            ResourceSpec::DmClone(DmClone {
-                node: name.clone(),
-                name: cache_name.clone(),
-                source: DevRef::Iscsi {
-                    session: Box::new(session.clone()),
-                },
-                destination: DevRef::Loop {
-                    file: file("clone.img"),
-                },
-                metadata: DevRef::Loop {
-                    file: file("clone-meta.img"),
-                },
-                sectors,
-                region_sectors: BLOCK_SECTORS,
-            }),
-        ]),
+        KernelCache::DmClone => {
+            let [(copy_store, copy_dev), (meta_store, meta_dev)] = stores.cache("clone", size);
+            stack.extend([
+                copy_store,
+                meta_store,
+                ResourceSpec::DmClone(DmClone {
+                    node: name.clone(),
+                    name: cache_name.clone(),
+                    source: DevRef::Iscsi {
+                        session: Box::new(session.clone()),
+                    },
+                    destination: copy_dev,
+                    metadata: meta_dev,
+                    sectors,
+                    region_sectors: BLOCK_SECTORS,
+                }),
+            ])
+        }
     }
     stack.extend([
         ResourceSpec::DmLinear(DmLinear {
@@ -201,27 +321,28 @@ pub fn stack(
         SnapshotKind::DmThin => {
             let pool = names.dm_name(name, "pool");
             let data = size * u64::from(per_node.max(1));
-            stack.push(loop_file("pool-meta.img", metadata_size(data)));
-            stack.push(loop_file("pool-data.img", data));
-            stack.push(ResourceSpec::ThinPool(ThinPool {
-                node: name.clone(),
-                name: pool.clone(),
-                metadata: DevRef::Loop {
-                    file: file("pool-meta.img"),
-                },
-                data: DevRef::Loop {
-                    file: file("pool-data.img"),
-                },
-                sectors: data / 512,
-                block_sectors: BLOCK_SECTORS,
-            }));
+            let [(meta_store, meta_dev), (data_store, data_dev)] = stores.thin_pool(data);
+            // A pool on a named device spans the whole device.
+            let on_device = matches!(data_store, ResourceSpec::BlockStore(_));
+            stack.extend([
+                meta_store,
+                data_store,
+                ResourceSpec::ThinPool(ThinPool {
+                    node: name.clone(),
+                    name: pool.clone(),
+                    metadata: meta_dev,
+                    data: data_dev,
+                    sectors: (!on_device).then_some(data / 512),
+                    block_sectors: BLOCK_SECTORS,
+                }),
+            ]);
             for i in 1..=per_node {
-                stack.extend(vm_disk(names, SnapshotKind::DmThin, name, i, size));
+                stack.extend(vm_disk(stores, SnapshotKind::DmThin, i, size));
             }
         }
         _ => {
             for i in 1..=per_node {
-                stack.extend(vm_disk(names, SnapshotKind::DmSnapshot, name, i, size));
+                stack.extend(vm_disk(stores, SnapshotKind::DmSnapshot, i, size));
             }
         }
     }
@@ -239,13 +360,8 @@ pub fn vm_disk_name(names: &Names, kind: SnapshotKind, node: &str, index: u32) -
 /// The resources making VM disk `index` on `node`, in creation order: a persistent
 /// dm-snapshot of the node's cache with its (sparse) COW file, or a thin volume in the
 /// node's pool with the cache as external origin.
-pub fn vm_disk(
-    names: &Names,
-    kind: SnapshotKind,
-    node: &str,
-    index: u32,
-    size: u64,
-) -> Vec<ResourceSpec> {
+pub fn vm_disk(stores: &Stores, kind: SnapshotKind, index: u32, size: u64) -> Vec<ResourceSpec> {
+    let (names, node) = (&stores.names, stores.node.as_str());
     let cache = DevRef::Dm {
         name: names.dm_name(node, "cache"),
     };
@@ -261,20 +377,15 @@ pub fn vm_disk(
             sectors: size / 512,
         })],
         _ => {
-            let cow = names.node_file(node, &format!("cow-{index}.img"));
+            let (cow_store, cow) = stores.cow(index, size);
             vec![
-                // Sparse: a COW store only grows as large as what its VM writes.
-                ResourceSpec::LoopFile(LoopFile {
-                    node: node.into(),
-                    file: cow.clone(),
-                    size,
-                }),
+                cow_store,
                 ResourceSpec::DmSnapshot(DmSnapshot {
                     node: node.into(),
                     index,
                     name,
                     origin: cache,
-                    cow: DevRef::Loop { file: cow },
+                    cow,
                     sectors: size / 512,
                     chunk_sectors: CHUNK_SECTORS,
                     persistent: true,
@@ -295,6 +406,15 @@ mod tests {
     }
 
     fn kernel_plan_with(kind: &str, cache: &str) -> (crate::plan::Plan, tempfile::NamedTempFile) {
+        kernel_plan_devices(kind, cache, "")
+    }
+
+    /// `devices`: the text of n1's `devices = { ... }` table, or "".
+    fn kernel_plan_devices(
+        kind: &str,
+        cache: &str,
+        devices: &str,
+    ) -> (crate::plan::Plan, tempfile::NamedTempFile) {
         let image = tempfile::NamedTempFile::new().unwrap();
         image.as_file().set_len(1 << 20).unwrap();
         let text = format!(
@@ -312,6 +432,7 @@ mod tests {
             [[nodes]]
             name = "n1"
             address = "127.0.0.2"
+            {devices}
             [cache]
             size = "8MiB"
             [snapshots]
@@ -328,6 +449,113 @@ mod tests {
             plan(&validate(ClusterSpec::from_toml(&text).unwrap()).unwrap()),
             image,
         )
+    }
+
+    /// (id, dm table reference) of every store of n1, in stack order.
+    fn stores_of(p: &crate::plan::Plan) -> Vec<String> {
+        p.node("n1")
+            .unwrap()
+            .stack
+            .iter()
+            .filter_map(|r| match r {
+                ResourceSpec::LoopFile(l) => Some(format!(
+                    "{} {}",
+                    r.id(Some("n1")),
+                    l.file.file_name().unwrap().to_string_lossy()
+                )),
+                ResourceSpec::BlockStore(b) => Some(format!(
+                    "{} {} {} {} >= {}",
+                    r.id(Some("n1")),
+                    b.field,
+                    b.device.display(),
+                    b.name,
+                    b.min_bytes
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn named_devices_replace_loop_files_store_by_store() {
+        let (p, _image) = kernel_plan_devices(
+            "dm-snapshot",
+            "dm-cache",
+            r#"devices = { cache = "/dev/vg/c", cow = ["/dev/vg/cow1"] }"#,
+        );
+        assert_eq!(
+            stores_of(&p),
+            [
+                "n1/loop-file/base.upstream-cow.img base.upstream-cow.img".to_string(),
+                format!(
+                    "n1/block-device/cache nodes[0].devices.cache /dev/vg/c sftsan-kc-n1-dev-cache >= {}",
+                    1 << 20
+                ),
+                "n1/loop-file/base.cache-meta.img base.cache-meta.img".into(),
+                "n1/block-device/cow-1 nodes[0].devices.cow[0] /dev/vg/cow1 sftsan-kc-n1-dev-cow-1 >= 1048576".into(),
+                "n1/loop-file/base.cow-2.img base.cow-2.img".into(),
+            ]
+        );
+        let cache = p.node("n1").unwrap().stack.iter().find_map(|r| match r {
+            ResourceSpec::DmCache(c) => Some(c.clone()),
+            _ => None,
+        });
+        let cache = cache.unwrap();
+        assert_eq!(
+            serde_json::to_value(&cache.cache).unwrap(),
+            serde_json::json!({"type": "dm", "name": "sftsan-kc-n1-dev-cache"})
+        );
+        // An on-demand disk beyond the list gets a file; one within it its device.
+        let disk = p.vm_disk("n1", 1).unwrap();
+        assert!(matches!(&disk[0], ResourceSpec::BlockStore(b) if b.role == "cow-1"));
+        let disk = p.vm_disk("n1", 5).unwrap();
+        assert!(matches!(&disk[0], ResourceSpec::LoopFile(_)));
+    }
+
+    #[test]
+    fn a_thin_pool_on_a_named_device_spans_it() {
+        let (p, _image) = kernel_plan_devices(
+            "dm-thin",
+            "dm-clone",
+            r#"devices = { thin_data = "/dev/vg/data", thin_metadata = "/dev/vg/meta", cache_metadata = "/dev/vg/cm" }"#,
+        );
+        let stores = stores_of(&p);
+        assert_eq!(stores.len(), 4, "{stores:?}");
+        assert!(stores[0].ends_with("base.clone.img"), "{stores:?}");
+        assert!(
+            stores[1].starts_with("n1/block-device/clone-meta nodes[0].devices.cache_metadata"),
+            "{stores:?}"
+        );
+        assert!(
+            stores[2].starts_with("n1/block-device/pool-meta nodes[0].devices.thin_metadata"),
+            "{stores:?}"
+        );
+        assert!(
+            stores[3].starts_with("n1/block-device/pool-data nodes[0].devices.thin_data"),
+            "{stores:?}"
+        );
+        let pool = p.node("n1").unwrap().stack.iter().find_map(|r| match r {
+            ResourceSpec::ThinPool(t) => Some(t.sectors),
+            _ => None,
+        });
+        assert_eq!(pool, Some(None));
+        let (p, _image) = kernel_plan("dm-thin");
+        let pool = p.node("n1").unwrap().stack.iter().find_map(|r| match r {
+            ResourceSpec::ThinPool(t) => Some(t.sectors),
+            _ => None,
+        });
+        assert_eq!(pool, Some(Some(2 * (1 << 20) / 512)));
+    }
+
+    #[test]
+    fn every_store_carries_the_images_identity() {
+        let (p, image) = kernel_plan("dm-snapshot");
+        let want = crate::plan::image_identity(image.path(), 1 << 20);
+        for r in &p.node("n1").unwrap().stack {
+            if let ResourceSpec::LoopFile(l) = r {
+                assert_eq!(l.identity, want, "{}", l.file.display());
+            }
+        }
     }
 
     #[test]

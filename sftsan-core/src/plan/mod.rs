@@ -52,6 +52,9 @@ pub struct Plan {
     pub tree: Tree,
     #[serde(skip)]
     names: Names,
+    /// Where each compute node of the kernel backend keeps its stores.
+    #[serde(skip)]
+    stores: std::collections::BTreeMap<String, kernel::Stores>,
     pub backend: Backend,
     pub snapshot_kind: SnapshotKind,
 }
@@ -69,9 +72,8 @@ impl Plan {
             .filter(|n| n.role == Role::Node && index > 0)?;
         if self.backend == Backend::Kernel {
             return Some(kernel::vm_disk(
-                &self.names,
+                self.stores.get(node)?,
                 self.snapshot_kind,
-                node,
                 index,
                 self.image_size,
             ));
@@ -167,6 +169,15 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
     let mut all: Vec<(String, IpAddr)> = vec![(spec.origin.name.clone(), spec.origin.address)];
     all.extend(spec.nodes.iter().map(|n| (n.name.clone(), n.address)));
 
+    let kernel_backend = spec.cluster.backend == Backend::Kernel;
+    let stores: std::collections::BTreeMap<String, kernel::Stores> = (0..spec.nodes.len())
+        .filter(|_| kernel_backend)
+        .map(|i| {
+            let stores = kernel::Stores::new(spec, &names, i, &identity);
+            (spec.nodes[i].name.clone(), stores)
+        })
+        .collect();
+
     let nodes = all
         .iter()
         .enumerate()
@@ -195,7 +206,8 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
             }
             let iscsi_origin = spec.origin.protocol == OriginProtocol::Iscsi;
             if let (Backend::Kernel, Some(k)) = (spec.cluster.backend, &spec.kernel) {
-                stack = kernel::stack(spec, k, &names, &tree, &all, index, size);
+                let node_stores = stores.get(name);
+                stack = kernel::stack(spec, k, &names, &tree, &all, index, size, node_stores);
             } else {
                 match &parent {
                     None if !managed => {}
@@ -276,6 +288,7 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
         nodes,
         tree,
         names,
+        stores,
         backend: spec.cluster.backend,
         snapshot_kind: spec.snapshots.kind,
     }

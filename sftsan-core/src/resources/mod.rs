@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::backends::kernel::blockdev::BlockStore;
 use crate::backends::kernel::dm_devices::{
     DmCache, DmClone, DmLinear, DmSnapshot, ThinPool, ThinVolume,
 };
@@ -114,6 +115,13 @@ pub trait Resource {
     fn create(&self, ctx: &Ctx) -> Result<(), ResourceError>;
     fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError>;
 
+    /// Makes again a resource the journal says was made but whose system objects are gone
+    /// (after a reboot), keeping what its local stores hold: a cache's blocks, a VM's
+    /// writes. Resources that hold nothing of their own are simply created.
+    fn revive(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        self.create(ctx)
+    }
+
     /// Facts of the running resource worth recording in the journal (pids, sockets).
     fn runtime(&self) -> Params {
         vec![]
@@ -138,6 +146,7 @@ pub enum ResourceSpec {
     Snapshot(Snapshot),
     IscsiSession(IscsiSession),
     LoopFile(LoopFile),
+    BlockStore(BlockStore),
     DmCache(DmCache),
     DmClone(DmClone),
     DmLinear(DmLinear),
@@ -163,6 +172,7 @@ impl ResourceSpec {
             ResourceSpec::Snapshot(r) => r,
             ResourceSpec::IscsiSession(r) => r,
             ResourceSpec::LoopFile(r) => r,
+            ResourceSpec::BlockStore(r) => r,
             ResourceSpec::DmCache(r) => r,
             ResourceSpec::DmClone(r) => r,
             ResourceSpec::DmLinear(r) => r,
@@ -197,6 +207,7 @@ impl ResourceSpec {
             ResourceSpec::Snapshot(_) => "snapshot",
             ResourceSpec::IscsiSession(_) => "iscsi-session",
             ResourceSpec::LoopFile(_) => "loop-file",
+            ResourceSpec::BlockStore(_) => "block-device",
             ResourceSpec::DmCache(_) => "dm-cache",
             ResourceSpec::DmClone(_) => "dm-clone",
             ResourceSpec::DmLinear(_) => "dm-linear",
@@ -208,9 +219,10 @@ impl ResourceSpec {
     }
 
     /// The kernel backend's kinds, in the order a node's stack is built.
-    pub const KERNEL_KINDS: [&'static str; 9] = [
+    pub const KERNEL_KINDS: [&'static str; 10] = [
         "iscsi-session",
         "loop-file",
+        "block-device",
         "dm-cache",
         "dm-clone",
         "dm-linear",
@@ -248,6 +260,7 @@ impl ResourceSpec {
                 "{owner}/loop-file/{}",
                 l.file.file_name().unwrap_or_default().to_string_lossy()
             ),
+            ResourceSpec::BlockStore(b) => format!("{owner}/block-device/{}", b.role),
             other => format!("{owner}/{}", other.kind()),
         }
     }

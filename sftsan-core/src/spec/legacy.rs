@@ -370,6 +370,7 @@ fn parse_nodes(text: &str) -> Result<Vec<NodeSpec>, LegacyError> {
         nodes.push(NodeSpec {
             name: format!("node{}", nodes.len() + 2),
             address,
+            devices: Default::default(),
         });
     }
     Ok(nodes)

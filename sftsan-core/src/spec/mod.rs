@@ -2,6 +2,7 @@
 //! before anything on the system is touched.
 
 mod bytesize;
+mod devices;
 mod legacy;
 mod validate;
 
@@ -145,6 +146,59 @@ pub enum OriginProtocol {
 pub struct NodeSpec {
     pub name: String,
     pub address: IpAddr,
+    /// Block devices the kernel backend keeps this node's stores on, instead of
+    /// loop-backed files in the cache directory.
+    #[serde(default, skip_serializing_if = "NodeDevices::is_empty")]
+    pub devices: NodeDevices,
+}
+
+/// A node's stores on block devices (LVs, partitions, disks), each optional: a store
+/// without a device is a loop-backed file. sftsan takes over only blank devices that
+/// nothing uses, and clears their first MiB when it takes them and when it gives them back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDevices {
+    /// dm-cache's cache device, or dm-clone's destination: at least the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
+    /// The metadata device of dm-cache or dm-clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_metadata: Option<PathBuf>,
+    /// COW stores of the VMs' dm-snapshots, for VM disks 1, 2, ... in order (a disk beyond
+    /// the list gets a loop-backed file). A VM can write as much as its COW device holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cow: Vec<PathBuf>,
+    /// The thin pool's data device (`snapshots.kind = "dm-thin"`): what all VMs write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_data: Option<PathBuf>,
+    /// The thin pool's metadata device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_metadata: Option<PathBuf>,
+}
+
+impl NodeDevices {
+    pub fn is_empty(&self) -> bool {
+        self.named().is_empty()
+    }
+
+    /// Every device named, with its field below `devices`.
+    pub fn named(&self) -> Vec<(String, &Path)> {
+        fn one<'a>(field: &str, p: &'a Option<PathBuf>) -> Option<(String, &'a Path)> {
+            p.as_deref().map(|p| (field.to_string(), p))
+        }
+        one("cache", &self.cache)
+            .into_iter()
+            .chain(one("cache_metadata", &self.cache_metadata))
+            .chain(
+                self.cow
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("cow[{i}]"), p.as_path())),
+            )
+            .chain(one("thin_data", &self.thin_data))
+            .chain(one("thin_metadata", &self.thin_metadata))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,4 +329,36 @@ impl ClusterSpec {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a spec always serializes")
     }
+}
+
+/// A small spec's TOML for unit tests: an origin and nodes n1 and n2 on 127.0.0.x, with
+/// `n1_extra` added to n1's entry (the image is not checked until validation).
+#[cfg(test)]
+pub(crate) fn test_spec_text(state_dir: &str, backend: &str, kind: &str, n1_extra: &str) -> String {
+    format!(
+        r#"
+        [cluster]
+        name = "c"
+        state_dir = "{state_dir}"
+        backend = "{backend}"
+        degree = 2
+        [image]
+        name = "base"
+        source = "/srv/base.img"
+        [origin]
+        address = "127.0.0.1"
+        [[nodes]]
+        name = "n1"
+        address = "127.0.0.2"
+        {n1_extra}
+        [[nodes]]
+        name = "n2"
+        address = "127.0.0.3"
+        [cache]
+        size = "8MiB"
+        [snapshots]
+        per_node = 2
+        kind = "{kind}"
+        "#
+    )
 }

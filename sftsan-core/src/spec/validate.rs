@@ -57,6 +57,7 @@ pub fn validate(spec: ClusterSpec) -> Result<ValidatedSpec, SpecError> {
     check_mode(&spec)?;
     check_origin_protocol(&spec)?;
     check_kernel(&spec)?;
+    super::devices::check(&spec)?;
     let image_size = check_image(&spec.image)?;
     check_cache_size(&spec.cache, image_size)?;
     Ok(ValidatedSpec { spec, image_size })
@@ -506,6 +507,7 @@ mod tests {
                 .map(|i| NodeSpec {
                     name: format!("n{i}"),
                     address: ip(&format!("127.0.0.{}", i + 1)),
+                    devices: Default::default(),
                 })
                 .collect(),
             cache: CacheSpec {

@@ -60,15 +60,28 @@ pub fn cluster_of(
     cache: &str,
     node_names: &[&str],
 ) -> KernelCluster {
+    let nodes: Vec<(&str, String)> = node_names.iter().map(|n| (*n, String::new())).collect();
+    cluster_with(name, kind, relay, cache, &nodes)
+}
+
+/// A cluster whose nodes are (name, extra TOML lines of its `[[nodes]]` entry, such as
+/// `devices = { ... }`).
+pub fn cluster_with(
+    name: &str,
+    kind: &str,
+    relay: &str,
+    cache: &str,
+    node_entries: &[(&str, String)],
+) -> KernelCluster {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image.raw");
     let sha = write_image(&image, IMAGE, name);
-    let nodes: String = node_names
+    let nodes: String = node_entries
         .iter()
         .enumerate()
-        .map(|(i, n)| {
+        .map(|(i, (n, extra))| {
             format!(
-                "[[nodes]]\nname = \"{n}\"\naddress = \"127.0.0.{}\"\n",
+                "[[nodes]]\nname = \"{n}\"\naddress = \"127.0.0.{}\"\n{extra}\n",
                 i + 2
             )
         })
@@ -133,14 +146,20 @@ pub fn sha256(path: &Path) -> String {
     format!("{:x}", Sha256::digest(&data))
 }
 
+/// Whether the kernel has what cluster `c` needs; it must inside the kernel tier.
+pub fn ready(c: &KernelCluster, test: &str) -> bool {
+    let ok = kernel_has(test, &c.features);
+    assert!(
+        ok || !in_kernel_tier(),
+        "the kernel tier's kernel must have {:?}",
+        c.features
+    );
+    ok
+}
+
 pub fn check(name: &str, kind: &str, disk_name: &str, relay: &str, cache: &str) {
     let c = cluster(name, kind, relay, cache);
-    if !kernel_has(name, &c.features) {
-        assert!(
-            !in_kernel_tier(),
-            "the kernel tier's kernel must have {:?}",
-            c.features
-        );
+    if !ready(&c, name) {
         return;
     }
     c.engine.up().unwrap_or_else(|e| panic!("up: {e}"));
@@ -152,11 +171,7 @@ pub fn check(name: &str, kind: &str, disk_name: &str, relay: &str, cache: &str) 
     }
     // A write to one VM's disk on a leaf stays there.
     let written = disk(&c, "n4", &format!("{disk_name}-1"));
-    let mut f = fs::OpenOptions::new().write(true).open(&written).unwrap();
-    f.seek(SeekFrom::Start(2 * MIB)).unwrap();
-    f.write_all(&[0xcd; 8192]).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_at(&written, 2 * MIB, &[0xcd; 8192]);
     assert_ne!(sha256(&written), c.sha);
     assert_eq!(sha256(&disk(&c, "n4", &format!("{disk_name}-2"))), c.sha);
     assert_eq!(sha256(&disk(&c, "n2", &format!("{disk_name}-1"))), c.sha);
@@ -207,6 +222,18 @@ pub fn assert_nothing_left(name: &str) {
         targets.iter().all(|t| !t.contains(name)),
         "LIO targets left: {targets:?}"
     );
+    // Backstores live in core/<hba>/<name>: fileio_N, iblock_N.
+    let backstores: Vec<String> = fs::read_dir("/sys/kernel/config/target/core")
+        .map(|hbas| {
+            hbas.flatten()
+                .filter_map(|hba| fs::read_dir(hba.path()).ok())
+                .flat_map(|objects| objects.flatten())
+                .map(|o| o.file_name().to_string_lossy().into_owned())
+                .filter(|o| o.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(backstores.is_empty(), "LIO backstores left: {backstores:?}");
     let iscsid = fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -219,6 +246,172 @@ pub fn assert_nothing_left(name: &str) {
         .filter_map(|e| fs::read_to_string(e.path().join("comm")).ok())
         .any(|c| c.trim() == "tgtd");
     assert!(!tgtd, "a tgtd is still running");
+}
+
+/// What a host's reboot (or power loss) does to a kernel-backend cluster: every kernel
+/// object and daemon is gone (dm devices, loop devices, iSCSI sessions, LIO targets, tgtd,
+/// iscsid) while the files stay, and so does the journal. Done from the journal with the
+/// resources' own removal of their kernel objects, keeping every store's content: loop
+/// devices are detached without deleting their files, claims of named block devices
+/// removed without clearing them, thin volumes deactivated without deleting their data.
+pub fn power_cut(c: &KernelCluster) {
+    use sftsan_core::backends::kernel::{initiator, loopback};
+    use sftsan_core::engine::Journal;
+    use sftsan_core::resources::{Ctx, ResourceSpec};
+    use sftsan_core::transport::LocalTransport;
+    let journal = Journal::load(&c.names.journal())
+        .unwrap()
+        .expect("a journal");
+    let ctx = Ctx {
+        transport: Arc::new(LocalTransport),
+        tools: Arc::new(Tools::from_env()),
+    };
+    for e in journal.data.entries.iter().rev() {
+        let gone = match &e.resource {
+            ResourceSpec::LoopFile(l) => match loopback::find(&l.file) {
+                Some((major, minor)) => {
+                    let path = sftsan_tests::block_device_path(major, minor);
+                    loopdev::LoopDevice::open(&path)
+                        .and_then(|d| d.detach())
+                        .map_err(|e| e.to_string())
+                }
+                None => Ok(()),
+            },
+            ResourceSpec::BlockStore(b) => dm::remove(&b.name).map_err(|e| e.to_string()),
+            ResourceSpec::ThinVolume(t) => dm::remove(&t.name).map_err(|e| e.to_string()),
+            other => other
+                .as_resource()
+                .teardown(&ctx)
+                .map_err(|e| e.to_string()),
+        };
+        gone.unwrap_or_else(|why| panic!("power cut: {}: {why}", e.id));
+    }
+    initiator::stop_started_iscsid(std::time::Duration::from_secs(10)).unwrap();
+    let prefix = format!("sftsan-{}-", c.names.cluster());
+    let left: Vec<String> = dm_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "power cut: dm devices left: {left:?}");
+}
+
+/// Block devices a test hands to a cluster, as an operator would hand it LVs: loop devices
+/// over files of the test's own, detached when dropped (also when the test fails).
+pub struct TestDisks {
+    pub disks: Vec<loopdev::LoopDevice>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDisks {
+    /// One disk per size, all zeros.
+    pub fn new(sizes: &[u64]) -> TestDisks {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let file = dir.path().join(format!("disk-{i}.img"));
+                fs::File::create(&file).unwrap().set_len(*size).unwrap();
+                let d = loopdev::LoopControl::open().unwrap().next_free().unwrap();
+                d.with().part_scan(false).attach(&file).unwrap();
+                d
+            })
+            .collect();
+        TestDisks { disks, _dir: dir }
+    }
+
+    pub fn path(&self, i: usize) -> std::path::PathBuf {
+        self.disks[i].path().expect("an attached loop device")
+    }
+
+    /// The first `len` bytes of disk `i`.
+    pub fn head(&self, i: usize, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        fs::File::open(self.path(i))
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    }
+
+    /// Writes `data` at `at` of disk `i`, past the page cache.
+    pub fn write(&self, i: usize, at: u64, data: &[u8]) {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(i))
+            .unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(data).unwrap();
+        f.sync_all().unwrap();
+    }
+}
+
+impl Drop for TestDisks {
+    fn drop(&mut self) {
+        for d in &self.disks {
+            if let Err(e) = d.detach() {
+                eprintln!("detaching a test disk: {e}");
+            }
+        }
+    }
+}
+
+/// Runs the `sftsan` program (the kernel tier's, from `SFTSAN_BIN`; else this workspace's)
+/// with `env` added: what an operator runs, planning the spec anew.
+pub fn sftsan_cli(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> std::process::Output {
+    match std::env::var_os("SFTSAN_BIN") {
+        Some(bin) => std::process::Command::new(bin)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap(),
+        None => sftsan_tests::sftsan_env(args, env),
+    }
+}
+
+/// The error of a failed `sftsan` run: its one `sftsan: ` line, which comes after the
+/// progress lines.
+pub fn error_line(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("sftsan: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert_eq!(
+        err.lines().last(),
+        Some(errors[0]),
+        "the error comes last: {err}"
+    );
+    errors[0].to_string()
+}
+
+/// The spec file of `c`, written into its directory.
+pub fn spec_file(c: &KernelCluster) -> std::path::PathBuf {
+    let spec = c._dir.path().join("spec.toml");
+    fs::write(&spec, spec_text(c)).unwrap();
+    spec
+}
+
+/// The image file of `c`.
+pub fn image_file(c: &KernelCluster) -> std::path::PathBuf {
+    c._dir.path().join("image.raw")
+}
+
+/// Writes `data` at `at` of `path` and syncs it.
+pub fn write_at(path: &Path, at: u64, data: &[u8]) {
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// `len` bytes at `at` of `path`.
+pub fn read_at(path: &Path, at: u64, len: usize) -> Vec<u8> {
+    let mut f = fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).unwrap();
+    buf
 }
 
 pub fn dm_names() -> Vec<String> {

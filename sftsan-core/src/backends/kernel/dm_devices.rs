@@ -244,15 +244,19 @@ pub struct ThinPool {
     pub name: String,
     pub metadata: DevRef,
     pub data: DevRef,
-    /// The data device's length in sectors.
-    pub sectors: u64,
+    /// The pool's length in sectors; None: all of the data device (a device the spec
+    /// names, whose size is known only on its host).
+    pub sectors: Option<u64>,
     /// Pool block size in sectors (64 KiB = 128).
     pub block_sectors: u64,
 }
 
 impl Resource for ThinPool {
     fn desired(&self) -> Params {
-        desired("thin-pool", self.sectors)
+        match self.sectors {
+            Some(sectors) => desired("thin-pool", sectors),
+            None => vec![("target", "thin-pool".into())],
+        }
     }
 
     fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
@@ -268,9 +272,14 @@ impl Resource for ThinPool {
             self.data.table_arg()?,
             self.block_sectors
         );
+        let sectors = match self.sectors {
+            Some(sectors) => sectors,
+            // Whole pool blocks: the target refuses a partial last block.
+            None => self.data.sectors()? / self.block_sectors * self.block_sectors,
+        };
         dm::create(
             &self.name,
-            &vec![(0, self.sectors, "thin-pool".into(), params)],
+            &vec![(0, sectors, "thin-pool".into(), params)],
             false,
         )
         .map(drop)
@@ -293,6 +302,23 @@ pub struct ThinVolume {
     pub sectors: u64,
 }
 
+impl ThinVolume {
+    /// The dm device of thin id `thin_id` in the pool, over the external origin.
+    fn activate(&self) -> Result<(), ResourceError> {
+        let pool = DevRef::Dm {
+            name: self.pool.clone(),
+        }
+        .table_arg()?;
+        let params = format!("{pool} {} {}", self.thin_id, self.origin.table_arg()?);
+        dm::create(
+            &self.name,
+            &vec![(0, self.sectors, "thin".into(), params)],
+            false,
+        )
+        .map(drop)
+    }
+}
+
 impl Resource for ThinVolume {
     fn desired(&self) -> Params {
         desired("thin", self.sectors)
@@ -303,25 +329,23 @@ impl Resource for ThinVolume {
     }
 
     fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
-        let pool = DevRef::Dm {
-            name: self.pool.clone(),
-        }
-        .table_arg()?;
-        // A volume id left in the pool's metadata by an interrupted run is reused as is:
-        // delete it first so the VM starts from the origin's content.
+        // A volume id left in the pool's metadata by an interrupted run may hold writes of
+        // an earlier VM: delete it first so the VM starts from the origin's content.
         let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
         dm::message(&self.pool, &format!("create_thin {}", self.thin_id))?;
-        let params = format!("{pool} {} {}", self.thin_id, self.origin.table_arg()?);
-        let made = dm::create(
-            &self.name,
-            &vec![(0, self.sectors, "thin".into(), params)],
-            false,
-        );
-        if let Err(e) = made {
+        self.activate().inspect_err(|_| {
             let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
-            return Err(e);
-        }
-        Ok(())
+        })
+    }
+
+    /// After a reboot the pool's metadata still holds the volume and its VM's writes.
+    fn revive(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        self.activate().map_err(|e| {
+            ResourceError::new(format!(
+                "thin volume {} of {} cannot be activated again ({e}); `sftsan snapshot remove` discards it",
+                self.thin_id, self.pool
+            ))
+        })
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {

@@ -1,9 +1,14 @@
 //! A file of a given size behind a loop device (loopdev-3): the local store of a cache,
 //! of its metadata, of a snapshot's COW or of a thin pool. Found again by its backing file.
+//!
+//! The file outlives its loop device: after a reboot the next `up` attaches it again as it
+//! is, so a cache keeps its blocks and a VM its writes. A sidecar records which image the
+//! store belongs to; a store of another image is never attached again.
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use super::store;
 use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
 
@@ -12,6 +17,9 @@ pub struct LoopFile {
     pub node: String,
     pub file: PathBuf,
     pub size: u64,
+    /// The image whose blocks (or whose VMs' writes) the file holds.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// The loop device (major, minor) whose backing file is `file`, if one is attached.
@@ -35,22 +43,44 @@ pub fn find(file: &Path) -> Option<(u32, u32)> {
         })
 }
 
+impl LoopFile {
+    fn identity_file(&self) -> PathBuf {
+        store::identity_file(&self.file)
+    }
+
+    fn attach(&self) -> Result<(), ResourceError> {
+        let attach = || -> std::io::Result<()> {
+            let dev = loopdev::LoopControl::open()?.next_free()?;
+            dev.with().part_scan(false).attach(&self.file)
+        };
+        attach().map_err(|e| {
+            ResourceError::new(format!(
+                "attaching {} to a loop device: {e}",
+                self.file.display()
+            ))
+        })
+    }
+}
+
 impl Resource for LoopFile {
     fn desired(&self) -> Params {
-        vec![("size", self.size.to_string())]
+        vec![
+            ("size", self.size.to_string()),
+            ("identity", self.identity.clone()),
+        ]
     }
 
     fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
         match (self.file.exists(), find(&self.file)) {
-            (false, None) => Ok(Observed::Absent),
+            // A file alone is not in use: `revive` attaches it again as it is.
+            (_, None) => Ok(Observed::Absent),
             (true, Some(_)) => {
                 let size = std::fs::metadata(&self.file)?.len();
-                Ok(Observed::Present(vec![("size", size.to_string())]))
+                Ok(Observed::Present(vec![
+                    ("size", size.to_string()),
+                    ("identity", store::stored_identity(&self.identity_file())),
+                ]))
             }
-            (true, None) => Ok(Observed::Partial(format!(
-                "{} is not attached",
-                self.file.display()
-            ))),
             (false, Some(_)) => Ok(Observed::Partial(format!(
                 "{} was deleted while attached",
                 self.file.display()
@@ -58,22 +88,43 @@ impl Resource for LoopFile {
         }
     }
 
+    /// A new, empty (sparse) file: whatever a file of that name held is discarded.
     fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
         if let Some(dir) = self.file.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        remove_file_if_exists(&self.identity_file())?;
         std::fs::File::create(&self.file)?.set_len(self.size)?;
-        let attach = || -> std::io::Result<()> {
-            let dev = loopdev::LoopControl::open()?.next_free()?;
-            dev.with().part_scan(false).attach(&self.file)
-        };
-        attach().map_err(|e| {
+        store::record_identity(&self.identity_file(), &self.identity)?;
+        self.attach().inspect_err(|_| {
             let _ = remove_file_if_exists(&self.file);
-            ResourceError::new(format!(
-                "attaching {} to a loop device: {e}",
-                self.file.display()
-            ))
+            let _ = remove_file_if_exists(&self.identity_file());
         })
+    }
+
+    fn revive(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+        if !self.file.exists() {
+            tracing::warn!(
+                "{}: {} is gone; starting it empty",
+                self.node,
+                self.file.display()
+            );
+            return self.create(ctx);
+        }
+        store::check_identity(
+            &self.file.display().to_string(),
+            &self.identity_file(),
+            &self.identity,
+        )?;
+        let size = std::fs::metadata(&self.file)?.len();
+        if size != self.size {
+            return Err(ResourceError::new(format!(
+                "{} is {size} bytes, but the plan wants {}; run `sftsan down` to discard it",
+                self.file.display(),
+                self.size
+            )));
+        }
+        self.attach()
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
@@ -84,6 +135,7 @@ impl Resource for LoopFile {
                 .map_err(|e| ResourceError::new(format!("detaching {}: {e}", path.display())))?;
         }
         remove_file_if_exists(&self.file)?;
+        remove_file_if_exists(&self.identity_file())?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The kernel data path (device-mapper, loop, LIO/tgt, open-iscsi). Before anything is
 //! touched, the probe says exactly what the running kernel lacks.
 
+pub mod blockdev;
 pub mod configfs;
 pub mod devref;
 pub mod dm;
@@ -9,6 +10,7 @@ pub mod initiator;
 pub mod lio;
 pub mod loopback;
 pub mod probe;
+pub mod store;
 pub mod target_probe;
 pub mod uevents;
 pub mod wait;

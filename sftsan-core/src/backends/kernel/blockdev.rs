@@ -1,0 +1,194 @@
+//! A block device the spec names as a node's store (an LV, a partition, a disk) instead of
+//! a loop-backed file. While the cluster uses it, a dm-linear device carrying the
+//! cluster's prefix claims it, so it is held (no one else can open it exclusively), named
+//! like everything else sftsan made, and found by that name.
+//!
+//! sftsan takes over only a device that is not in use and carries no filesystem, RAID or
+//! LVM signature or partition table (libblkid's probe, as stratisd does), clears its first
+//! MiB (stale dm metadata there would be loaded) and records which image it serves. After
+//! a reboot the claim is made again over the device as it is. Teardown clears the first
+//! MiB again: the device is left as blank as it came, apart from the data blocks.
+
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{dm, store};
+use crate::fsutil::remove_file_if_exists;
+use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStore {
+    pub node: String,
+    /// What the node keeps on it: cache, cache-metadata, cow-N, thin-data, thin-metadata.
+    pub role: String,
+    /// The spec field that names the device (`nodes[0].devices.cache`), for errors.
+    pub field: String,
+    pub device: PathBuf,
+    /// The dm-linear device claiming it.
+    pub name: String,
+    /// The smallest size that holds what the node keeps on it.
+    pub min_bytes: u64,
+    pub identity: String,
+    pub identity_file: PathBuf,
+}
+
+/// A block device opened exclusively: fails with EBUSY while it is mounted, claimed by a
+/// dm or md device, or opened exclusively by anyone else.
+fn open_exclusive(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+}
+
+/// The device's (major, minor) and size in bytes, or why it cannot be a store.
+pub fn inspect(path: &Path) -> Result<(u32, u32, u64), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err("is not a block device".into());
+    }
+    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    let sectors = dm::sectors(major, minor).map_err(|e| e.to_string())?;
+    Ok((major, minor, sectors * 512))
+}
+
+/// What libblkid finds on the device that someone may still want: a filesystem, RAID or
+/// LVM member, swap, or a partition table.
+fn signature(path: &Path) -> Result<Option<String>, String> {
+    use libblkid_rs::BlkidProbe;
+    let mut probe = BlkidProbe::new_from_filename(path).map_err(|e| e.to_string())?;
+    probe.enable_superblocks(true).map_err(|e| e.to_string())?;
+    probe.enable_partitions(true).map_err(|e| e.to_string())?;
+    probe.do_safeprobe().map_err(|e| e.to_string())?;
+    if let Ok(kind) = probe.lookup_value("TYPE") {
+        return Ok(Some(format!("a {kind} signature")));
+    }
+    if let Ok(table) = probe.lookup_value("PTTYPE") {
+        return Ok(Some(format!("a {table} partition table")));
+    }
+    Ok(None)
+}
+
+fn clear_header(f: &mut File, size: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; store::HEADER_BYTES.min(size) as usize];
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&zeros)?;
+    f.sync_all()
+}
+
+impl BlockStore {
+    fn fail(&self, problem: impl std::fmt::Display) -> ResourceError {
+        ResourceError::new(format!(
+            "{}: {} {problem}",
+            self.field,
+            self.device.display()
+        ))
+    }
+
+    /// Checks that the device exists, is a block device and is large enough (what can be
+    /// checked before anything is touched); returns its size.
+    pub fn preflight(&self) -> Result<u64, ResourceError> {
+        let (_, _, size) = inspect(&self.device).map_err(|p| self.fail(p))?;
+        if size < self.min_bytes {
+            return Err(self.fail(format!(
+                "holds {size} bytes; it must hold at least {}",
+                self.min_bytes
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Checks the device can serve as this store; returns it opened exclusively.
+    fn take(&self) -> Result<(File, u64), ResourceError> {
+        let size = self.preflight()?;
+        let f = open_exclusive(&self.device).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => {
+                self.fail("is in use (mounted, or held by another device or program)")
+            }
+            _ => self.fail(e),
+        })?;
+        Ok((f, size))
+    }
+
+    fn claim(&self, size: u64) -> Result<(), ResourceError> {
+        let (major, minor, _) = inspect(&self.device).map_err(|p| self.fail(p))?;
+        let table = vec![(0, size / 512, "linear".into(), format!("{major}:{minor} 0"))];
+        dm::create(&self.name, &table, false).map(drop)
+    }
+}
+
+impl Resource for BlockStore {
+    fn desired(&self) -> Params {
+        let device = inspect(&self.device)
+            .map(|(major, minor, _)| format!("{major}:{minor}"))
+            .unwrap_or_else(|_| "(missing)".into());
+        vec![
+            ("target", "linear".into()),
+            ("device", device),
+            ("identity", self.identity.clone()),
+        ]
+    }
+
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+        Ok(match dm::table(&self.name)? {
+            None => Observed::Absent,
+            Some(t) if t.is_empty() => Observed::Partial(format!("{} has no table", self.name)),
+            Some(t) => Observed::Present(vec![
+                ("target", t[0].2.clone()),
+                (
+                    "device",
+                    t[0].3.split_whitespace().next().unwrap_or("").into(),
+                ),
+                ("identity", store::stored_identity(&self.identity_file)),
+            ]),
+        })
+    }
+
+    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let (mut f, size) = self.take()?;
+        if let Some(found) = signature(&self.device).map_err(|e| self.fail(e))? {
+            return Err(self.fail(format!(
+                "holds {found}; sftsan only takes over blank devices (clear it with `wipefs -a` if it is meant for sftsan)"
+            )));
+        }
+        remove_file_if_exists(&self.identity_file)?;
+        clear_header(&mut f, size).map_err(|e| self.fail(format!("cannot be cleared: {e}")))?;
+        drop(f);
+        store::record_identity(&self.identity_file, &self.identity)?;
+        self.claim(size).inspect_err(|_| {
+            let _ = remove_file_if_exists(&self.identity_file);
+        })
+    }
+
+    fn revive(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        let (f, size) = self.take()?;
+        drop(f);
+        store::check_identity(&self.field, &self.identity_file, &self.identity)?;
+        self.claim(size)
+    }
+
+    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+        dm::remove(&self.name)?;
+        // Only a device sftsan took over (it recorded an image for it) is cleared.
+        if !self.identity_file.exists() {
+            return Ok(());
+        }
+        match inspect(&self.device) {
+            Ok((.., size)) => match open_exclusive(&self.device) {
+                Ok(mut f) => clear_header(&mut f, size)
+                    .map_err(|e| self.fail(format!("cannot be cleared: {e}")))?,
+                Err(e) => tracing::warn!("{}: left as it is", self.fail(e)),
+            },
+            Err(problem) => tracing::warn!("{}: not cleared", self.fail(problem)),
+        }
+        remove_file_if_exists(&self.identity_file)?;
+        Ok(())
+    }
+}
