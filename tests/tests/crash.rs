@@ -1,5 +1,6 @@
-//! Crashes: `up` killed right after creating each kind of resource resumes cleanly, and a
-//! node's daemon killed after its keeper flushed serves its cache without refetching.
+//! Crashes: `up` killed right after creating each kind of resource resumes cleanly, a
+//! node's daemon killed after its keeper flushed serves its cache without refetching, and
+//! a reboot (every process, namespace and link gone) is brought back over the files.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -123,6 +124,36 @@ fn a_restarted_daemon_gets_a_keeper() {
     assert_eq!(
         status["state"], "up",
         "{leaf} after its daemon was restarted: {status}"
+    );
+
+    c.down();
+    c.assert_no_leftovers();
+}
+
+/// After a reboot `up` brings the cluster back over what its files kept: a VM's writes are
+/// still in its snapshot, and the leaf serves its flushed cache without fetching it again.
+#[test]
+fn a_reboot_brings_the_cluster_back_over_its_files() {
+    if !can_run_clusters() {
+        return;
+    }
+    let c = TestCluster::new("reboot", 42).image_size(64 * MIB).create();
+    c.up();
+    let leaf = fill_leaf_cache(&c);
+    c.qemu_io(&leaf, 2, "write -P 0x6b 1M 64k");
+    c.power_cut();
+    assert!(c.namespaces().is_empty());
+
+    c.up();
+    assert!(
+        c.has_pattern(&leaf, 2, 0x6b, MIB, 64 << 10),
+        "the VM's write in {leaf}'s snapshot 2 did not survive the reboot"
+    );
+    assert_eq!(c.read_snapshot_sha256(&leaf, 1), c.base_sha256);
+    let upstream = c.node_status(&leaf)["upstream_bytes"].as_u64().unwrap();
+    assert!(
+        upstream < MIB,
+        "{leaf} refetched {upstream} bytes after the reboot instead of serving its cache"
     );
 
     c.down();

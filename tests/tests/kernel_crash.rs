@@ -5,8 +5,7 @@
 mod kernel_support;
 
 use kernel_support::*;
-use sftsan_core::backends::kernel::probe::{Feature, NODE_FEATURES};
-use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+use sftsan_tests::MIB;
 use std::ffi::OsStr;
 
 /// How the cluster of a crash case is made.
@@ -52,13 +51,7 @@ fn cases() -> Vec<Case> {
 fn up_resumes_after_a_crash_after_each_kernel_kind() {
     use sftsan_core::engine::KILL_AFTER_ENV;
     use std::os::unix::process::ExitStatusExt;
-    let mut needs = NODE_FEATURES.to_vec();
-    needs.push(Feature::DmTarget("clone"));
-    if !kernel_has("up_resumes_after_a_crash_after_each_kernel_kind", &needs) {
-        assert!(
-            !in_kernel_tier(),
-            "the kernel tier's kernel must have every node feature"
-        );
+    if !kernel_ready("up_resumes_after_a_crash_after_each_kernel_kind") {
         return;
     }
     let mut failed = Vec::new();

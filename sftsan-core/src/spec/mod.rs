@@ -362,3 +362,34 @@ pub(crate) fn test_spec_text(state_dir: &str, backend: &str, kind: &str, n1_extr
         "#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example specs stay valid as the spec evolves, commented-out keys included.
+    #[test]
+    fn every_example_spec_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.display();
+            let spec = ClusterSpec::from_toml(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            devices::check(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let uncommented = text.replace("\n# devices = ", "\ndevices = ");
+            if uncommented != text {
+                let spec = ClusterSpec::from_toml(&uncommented)
+                    .unwrap_or_else(|e| panic!("{name}, devices uncommented: {e}"));
+                assert!(spec.nodes.iter().any(|n| !n.devices.is_empty()));
+                devices::check(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            seen += 1;
+        }
+        assert!(seen >= 3, "only {seen} example specs in {}", dir.display());
+    }
+}

@@ -146,6 +146,19 @@ pub fn sha256(path: &Path) -> String {
     format!("{:x}", Sha256::digest(&data))
 }
 
+/// Whether the kernel has every node feature and dm-clone: what any kernel-backend test
+/// cluster may need, checked before a test makes anything. It must inside the tier.
+pub fn kernel_ready(test: &str) -> bool {
+    let mut needs = probe::NODE_FEATURES.to_vec();
+    needs.push(Feature::DmTarget("clone"));
+    let ok = kernel_has(test, &needs);
+    assert!(
+        ok || !in_kernel_tier(),
+        "the kernel tier's kernel must have every node feature and dm-clone"
+    );
+    ok
+}
+
 /// Whether the kernel has what cluster `c` needs; it must inside the kernel tier.
 pub fn ready(c: &KernelCluster, test: &str) -> bool {
     let ok = kernel_has(test, &c.features);
@@ -312,9 +325,7 @@ impl TestDisks {
             .map(|(i, size)| {
                 let file = dir.path().join(format!("disk-{i}.img"));
                 fs::File::create(&file).unwrap().set_len(*size).unwrap();
-                let d = loopdev::LoopControl::open().unwrap().next_free().unwrap();
-                d.with().part_scan(false).attach(&file).unwrap();
-                d
+                sftsan_core::backends::kernel::loopback::attach(&file).unwrap()
             })
             .collect();
         TestDisks { disks, _dir: dir }

@@ -43,17 +43,28 @@ pub fn find(file: &Path) -> Option<(u32, u32)> {
         })
 }
 
+/// Attaches `file` to a free loop device. Finding a free device and binding it are two
+/// steps, so a concurrent attach (another node of the same level, another program) can take
+/// the device in between: that is retried, a bounded number of times.
+pub fn attach(file: &Path) -> std::io::Result<loopdev::LoopDevice> {
+    let control = loopdev::LoopControl::open()?;
+    let mut attempts = 0;
+    loop {
+        let dev = control.next_free()?;
+        match dev.with().part_scan(false).attach(file) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 16 => attempts += 1,
+            done => return done.map(|()| dev),
+        }
+    }
+}
+
 impl LoopFile {
     fn identity_file(&self) -> PathBuf {
         store::identity_file(&self.file)
     }
 
     fn attach(&self) -> Result<(), ResourceError> {
-        let attach = || -> std::io::Result<()> {
-            let dev = loopdev::LoopControl::open()?.next_free()?;
-            dev.with().part_scan(false).attach(&self.file)
-        };
-        attach().map_err(|e| {
+        attach(&self.file).map(drop).map_err(|e| {
             ResourceError::new(format!(
                 "attaching {} to a loop device: {e}",
                 self.file.display()
