@@ -6,13 +6,22 @@ use std::path::Path;
 
 /// Replaces `path` with `data` atomically: a crash leaves the old or the new content,
 /// never a mix. Writes a temporary file, fsyncs it, renames it and fsyncs the directory.
+/// The file is readable by its owner only: sftsan's state is its own, and the journal
+/// holds CHAP credentials.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp"));
+    // A temporary file left by a crash keeps its mode when opened again: start anew.
+    remove_file_if_exists(&tmp)?;
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -39,6 +48,11 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         remove_file_if_exists(&p).unwrap();
         remove_file_if_exists(&p).unwrap();

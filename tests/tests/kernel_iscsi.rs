@@ -373,6 +373,9 @@ fn probe_reports_a_missing_target() {
         line.contains(&missing) && line.contains("has no target"),
         "{line}"
     );
+    // Discovery (SendTargets) named what the portal offers instead.
+    let offered = line.split("; the portal offers ").nth(1).unwrap_or("");
+    assert!(offered.contains(&target.iqn), "{line}");
 }
 
 #[test]

@@ -47,6 +47,22 @@ pub struct scsi_readcapacity16 {
     pub lalba: u16,
 }
 
+/// `struct iscsi_target_portal` (iscsi.h): one portal a discovered target is reachable at.
+#[repr(C)]
+pub struct iscsi_target_portal {
+    pub next: *mut iscsi_target_portal,
+    pub portal: *const c_char,
+}
+
+/// `struct iscsi_discovery_address` (iscsi.h): one target a SendTargets discovery reported,
+/// in a list that is valid only while the discovery's callback runs.
+#[repr(C)]
+pub struct iscsi_discovery_address {
+    pub next: *mut iscsi_discovery_address,
+    pub target_name: *const c_char,
+    pub portals: *mut iscsi_target_portal,
+}
+
 /// `iscsi_command_cb`: `status` is a `SCSI_STATUS_*`; `command_data` is the `scsi_task` for
 /// SCSI commands and NULL (or call specific) for connect/login/logout.
 pub type iscsi_command_cb = Option<
@@ -110,6 +126,25 @@ extern "C" {
         iscsi: *mut iscsi_context,
         portal: *const c_char,
         lun: c_int,
+        cb: iscsi_command_cb,
+        private_data: *mut c_void,
+    ) -> c_int;
+    /// Connects to `portal` without logging in (discovery sessions log in separately).
+    pub fn iscsi_connect_async(
+        iscsi: *mut iscsi_context,
+        portal: *const c_char,
+        cb: iscsi_command_cb,
+        private_data: *mut c_void,
+    ) -> c_int;
+    pub fn iscsi_login_async(
+        iscsi: *mut iscsi_context,
+        cb: iscsi_command_cb,
+        private_data: *mut c_void,
+    ) -> c_int;
+    /// SendTargets on a logged-in discovery session: `command_data` of `cb` is the first
+    /// `iscsi_discovery_address`, freed when `cb` returns.
+    pub fn iscsi_discovery_async(
+        iscsi: *mut iscsi_context,
         cb: iscsi_command_cb,
         private_data: *mut c_void,
     ) -> c_int;

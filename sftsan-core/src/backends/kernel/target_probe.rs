@@ -1,16 +1,17 @@
 //! Checks a parent's iSCSI target with libiscsi before the kernel initiator logs in.
 //!
 //! open-iscsi reports most failures as a generic login error after retrying for a while;
-//! this probe logs in once from userspace, reads the LUN's capacity and logs out, so an
-//! unreachable parent, a missing target, refused credentials and a LUN of the wrong size
-//! each get their own one-line error within the caller's timeout.
+//! this probe asks the portal which targets it offers (a SendTargets discovery session),
+//! logs in once from userspace, reads the LUN's capacity and logs out, so an unreachable
+//! parent, a missing target (with what the portal offers instead), refused credentials and
+//! a LUN of the wrong size each get their own one-line error within the caller's timeout.
 //!
 //! The whole probe is bounded by one deadline: TCP reachability is tested first (libiscsi's
 //! message for a refused connection is misleading), then libiscsi's asynchronous calls run
 //! in an event loop of ours, because its `_sync` calls never time out on a target that
 //! accepts the connection and then stays silent.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString};
 use std::net::{SocketAddr, TcpStream};
 use std::os::raw::{c_int, c_void};
@@ -33,11 +34,16 @@ pub enum ProbeError {
     Unreachable { portal: SocketAddr, reason: String },
     /// The login was refused with "target not found" or "target removed", or with "service
     /// unavailable", which is what LIO answers for a target name it does not have.
-    #[error("iSCSI portal {portal} has no target {target} (login refused: {answer})")]
+    #[error(
+        "iSCSI portal {portal} has no target {target} (login refused: {answer}{})",
+        offered_note(offered)
+    )]
     TargetMissing {
         portal: SocketAddr,
         target: String,
         answer: String,
+        /// What the portal's discovery offered, when discovery answered.
+        offered: Option<Vec<String>>,
     },
     #[error(
         "target {target} at {portal} refused the login of {initiator}: authentication failed ({})",
@@ -87,6 +93,14 @@ pub enum ProbeError {
     },
 }
 
+fn offered_note(offered: &Option<Vec<String>>) -> String {
+    match offered.as_deref() {
+        None => String::new(),
+        Some([]) => "; the portal offers no target".into(),
+        Some(targets) => format!("; the portal offers {}", targets.join(", ")),
+    }
+}
+
 /// Checks that `iqn` is an iSCSI qualified name sftsan accepts: `iqn.` followed by lower
 /// case letters, digits, `.`, `:` and `-`, at most 223 bytes (RFC 3720).
 pub fn validate_iqn(iqn: &str) -> Result<(), String> {
@@ -130,13 +144,14 @@ pub fn probe_target(
     expected_size: u64,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    let probe = Probe {
+    let mut probe = Probe {
         portal,
         target: iqn,
         lun,
         initiator: initiator_iqn,
         chap_user: chap.map(|(u, _)| u),
         timeout,
+        offered: None,
     };
     probe.validate(chap)?;
     let deadline = Instant::now() + timeout;
@@ -151,9 +166,15 @@ pub fn probe_target(
         },
     })?;
 
+    // What the portal offers, to name it when the target is missing; at most half the
+    // time, so the login keeps the rest.
+    probe.offered = discover(portal, initiator_iqn, Instant::now() + timeout / 2);
+
     let mut session = Session::new(initiator_iqn)
         .ok_or_else(|| probe.failed("cannot create a libiscsi context"))?;
-    session.configure(iqn, chap).map_err(|e| probe.failed(&e))?;
+    session
+        .configure(Some(iqn), chap)
+        .map_err(|e| probe.failed(&e))?;
 
     // Connect, log in, TEST UNIT READY on the LUN.
     let connected = session.completion();
@@ -166,7 +187,7 @@ pub fn probe_target(
             portal_c.as_ptr(),
             lun.into(),
             Some(on_done),
-            Rc::as_ptr(&connected) as *mut c_void,
+            connected.as_ptr(),
         )
     };
     if rc != 0 {
@@ -189,7 +210,7 @@ pub fn probe_target(
             session.ctx.as_ptr(),
             lun.into(),
             Some(on_task),
-            Rc::as_ptr(&capacity) as *mut c_void,
+            capacity.as_ptr(),
         )
     };
     if task.is_null() {
@@ -232,6 +253,35 @@ pub fn probe_target(
     Ok(())
 }
 
+/// The target names `portal` offers to `initiator` (a SendTargets discovery session,
+/// without credentials: sftsan's targets need none for discovery). None when discovery
+/// fails or runs out of time: the login that follows then has the only word.
+fn discover(portal: SocketAddr, initiator: &str, deadline: Instant) -> Option<Vec<String>> {
+    let mut session = Session::new(initiator)?;
+    session.configure(None, None).ok()?;
+    let ctx = session.ctx.as_ptr();
+    let portal_c = CString::new(portal.to_string()).ok()?;
+    let connected = session.completion();
+    // SAFETY: valid context; the completions live in the session until after the context
+    // is destroyed, so no callback writes to freed memory.
+    let rc = unsafe {
+        sys::iscsi_connect_async(ctx, portal_c.as_ptr(), Some(on_done), connected.as_ptr())
+    };
+    session.finish(rc, &connected, deadline)?;
+    let logged_in = session.completion();
+    // SAFETY: as above.
+    let rc = unsafe { sys::iscsi_login_async(ctx, Some(on_done), logged_in.as_ptr()) };
+    session.finish(rc, &logged_in, deadline)?;
+    let discovered = session.completion();
+    // SAFETY: as above; on_discovery copies the list before libiscsi frees it.
+    let rc = unsafe { sys::iscsi_discovery_async(ctx, Some(on_discovery), discovered.as_ptr()) };
+    session.finish(rc, &discovered, deadline)?;
+    session.logout(deadline);
+    let mut targets = discovered.targets.take();
+    targets.sort();
+    Some(targets)
+}
+
 /// The parameters of one probe, to build its errors.
 struct Probe<'a> {
     portal: SocketAddr,
@@ -240,6 +290,8 @@ struct Probe<'a> {
     initiator: &'a str,
     chap_user: Option<&'a str>,
     timeout: Duration,
+    /// What discovery found at the portal.
+    offered: Option<Vec<String>>,
 }
 
 impl Probe<'_> {
@@ -301,6 +353,7 @@ impl Probe<'_> {
                     _ => "service unavailable, LIO's answer for an unknown target name",
                 }
                 .to_string(),
+                offered: self.offered.clone(),
             },
             Some(0x0201) => ProbeError::AuthenticationFailed {
                 portal: self.portal,
@@ -338,6 +391,15 @@ struct Completion {
     status: Cell<c_int>,
     /// The SCSI task of a command, freed when the session drops.
     task: Cell<*mut sys::scsi_task>,
+    /// The target names a discovery reported.
+    targets: RefCell<Vec<String>>,
+}
+
+impl Completion {
+    /// The pointer libiscsi hands back to the callback.
+    fn as_ptr(self: &Rc<Self>) -> *mut c_void {
+        Rc::as_ptr(self) as *mut c_void
+    }
 }
 
 unsafe extern "C" fn on_done(
@@ -368,6 +430,30 @@ unsafe extern "C" fn on_task(
     c.finished.set(true);
 }
 
+unsafe extern "C" fn on_discovery(
+    _iscsi: *mut sys::iscsi_context,
+    status: c_int,
+    command_data: *mut c_void,
+    private_data: *mut c_void,
+) {
+    // SAFETY: as in on_done.
+    let c = unsafe { &*(private_data as *const Completion) };
+    if status == sys::SCSI_STATUS_GOOD {
+        let mut at = command_data as *const sys::iscsi_discovery_address;
+        let mut targets = c.targets.borrow_mut();
+        // SAFETY: libiscsi's list, valid during this callback; each name NUL-terminated.
+        while let Some(address) = unsafe { at.as_ref() } {
+            if !address.target_name.is_null() {
+                let name = unsafe { CStr::from_ptr(address.target_name) };
+                targets.push(name.to_string_lossy().into_owned());
+            }
+            at = address.next;
+        }
+    }
+    c.status.set(status);
+    c.finished.set(true);
+}
+
 enum LoopError {
     Timeout,
     Failed(String),
@@ -391,14 +477,27 @@ impl Session {
         })
     }
 
-    fn configure(&mut self, target: &str, chap: Option<(&str, &str)>) -> Result<(), String> {
+    /// A normal session to `target`, or a discovery session (None).
+    fn configure(
+        &mut self,
+        target: Option<&str>,
+        chap: Option<(&str, &str)>,
+    ) -> Result<(), String> {
         let cstr = |s: &str| CString::new(s).map_err(|_| "a name contains NUL".to_string());
-        let target = cstr(target)?;
         let ctx = self.ctx.as_ptr();
         // SAFETY: valid context; libiscsi copies the strings.
         unsafe {
-            if sys::iscsi_set_targetname(ctx, target.as_ptr()) != 0
-                || sys::iscsi_set_session_type(ctx, sys::ISCSI_SESSION_NORMAL) != 0
+            let session_type = match target {
+                Some(target) => {
+                    let target = cstr(target)?;
+                    if sys::iscsi_set_targetname(ctx, target.as_ptr()) != 0 {
+                        return Err(self.error());
+                    }
+                    sys::ISCSI_SESSION_NORMAL
+                }
+                None => sys::ISCSI_SESSION_DISCOVERY,
+            };
+            if sys::iscsi_set_session_type(ctx, session_type) != 0
                 || sys::iscsi_set_header_digest(ctx, sys::ISCSI_HEADER_DIGEST_NONE_CRC32C) != 0
             {
                 return Err(self.error());
@@ -421,9 +520,19 @@ impl Session {
             finished: Cell::new(false),
             status: Cell::new(sys::SCSI_STATUS_ERROR),
             task: Cell::new(std::ptr::null_mut()),
+            targets: RefCell::new(Vec::new()),
         });
         self.completions.push(Rc::clone(&c));
         c
+    }
+
+    /// Waits for a call started with return code `rc` to complete with GOOD status.
+    fn finish(&mut self, rc: c_int, done: &Completion, deadline: Instant) -> Option<()> {
+        if rc != 0 {
+            return None;
+        }
+        self.run_until(done, deadline).ok()?;
+        (done.status.get() == sys::SCSI_STATUS_GOOD).then_some(())
     }
 
     fn error(&self) -> String {
@@ -498,13 +607,8 @@ impl Session {
     fn logout(&mut self, deadline: Instant) {
         let done = self.completion();
         // SAFETY: valid context; `done` outlives it.
-        let rc = unsafe {
-            sys::iscsi_logout_async(
-                self.ctx.as_ptr(),
-                Some(on_done),
-                Rc::as_ptr(&done) as *mut c_void,
-            )
-        };
+        let rc =
+            unsafe { sys::iscsi_logout_async(self.ctx.as_ptr(), Some(on_done), done.as_ptr()) };
         if rc == 0 {
             let bound = deadline.min(Instant::now() + Duration::from_secs(2));
             let _ = self.run_until(&done, bound);
@@ -546,6 +650,7 @@ mod tests {
             initiator: INITIATOR,
             chap_user: Some("n1"),
             timeout: Duration::from_secs(5),
+            offered: None,
         }
     }
 
@@ -605,6 +710,22 @@ mod tests {
             missing.to_string(),
             format!("iSCSI portal 127.0.0.1:3260 has no target {TARGET} (login refused: target not found)")
         );
+        // What discovery found is named.
+        let mut p = probe();
+        p.offered = Some(vec![
+            "iqn.2014-12.org.sftsan:test.a".into(),
+            "iqn.2014-12.org.sftsan:test.b".into(),
+        ]);
+        assert_eq!(
+            p.login_error(&status("Target not found(515)"), false).to_string(),
+            format!("iSCSI portal 127.0.0.1:3260 has no target {TARGET} (login refused: target not found; the portal offers iqn.2014-12.org.sftsan:test.a, iqn.2014-12.org.sftsan:test.b)")
+        );
+        p.offered = Some(vec![]);
+        assert!(p
+            .login_error(&status("Target not found(515)"), false)
+            .to_string()
+            .ends_with("; the portal offers no target)"));
+        let p = probe();
         // LIO answers an unknown target name with "service unavailable".
         let lio = p.login_error(&status("Service unavailable(769)"), false);
         assert!(matches!(lio, ProbeError::TargetMissing { .. }), "{lio}");
@@ -720,8 +841,8 @@ mod tests {
         let portal = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let mut held = Vec::new();
-            // The reachability check's connection, then libiscsi's.
-            for _ in 0..2 {
+            // The reachability check's connection, then discovery's and the login's.
+            for _ in 0..3 {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut buf = [0u8; 48];
                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
