@@ -74,9 +74,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let args: Vec<S> = args.into_iter().collect();
     let mut cmd = transport.command(program);
-    cmd.args(args).stdin(Stdio::null());
-    tracing::debug!(target: "sftsan::cmd", "{}: {:?}", transport.describe(), cmd);
+    cmd.args(&args).stdin(Stdio::null());
+    tracing::debug!(
+        target: "sftsan::cmd",
+        "{}: {program} {:?}",
+        transport.describe(),
+        redacted(args.iter().map(|a| a.as_ref().to_string_lossy()))
+    );
     let out = cmd.output().map_err(|source| TransportError::Spawn {
         program: program.to_string(),
         source,
@@ -97,6 +103,22 @@ where
     Ok(out)
 }
 
+/// Arguments for a log line, with the value of every `--password` (tgtadm's CHAP
+/// secrets) masked.
+fn redacted<'a>(args: impl Iterator<Item = std::borrow::Cow<'a, str>>) -> Vec<String> {
+    let mut after_password = false;
+    args.map(|a| {
+        let shown = if after_password {
+            "********".to_string()
+        } else {
+            a.to_string()
+        };
+        after_password = a == "--password";
+        shown
+    })
+    .collect()
+}
+
 /// Like [`run`] but returns stdout as text.
 pub fn run_stdout<I, S>(
     transport: &dyn Transport,
@@ -108,4 +130,37 @@ where
     S: AsRef<OsStr>,
 {
     run(transport, program, args).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        let args = [
+            "--op",
+            "new",
+            "--user",
+            "n1",
+            "--password",
+            "s3cret",
+            "--lld",
+            "iscsi",
+        ];
+        let shown = redacted(args.iter().map(|a| std::borrow::Cow::Borrowed(*a)));
+        assert_eq!(
+            shown,
+            [
+                "--op",
+                "new",
+                "--user",
+                "n1",
+                "--password",
+                "********",
+                "--lld",
+                "iscsi"
+            ]
+        );
+    }
 }
