@@ -93,6 +93,27 @@ pub enum ProbeError {
     },
 }
 
+impl ProbeError {
+    /// A missing target's error with what the portal offers instead (`offered` asked only
+    /// then); any other error as it is.
+    fn with_offered(self, offered: impl FnOnce() -> Option<Vec<String>>) -> ProbeError {
+        match self {
+            ProbeError::TargetMissing {
+                portal,
+                target,
+                answer,
+                ..
+            } => ProbeError::TargetMissing {
+                portal,
+                target,
+                answer,
+                offered: offered(),
+            },
+            other => other,
+        }
+    }
+}
+
 fn offered_note(offered: &Option<Vec<String>>) -> String {
     match offered.as_deref() {
         None => String::new(),
@@ -144,14 +165,13 @@ pub fn probe_target(
     expected_size: u64,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    let mut probe = Probe {
+    let probe = Probe {
         portal,
         target: iqn,
         lun,
         initiator: initiator_iqn,
         chap_user: chap.map(|(u, _)| u),
         timeout,
-        offered: None,
     };
     probe.validate(chap)?;
     let deadline = Instant::now() + timeout;
@@ -165,10 +185,6 @@ pub fn probe_target(
             _ => e.to_string(),
         },
     })?;
-
-    // What the portal offers, to name it when the target is missing; at most half the
-    // time, so the login keeps the rest.
-    probe.offered = discover(portal, initiator_iqn, Instant::now() + timeout / 2);
 
     let mut session = Session::new(initiator_iqn)
         .ok_or_else(|| probe.failed("cannot create a libiscsi context"))?;
@@ -190,17 +206,18 @@ pub fn probe_target(
             connected.as_ptr(),
         )
     };
-    if rc != 0 {
-        return Err(probe.login_error(&session.error(), false));
-    }
-    match session.run_until(&connected, deadline) {
-        Ok(()) if connected.status.get() == sys::SCSI_STATUS_GOOD => {}
-        Ok(()) => return Err(probe.login_error(&session.error(), session.logged_in())),
-        Err(LoopError::Timeout) => return Err(probe.timeout("logging in")),
-        Err(LoopError::Failed(detail)) => {
-            return Err(probe.login_error(&detail, session.logged_in()))
+    let login = if rc != 0 {
+        Err(probe.login_error(&session.error(), false))
+    } else {
+        match session.run_until(&connected, deadline) {
+            Ok(()) if connected.status.get() == sys::SCSI_STATUS_GOOD => Ok(()),
+            Ok(()) => Err(probe.login_error(&session.error(), session.logged_in())),
+            Err(LoopError::Timeout) => Err(probe.timeout("logging in")),
+            Err(LoopError::Failed(detail)) => Err(probe.login_error(&detail, session.logged_in())),
         }
-    }
+    };
+    // Only a missing target costs a discovery session, in what is left of the time.
+    login.map_err(|e| e.with_offered(|| discover(portal, initiator_iqn, deadline)))?;
 
     // READ CAPACITY (16).
     let capacity = session.completion();
@@ -290,8 +307,6 @@ struct Probe<'a> {
     initiator: &'a str,
     chap_user: Option<&'a str>,
     timeout: Duration,
-    /// What discovery found at the portal.
-    offered: Option<Vec<String>>,
 }
 
 impl Probe<'_> {
@@ -353,7 +368,7 @@ impl Probe<'_> {
                     _ => "service unavailable, LIO's answer for an unknown target name",
                 }
                 .to_string(),
-                offered: self.offered.clone(),
+                offered: None,
             },
             Some(0x0201) => ProbeError::AuthenticationFailed {
                 portal: self.portal,
@@ -650,7 +665,6 @@ mod tests {
             initiator: INITIATOR,
             chap_user: Some("n1"),
             timeout: Duration::from_secs(5),
-            offered: None,
         }
     }
 
@@ -711,21 +725,27 @@ mod tests {
             format!("iSCSI portal 127.0.0.1:3260 has no target {TARGET} (login refused: target not found)")
         );
         // What discovery found is named.
-        let mut p = probe();
-        p.offered = Some(vec![
-            "iqn.2014-12.org.sftsan:test.a".into(),
-            "iqn.2014-12.org.sftsan:test.b".into(),
-        ]);
+        let offered = |targets: Vec<String>| {
+            p.login_error(&status("Target not found(515)"), false)
+                .with_offered(|| Some(targets))
+        };
         assert_eq!(
-            p.login_error(&status("Target not found(515)"), false).to_string(),
+            offered(vec![
+                "iqn.2014-12.org.sftsan:test.a".into(),
+                "iqn.2014-12.org.sftsan:test.b".into(),
+            ])
+            .to_string(),
             format!("iSCSI portal 127.0.0.1:3260 has no target {TARGET} (login refused: target not found; the portal offers iqn.2014-12.org.sftsan:test.a, iqn.2014-12.org.sftsan:test.b)")
         );
-        p.offered = Some(vec![]);
-        assert!(p
-            .login_error(&status("Target not found(515)"), false)
+        assert!(offered(vec![])
             .to_string()
             .ends_with("; the portal offers no target)"));
-        let p = probe();
+        // Other errors are not about targets: nothing is asked.
+        let refused = p.login_error(&status("Authentication failure(513)"), false);
+        assert_eq!(
+            refused.clone().with_offered(|| panic!("discovery asked")),
+            refused
+        );
         // LIO answers an unknown target name with "service unavailable".
         let lio = p.login_error(&status("Service unavailable(769)"), false);
         assert!(matches!(lio, ProbeError::TargetMissing { .. }), "{lio}");
@@ -841,8 +861,8 @@ mod tests {
         let portal = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let mut held = Vec::new();
-            // The reachability check's connection, then discovery's and the login's.
-            for _ in 0..3 {
+            // The reachability check's connection, then libiscsi's.
+            for _ in 0..2 {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut buf = [0u8; 48];
                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
