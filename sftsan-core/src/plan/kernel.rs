@@ -103,19 +103,19 @@ impl Stores {
         (made, DevRef::Dm { name })
     }
 
-    fn named<'a>(field: &str, path: &'a Option<PathBuf>) -> Option<(String, &'a Path)> {
-        path.as_deref().map(|p| (field.to_string(), p))
-    }
-
     /// The cache's data and metadata stores (dm-cache's cache and metadata devices, or
     /// dm-clone's destination and metadata), named by `kind`'s files.
     fn cache(&self, kind: &str, size: u64) -> [(ResourceSpec, DevRef); 2] {
         let d = &self.devices;
         [
-            self.store(&format!("{kind}.img"), Self::named("cache", &d.cache), size),
+            self.store(
+                &format!("{kind}.img"),
+                NodeDevices::field("cache", &d.cache),
+                size,
+            ),
             self.store(
                 &format!("{kind}-meta.img"),
-                Self::named("cache_metadata", &d.cache_metadata),
+                NodeDevices::field("cache_metadata", &d.cache_metadata),
                 metadata_size(size),
             ),
         ]
@@ -131,12 +131,12 @@ impl Stores {
         [
             self.store(
                 "pool-meta.img",
-                Self::named("thin_metadata", &d.thin_metadata),
+                NodeDevices::field("thin_metadata", &d.thin_metadata),
                 metadata,
             ),
             self.store(
                 "pool-data.img",
-                Self::named("thin_data", &d.thin_data),
+                NodeDevices::field("thin_data", &d.thin_data),
                 if d.thin_data.is_some() {
                     THIN_DATA_MIN
                 } else {

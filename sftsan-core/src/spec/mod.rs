@@ -183,9 +183,7 @@ impl NodeDevices {
 
     /// Every device named, with its field below `devices`.
     pub fn named(&self) -> Vec<(String, &Path)> {
-        fn one<'a>(field: &str, p: &'a Option<PathBuf>) -> Option<(String, &'a Path)> {
-            p.as_deref().map(|p| (field.to_string(), p))
-        }
+        let one = Self::field;
         one("cache", &self.cache)
             .into_iter()
             .chain(one("cache_metadata", &self.cache_metadata))
@@ -198,6 +196,11 @@ impl NodeDevices {
             .chain(one("thin_data", &self.thin_data))
             .chain(one("thin_metadata", &self.thin_metadata))
             .collect()
+    }
+
+    /// (`field`, its device) when `device` is set.
+    pub fn field<'a>(field: &str, device: &'a Option<PathBuf>) -> Option<(String, &'a Path)> {
+        device.as_deref().map(|p| (field.to_string(), p))
     }
 }
 

@@ -93,32 +93,33 @@ impl BlockStore {
     }
 
     /// Checks that the device exists, is a block device and is large enough (what can be
-    /// checked before anything is touched); returns its size.
-    pub fn preflight(&self) -> Result<u64, ResourceError> {
-        let (_, _, size) = inspect(&self.device).map_err(|p| self.fail(p))?;
-        if size < self.min_bytes {
+    /// checked before anything is touched); returns its (major, minor, size).
+    pub fn preflight(&self) -> Result<(u32, u32, u64), ResourceError> {
+        let found = inspect(&self.device).map_err(|p| self.fail(p))?;
+        if found.2 < self.min_bytes {
             return Err(self.fail(format!(
-                "holds {size} bytes; it must hold at least {}",
-                self.min_bytes
+                "holds {} bytes; it must hold at least {}",
+                found.2, self.min_bytes
             )));
         }
-        Ok(size)
+        Ok(found)
     }
 
-    /// Checks the device can serve as this store; returns it opened exclusively.
-    fn take(&self) -> Result<(File, u64), ResourceError> {
-        let size = self.preflight()?;
+    /// Checks the device can serve as this store; returns it opened exclusively, with
+    /// what [`Self::preflight`] found.
+    fn take(&self) -> Result<(File, (u32, u32, u64)), ResourceError> {
+        let found = self.preflight()?;
         let f = open_exclusive(&self.device).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => {
                 self.fail("is in use (mounted, or held by another device or program)")
             }
             _ => self.fail(e),
         })?;
-        Ok((f, size))
+        Ok((f, found))
     }
 
-    fn claim(&self, size: u64) -> Result<(), ResourceError> {
-        let (major, minor, _) = inspect(&self.device).map_err(|p| self.fail(p))?;
+    /// The dm-linear device over all of device `major:minor` of `size` bytes.
+    fn claim(&self, (major, minor, size): (u32, u32, u64)) -> Result<(), ResourceError> {
         let table = vec![(0, size / 512, "linear".into(), format!("{major}:{minor} 0"))];
         dm::create(&self.name, &table, false).map(drop)
     }
@@ -152,26 +153,26 @@ impl Resource for BlockStore {
     }
 
     fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
-        let (mut f, size) = self.take()?;
+        let (mut f, device) = self.take()?;
         if let Some(found) = signature(&self.device).map_err(|e| self.fail(e))? {
             return Err(self.fail(format!(
                 "holds {found}; sftsan only takes over blank devices (clear it with `wipefs -a` if it is meant for sftsan)"
             )));
         }
         remove_file_if_exists(&self.identity_file)?;
-        clear_header(&mut f, size).map_err(|e| self.fail(format!("cannot be cleared: {e}")))?;
+        clear_header(&mut f, device.2).map_err(|e| self.fail(format!("cannot be cleared: {e}")))?;
         drop(f);
         store::record_identity(&self.identity_file, &self.identity)?;
-        self.claim(size).inspect_err(|_| {
+        self.claim(device).inspect_err(|_| {
             let _ = remove_file_if_exists(&self.identity_file);
         })
     }
 
     fn revive(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
-        let (f, size) = self.take()?;
+        let (f, device) = self.take()?;
         drop(f);
         store::check_identity(&self.field, &self.identity_file, &self.identity)?;
-        self.claim(size)
+        self.claim(device)
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
