@@ -62,14 +62,14 @@ fn up_resumes_after_a_crash_after_each_kernel_kind() {
             _ => "snap-1",
         };
         let name = format!("kk{i}");
-        // n2 keeps its first VM's COW on a named block device (the `block-device` kind).
-        let disks = TestDisks::new(&[4 * MIB]);
-        let n2 = match kind {
-            "block-device" => format!(
+        // For the `block-device` kind, n2 keeps its first VM's COW on a named device.
+        let disks = (kind == "block-device").then(|| TestDisks::new(&[4 * MIB]));
+        let n2 = match &disks {
+            Some(d) => format!(
                 "devices = {{ cow = [{:?}] }}",
-                disks.path(0).display().to_string()
+                d.path(0).display().to_string()
             ),
-            _ => String::new(),
+            None => String::new(),
         };
         let c = cluster_with(
             &name,

@@ -11,7 +11,6 @@ use sftsan_core::backends::kernel::dm_devices::parse_clone_status;
 use sftsan_tests::{write_image, MIB};
 use std::ffi::OsStr;
 use std::fs;
-use std::time::Duration;
 
 #[test]
 fn a_reboot_keeps_vm_writes_and_the_dm_cache() {
@@ -42,18 +41,6 @@ fn cache_blocks(c: &KernelCluster, node: &str, cache: &str) -> u64 {
         .and_then(|f| f.split_once('/'));
     used.and_then(|(u, _)| u.parse().ok())
         .unwrap_or_else(|| panic!("{name}: not a dm-cache status: {line}"))
-}
-
-/// Waits until `node`'s dm-clone has copied the whole image.
-fn wait_hydrated(c: &KernelCluster, node: &str) {
-    let name = c.names.dm_name(node, "cache");
-    let done = dm::wait_for_status(&name, Duration::from_secs(240), |t| {
-        t.first()
-            .and_then(|l| parse_clone_status(&l.3))
-            .filter(|h| h.hydrated == h.regions)
-    })
-    .unwrap();
-    assert!(done.is_some(), "{name} did not finish copying within 240 s");
 }
 
 fn reboot(name: &str, kind: &str, disk_name: &str, cache: &str) {

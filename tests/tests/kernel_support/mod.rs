@@ -337,23 +337,12 @@ impl TestDisks {
 
     /// The first `len` bytes of disk `i`.
     pub fn head(&self, i: usize, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        fs::File::open(self.path(i))
-            .unwrap()
-            .read_exact(&mut buf)
-            .unwrap();
-        buf
+        read_at(&self.path(i), 0, len)
     }
 
-    /// Writes `data` at `at` of disk `i`, past the page cache.
+    /// Writes `data` at `at` of disk `i` and syncs it.
     pub fn write(&self, i: usize, at: u64, data: &[u8]) {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(self.path(i))
-            .unwrap();
-        f.seek(SeekFrom::Start(at)).unwrap();
-        f.write_all(data).unwrap();
-        f.sync_all().unwrap();
+        write_at(&self.path(i), at, data)
     }
 }
 
@@ -438,18 +427,24 @@ pub fn dm_names() -> Vec<String> {
 /// ends up holding the image, and the node then serves it locally.
 pub fn check_hydrated(c: &KernelCluster) {
     for node in NODES {
+        let Hydration { regions, .. } = wait_hydrated(c, node);
         let name = c.names.dm_name(node, "cache");
-        let status = |t: &dm::Table| t.first().and_then(|l| parse_clone_status(&l.3));
-        let done = dm::wait_for_status(&name, std::time::Duration::from_secs(240), |t| {
-            status(t).filter(|h| h.hydrated == h.regions)
-        })
-        .unwrap();
-        let last = dm::status(&name).unwrap();
-        let Some(Hydration { regions, .. }) = done else {
-            panic!("{name} did not finish hydrating within 240 s: {last:?}");
-        };
         assert_eq!(regions, IMAGE / (64 << 10), "{name}: 64 KiB regions");
         let copy = c.names.node_file(node, "clone.img");
         assert_eq!(sha256(&copy), c.sha, "{node}'s local copy is the image");
     }
+}
+
+/// Waits (up to 240 s, woken by dm events) until `node`'s dm-clone copied the whole image.
+pub fn wait_hydrated(c: &KernelCluster, node: &str) -> Hydration {
+    let name = c.names.dm_name(node, "cache");
+    let status = |t: &dm::Table| t.first().and_then(|l| parse_clone_status(&l.3));
+    let done = dm::wait_for_status(&name, std::time::Duration::from_secs(240), |t| {
+        status(t).filter(|h| h.hydrated == h.regions)
+    })
+    .unwrap();
+    done.unwrap_or_else(|| {
+        let last = dm::status(&name).unwrap();
+        panic!("{name} did not finish hydrating within 240 s: {last:?}")
+    })
 }
