@@ -70,6 +70,40 @@ where
     cmd.output().expect("cannot run sftsan")
 }
 
+/// Runs `cmd` with its stdout a pipe whose reader has already gone (`cmd | head -c0`, but
+/// without the race of when head closes): the first write meets EPIPE.
+pub fn run_into_closed_pipe(cmd: &mut Command) -> Output {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors on success; each is owned by one OwnedFd.
+    let (read, write) = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    cmd.stdout(write)
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Checks what `run_into_closed_pipe` gave: exit status 0, or death by SIGPIPE (141 in a
+/// shell) as coreutils die, and nothing on stderr but the engine's progress lines
+/// (`[   0.0s] n1/snapshot/2  created ...`), which a command that changes the cluster
+/// writes whatever its stdout is.
+pub fn assert_quiet_on_closed_pipe(out: &Output, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let ok = out.status.code() == Some(0) || out.status.signal() == Some(libc::SIGPIPE);
+    assert!(ok, "{what}: {:?}, stderr: {}", out.status, stderr(out));
+    let err = stderr(out);
+    let other: Vec<&str> = err.lines().filter(|l| !l.starts_with("[ ")).collect();
+    assert!(other.is_empty(), "{what}: stderr must stay empty:\n{err}");
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -14,6 +14,7 @@ pub mod process;
 pub mod resources;
 pub mod spec;
 pub mod status;
+pub mod stdio;
 pub mod topology;
 pub mod transport;
 pub mod verify;

@@ -539,9 +539,9 @@ mod tests {
                     spec: "/nonexistent/spec.toml".into(),
                 };
                 let file = snaps.file(node, index);
-                let domain = build_domain(&default_template(), &name, &file, meta);
+                let domain = build_domain(&default_template(), &name, &file, meta).unwrap();
                 out.push(Vm {
-                    uuid: domain.uuid.clone().unwrap(),
+                    uuid: domain.uuid().unwrap(),
                     name,
                     node: node.to_string(),
                     index,
@@ -643,13 +643,10 @@ mod tests {
             assert!(snaps.exists(&vm.node, vm.index));
             // libvirt's own XML parses back into the same VM.
             let d: Domain = lv.domain(&vm.name).unwrap();
-            assert_eq!(d.uuid.as_deref(), Some(vm.uuid.as_str()));
+            assert_eq!(d.uuid().as_deref(), Some(vm.uuid.as_str()));
             assert_eq!(d.sftsan(), vm.domain.sftsan());
-            assert_eq!(d.devices.disk[0].source, vm.domain.devices.disk[0].source);
-            assert_eq!(
-                d.devices.interface[0].mac,
-                vm.domain.devices.interface[0].mac
-            );
+            assert_eq!(d.disks()[0].path, vm.domain.disks()[0].path);
+            assert_eq!(d.macs(), vm.domain.macs());
         }
         // Defining again changes nothing but says so.
         let r = batch.run(Op::Define, &vms);
@@ -722,12 +719,12 @@ mod tests {
         let vms = vms("ut-fail", &snaps, &nodes, 3, VmMode::Persistent);
         // Someone else's domain holds the name of the fifth VM.
         let mut foreign = vms[4].domain.clone();
-        foreign.uuid = Some("00000000-0000-4000-8000-000000000001".into());
-        foreign.metadata = Default::default();
+        foreign.set_uuid("00000000-0000-4000-8000-000000000001");
+        foreign.set_sftsan(None);
         lv.define(&foreign).unwrap();
         // One VM of the batch was defined before, with 64 MiB: it stays, as it was.
         let mut before = vms[0].domain.clone();
-        before.memory = Some(crate::xml::Memory::mib(64));
+        before.set_memory_mib(64);
         lv.define(&before).unwrap();
         let batch = Batch {
             libvirt: &lv,
@@ -743,14 +740,11 @@ mod tests {
             match i {
                 0 => {
                     assert_eq!(state, DomainState::Stopped, "defined before the batch");
-                    let mem = lv.domain(&vm.name).unwrap().memory.unwrap();
-                    assert_eq!(mem.bytes(), 64 << 20, "restored: {}", r.table());
+                    let mem = lv.domain(&vm.name).unwrap().memory_bytes();
+                    assert_eq!(mem, Some(64 << 20), "restored: {}", r.table());
                     assert!(outcomes(&r)[0].contains("restored"), "{}", r.table());
                 }
-                4 => assert_eq!(
-                    lv.uuid(&vm.name).unwrap().as_deref(),
-                    foreign.uuid.as_deref()
-                ),
+                4 => assert_eq!(lv.uuid(&vm.name).unwrap(), foreign.uuid()),
                 _ => assert_eq!(state, DomainState::Undefined, "{}: {}", vm.name, r.table()),
             }
             assert!(

@@ -61,29 +61,40 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome,
         return Ok(Outcome::Ignored);
     }
     // Only sftsan's domains: anything that does not parse as one is not ours.
-    let (meta, disk) = match Domain::from_xml(xml) {
+    let (meta, disks) = match Domain::from_xml(xml) {
         Ok(d) => match d.sftsan() {
-            Some(m) => (m.clone(), vm_disk(&d)),
+            Some(m) => (m.clone(), d.disks()),
             None => return Ok(Outcome::Ignored),
         },
         Err(_) if !xml.contains(crate::xml::SFTSAN_NS) => return Ok(Outcome::Ignored),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(format!("domain XML: {e}")),
     };
     let load = || load_cluster(&meta, tools.clone());
     match (op, subop) {
         ("prepare", "begin") => {
             let cluster = load()?;
-            // The domain must boot from the snapshot the hook prepares, not from a file
-            // that merely looks like one (a spec whose state_dir moved, a hand edit).
+            // The domain must boot from the snapshot the hook prepares (a qcow2 file or,
+            // on the kernel backend, a dm device), not from a file that merely looks
+            // like one (a spec whose state_dir moved, a hand edit).
             let want = cluster.plan().vm_disk_path(&meta.node, meta.snapshot);
-            if disk.as_deref() != Some(want.as_path()) {
+            let want = want.display().to_string();
+            if !disks
+                .iter()
+                .any(|d| d.path.as_deref() == Some(want.as_str()))
+            {
+                let have: Vec<String> = disks
+                    .iter()
+                    .filter(|d| d.device == "disk")
+                    .map(|d| {
+                        let target = d.target.as_deref().unwrap_or("?");
+                        format!("{target}={}", d.path.as_deref().unwrap_or("(no source)"))
+                    })
+                    .collect();
                 return Err(format!(
-                    "disk {} is {}, but {}/snapshot/{} is {}: redefine the domain with `sftsan vm define`",
-                    crate::vms::DISK_TARGET,
-                    disk.map_or("missing".into(), |d| d.display().to_string()),
+                    "no disk is {}/snapshot/{} ({want}); the domain has {}: redefine it with `sftsan vm define`",
                     meta.node,
                     meta.snapshot,
-                    want.display()
+                    if have.is_empty() { "no disk".into() } else { have.join(", ") }
                 ));
             }
             let file = cluster.ensure(&meta.node, meta.snapshot)?;
@@ -114,16 +125,6 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome,
         }
         _ => Ok(Outcome::Ignored),
     }
-}
-
-/// The file of the domain's sftsan disk (`vda`), if it has one.
-fn vm_disk(d: &Domain) -> Option<PathBuf> {
-    d.devices
-        .disk
-        .iter()
-        .find(|disk| disk.target.dev == crate::vms::DISK_TARGET)
-        .and_then(|disk| disk.source.as_ref()?.file.as_ref())
-        .map(PathBuf::from)
 }
 
 fn load_cluster(meta: &SftsanMeta, tools: Tools) -> Result<Cluster, String> {
@@ -176,9 +177,9 @@ mod tests {
 
     fn xml(meta: Option<SftsanMeta>) -> String {
         let mut d = default_template();
-        d.name = "g".into();
-        d.metadata.sftsan = meta;
-        d.to_xml().unwrap()
+        d.set_name("g");
+        d.set_sftsan(meta);
+        d.to_xml()
     }
 
     #[test]
@@ -200,8 +201,8 @@ mod tests {
             mode: VmMode::Persistent,
             spec: "/nonexistent/spec.toml".into(),
         };
-        let d = build_domain(&default_template(), "g", Path::new("/x"), meta.clone());
-        let text = d.to_xml().unwrap();
+        let d = build_domain(&default_template(), "g", Path::new("/x"), meta.clone()).unwrap();
+        let text = d.to_xml();
         for (op, sub) in [
             ("start", "begin"),
             ("started", "begin"),
@@ -261,8 +262,9 @@ mod tests {
             "g",
             Path::new("/elsewhere.qcow2"),
             meta.clone(),
-        );
-        let err = handle("prepare", "begin", &d.to_xml().unwrap(), Tools::from_env()).unwrap_err();
+        )
+        .unwrap();
+        let err = handle("prepare", "begin", &d.to_xml(), Tools::from_env()).unwrap_err();
         assert!(
             err.contains("/elsewhere.qcow2") && err.contains("sftsan vm define"),
             "{err}"
@@ -270,8 +272,8 @@ mod tests {
         // Another cluster's spec at that path is refused too.
         let mut other = meta;
         other.cluster = "other".into();
-        let d = build_domain(&default_template(), "g", Path::new("/x"), other);
-        let err = handle("prepare", "begin", &d.to_xml().unwrap(), Tools::from_env()).unwrap_err();
+        let d = build_domain(&default_template(), "g", Path::new("/x"), other).unwrap();
+        let err = handle("prepare", "begin", &d.to_xml(), Tools::from_env()).unwrap_err();
         assert!(err.contains("belongs to \"other\""), "{err}");
         assert!(!dir.path().join("state").exists(), "nothing was touched");
     }

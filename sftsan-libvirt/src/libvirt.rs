@@ -102,11 +102,10 @@ impl Libvirt {
 
     /// Defines (or redefines) a persistent domain.
     pub fn define(&self, domain: &Domain) -> Result<(), String> {
-        let xml = domain.to_xml().map_err(|e| e.to_string())?;
         self.conn
-            .define_domain_xml(&xml)
+            .define_domain_xml(&domain.to_xml())
             .map(|_| ())
-            .map_err(|e| format!("{}: define: {}", domain.name, msg(e)))
+            .map_err(|e| format!("{}: define: {}", domain.name(), msg(e)))
     }
 
     /// Defines a domain from libvirt XML as it is (e.g. to restore an earlier definition).

@@ -7,13 +7,7 @@ use sftsan_core::plan::{Plan, Role};
 use sftsan_core::spec::ValidatedSpec;
 
 use crate::identity::{vm_mac, vm_uuid, NamePattern};
-use crate::xml::{
-    Boot, Devices, Disk, DiskDriver, DiskSource, DiskTarget, Domain, Features, Flag, Interface,
-    Memory, Model, Os, OsType, SftsanMeta, Vcpu, VmMode,
-};
-
-/// The device name of the VM's sftsan disk inside the guest.
-pub const DISK_TARGET: &str = "vda";
+use crate::xml::{Domain, SftsanMeta, VmDisk, VmMode};
 
 /// What the operator chose for a batch.
 #[derive(Debug, Clone)]
@@ -54,49 +48,50 @@ pub struct Vm {
 /// A domain that boots here (QEMU under TCG, no KVM needed): 128 MiB, one CPU, ACPI (which
 /// libvirt 9 with QEMU 10 requires), one user-mode NIC, no graphics. The sftsan disk is
 /// added per VM.
+const DEFAULT_TEMPLATE: &str = "\
+<domain type='qemu'>
+  <name>sftsan-template</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <features>
+    <acpi/>
+  </features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <interface type='user'>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+";
+
+/// The built-in template (see [`DEFAULT_TEMPLATE`]).
 pub fn default_template() -> Domain {
-    Domain {
-        kind: "qemu".into(),
-        name: "sftsan-template".into(),
-        memory: Some(Memory::mib(128)),
-        vcpu: Some(Vcpu {
-            placement: None,
-            count: 1,
-        }),
-        os: Some(Os {
-            os_type: OsType {
-                arch: Some("x86_64".into()),
-                machine: Some("pc".into()),
-                value: "hvm".into(),
-            },
-            boot: vec![Boot { dev: "hd".into() }],
-        }),
-        features: Some(Features {
-            acpi: Some(Flag {}),
-            ..Default::default()
-        }),
-        on_poweroff: Some("destroy".into()),
-        on_reboot: Some("restart".into()),
-        on_crash: Some("destroy".into()),
-        devices: Devices {
-            interface: vec![Interface {
-                kind: "user".into(),
-                model: Some(Model {
-                    kind: "virtio".into(),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    Domain::from_xml(DEFAULT_TEMPLATE).expect("the built-in template is a domain")
 }
 
-/// Reads a user's domain template (libvirt domain XML without the sftsan disk).
+/// Reads a user's domain template (libvirt domain XML; its boot disk, if it has one,
+/// becomes each VM's snapshot). One line says why a template cannot be used.
 pub fn load_template(path: &Path) -> Result<Domain, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("template {}: {e}", path.display()))?;
-    Domain::from_xml(&text).map_err(|e| format!("template {}: {e}", path.display()))
+    parse_template(&text).map_err(|e| format!("template {}: {e}", path.display()))
+}
+
+/// Parses a template and checks that sftsan can make VMs of it.
+pub fn parse_template(text: &str) -> Result<Domain, crate::xml::XmlError> {
+    let template = Domain::from_xml(text)?;
+    // A trial build finds what only building can (a vda taken by another device).
+    template
+        .clone()
+        .set_boot_disk(&VmDisk::for_path(Path::new("/trial.qcow2")))?;
+    Ok(template)
 }
 
 /// The VMs of the selected nodes, in tree order, each with its domain.
@@ -149,9 +144,10 @@ pub fn plan_vms(
                 mode: settings.mode,
                 spec: spec_path.display().to_string(),
             };
-            let domain = build_domain(&template, &name, &snapshot, meta);
+            let domain = build_domain(&template, &name, &snapshot, meta)
+                .map_err(|e| format!("template: {e}"))?;
             vms.push(Vm {
-                uuid: domain.uuid.clone().unwrap_or_default(),
+                uuid: domain.uuid().unwrap_or_default(),
                 name,
                 node: node.name.clone(),
                 index,
@@ -191,7 +187,7 @@ pub fn domain_xml(
         return Err("snapshots are numbered from 1".into());
     }
     let template = match template {
-        Some(text) => Domain::from_xml(text).map_err(|e| format!("template: {e}"))?,
+        Some(text) => parse_template(text).map_err(|e| format!("template: {e}"))?,
         None => default_template(),
     };
     let spec_path = match spec_path {
@@ -211,189 +207,23 @@ pub fn domain_xml(
         spec: spec_path,
     };
     build_domain(&template, &name, &plan.vm_disk_path(node, index), meta)
-        .to_xml()
-        .map_err(|e| format!("domain XML: {e}"))
+        .map(|d| d.to_xml())
+        .map_err(|e| format!("template: {e}"))
 }
 
-/// The template with this VM's name, UUID, MACs, metadata and disk.
-pub fn build_domain(template: &Domain, name: &str, snapshot: &Path, meta: SftsanMeta) -> Domain {
+/// The template with this VM's name, UUID, MACs, metadata and boot disk; nothing else
+/// of it changes.
+pub fn build_domain(
+    template: &Domain,
+    name: &str,
+    snapshot: &Path,
+    meta: SftsanMeta,
+) -> Result<Domain, crate::xml::XmlError> {
     let mut d = template.clone();
-    d.name = name.into();
-    d.uuid = Some(vm_uuid(&meta.cluster, &meta.node, meta.snapshot));
-    for (nic, iface) in d.devices.interface.iter_mut().enumerate() {
-        iface.mac = Some(crate::xml::Mac {
-            address: vm_mac(&meta.cluster, &meta.node, meta.snapshot, nic),
-        });
-    }
-    d.devices.disk.retain(|disk| disk.target.dev != DISK_TARGET);
-    // The kernel backend's VM disks are dm devices; the userspace backend's qcow2 files.
-    let block = snapshot.starts_with("/dev");
-    let path = Some(snapshot.display().to_string());
-    d.devices.disk.insert(
-        0,
-        Disk {
-            kind: if block { "block" } else { "file" }.into(),
-            device: "disk".into(),
-            driver: Some(DiskDriver {
-                name: Some("qemu".into()),
-                format: Some(if block { "raw" } else { "qcow2" }.into()),
-                ..Default::default()
-            }),
-            source: Some(if block {
-                DiskSource {
-                    dev: path,
-                    ..Default::default()
-                }
-            } else {
-                DiskSource {
-                    file: path,
-                    ..Default::default()
-                }
-            }),
-            target: DiskTarget {
-                dev: DISK_TARGET.into(),
-                bus: Some("virtio".into()),
-            },
-            ..Default::default()
-        },
-    );
-    d.metadata.sftsan = Some(meta);
-    d
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_device_path_becomes_a_raw_block_disk() {
-        let meta = SftsanMeta {
-            cluster: "c".into(),
-            image: "base".into(),
-            node: "n1".into(),
-            snapshot: 1,
-            mode: VmMode::Persistent,
-            spec: String::new(),
-        };
-        let d = build_domain(
-            &default_template(),
-            "vm",
-            Path::new("/dev/mapper/sftsan-c-n1-snap-1"),
-            meta,
-        );
-        let disk = &d.devices.disk[0];
-        assert_eq!(disk.kind, "block");
-        let source = disk.source.as_ref().unwrap();
-        assert_eq!(
-            source.dev.as_deref(),
-            Some("/dev/mapper/sftsan-c-n1-snap-1")
-        );
-        assert_eq!(source.file, None);
-        assert_eq!(disk.driver.as_ref().unwrap().format.as_deref(), Some("raw"));
-        let xml = d.to_xml().unwrap();
-        assert!(
-            xml.contains("<disk type=\"block\" device=\"disk\">"),
-            "{xml}"
-        );
-    }
-    use crate::xml::RawXml;
-
-    fn meta(node: &str, index: u32) -> SftsanMeta {
-        SftsanMeta {
-            cluster: "c".into(),
-            image: "base".into(),
-            node: node.into(),
-            snapshot: index,
-            mode: VmMode::Stateless,
-            spec: "/s.toml".into(),
-        }
-    }
-
-    #[test]
-    fn the_default_domain_has_acpi_and_the_vm_disk() {
-        let d = build_domain(
-            &default_template(),
-            "c-n1-1",
-            Path::new("/x/base-1.qcow2"),
-            meta("n1", 1),
-        );
-        let text = d.to_xml().unwrap();
-        assert!(text.contains("<acpi/>"), "{text}");
-        assert!(text.contains("<domain type=\"qemu\">"), "{text}");
-        let back = Domain::from_xml(&text).unwrap();
-        assert_eq!(back, d);
-        let disk = &back.devices.disk[0];
-        assert_eq!(disk.kind, "file");
-        assert_eq!(
-            disk.driver.as_ref().unwrap().format.as_deref(),
-            Some("qcow2")
-        );
-        assert_eq!(
-            disk.source.as_ref().unwrap().file.as_deref(),
-            Some("/x/base-1.qcow2")
-        );
-        assert_eq!(back.uuid.as_deref(), Some(vm_uuid("c", "n1", 1).as_str()));
-        assert_eq!(
-            back.devices.interface[0].mac.as_ref().unwrap().address,
-            vm_mac("c", "n1", 1, 0)
-        );
-        assert_eq!(back.sftsan().unwrap(), &meta("n1", 1));
-    }
-
-    #[test]
-    fn a_user_template_keeps_its_devices_and_loses_its_vda() {
-        let template = Domain::from_xml(
-            r#"<domain type='kvm'>
-              <name>whatever</name>
-              <memory unit='GiB'>2</memory>
-              <os><type arch='x86_64'>hvm</type></os>
-              <clock offset='utc'/>
-              <devices>
-                <disk type='file' device='disk'><source file='/old.img'/><target dev='vda' bus='virtio'/></disk>
-                <disk type='file' device='cdrom'><source file='/seed.iso'/><target dev='hdc' bus='ide'/><readonly/></disk>
-                <interface type='network'><source network='default'/><model type='virtio'/></interface>
-                <interface type='bridge'><source bridge='br0'/></interface>
-                <serial type='pty'><target port='0'/></serial>
-              </devices>
-            </domain>"#,
-        )
-        .unwrap();
-        let d = build_domain(&template, "vm", Path::new("/s/b-2.qcow2"), meta("n2", 2));
-        assert_eq!(d.kind, "kvm");
-        assert_eq!(d.devices.disk.len(), 2);
-        assert_eq!(
-            d.devices.disk[0].source.as_ref().unwrap().file.as_deref(),
-            Some("/s/b-2.qcow2")
-        );
-        assert_eq!(d.devices.disk[1].device, "cdrom");
-        assert!(d.devices.disk[1].readonly.is_some());
-        let macs: Vec<_> = d
-            .devices
-            .interface
-            .iter()
-            .map(|i| i.mac.as_ref().unwrap().address.clone())
-            .collect();
-        assert_eq!(macs, [vm_mac("c", "n2", 2, 0), vm_mac("c", "n2", 2, 1)]);
-        assert_eq!(
-            d.extra.iter().filter_map(RawXml::name).collect::<Vec<_>>(),
-            ["clock"]
-        );
-        let text = d.to_xml().unwrap();
-        assert_eq!(Domain::from_xml(&text).unwrap(), d, "{text}");
-        assert!(text.contains("<serial type='pty'>"), "{text}");
-    }
-
-    #[test]
-    fn the_example_template_parses_and_keeps_its_extras() {
-        let text = include_str!("../../examples/libvirt/domain.xml");
-        let t = Domain::from_xml(text).unwrap();
-        assert_eq!(t.kind, "qemu");
-        assert!(t.features.as_ref().unwrap().acpi.is_some());
-        assert_eq!(t.metadata.extra.len(), 1);
-        let d = build_domain(&t, "vm", Path::new("/s/b-1.qcow2"), meta("n1", 1));
-        let back = Domain::from_xml(&d.to_xml().unwrap()).unwrap();
-        assert_eq!(back, d);
-        let devs: Vec<_> = back.devices.extra.iter().filter_map(RawXml::name).collect();
-        assert_eq!(devs, ["serial", "console", "memballoon"]);
-    }
+    d.set_name(name);
+    d.set_uuid(&vm_uuid(&meta.cluster, &meta.node, meta.snapshot));
+    d.set_macs(|nic| vm_mac(&meta.cluster, &meta.node, meta.snapshot, nic));
+    d.set_boot_disk(&VmDisk::for_path(snapshot))?;
+    d.set_sftsan(Some(meta));
+    Ok(d)
 }

@@ -255,7 +255,7 @@ impl Drop for Bed {
             return;
         }
         if let Err(e) = self.teardown() {
-            eprintln!("sftsan-bench: {e:#}");
+            sftsan_core::errln!("sftsan-bench: {e:#}");
         }
     }
 }

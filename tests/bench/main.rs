@@ -133,7 +133,7 @@ fn main() {
         Command::BootStorm(args) => boot_storm(&args),
     };
     if let Err(e) = result {
-        eprintln!("sftsan bench: {e:#}");
+        sftsan_core::errln!("sftsan bench: {e:#}");
         std::process::exit(1);
     }
 }
@@ -186,7 +186,7 @@ fn boot_storm(args: &BootStorm) -> Result<()> {
             s.origin_egress_per_child_ws
         );
         if bar.is_hidden() {
-            eprintln!("{line}");
+            sftsan_core::errln!("{line}");
         } else {
             bar.println(line);
         }
@@ -198,7 +198,7 @@ fn boot_storm(args: &BootStorm) -> Result<()> {
     let _ = std::fs::remove_dir(&args.work_dir);
     let out = args.out_dir();
     write_results(&out, args, &workload, &runs, &summaries)?;
-    println!("{}", out.join("README.md").display());
+    sftsan_core::outln!("{}", out.join("README.md").display())?;
     Ok(())
 }
 

@@ -69,7 +69,9 @@ fn assert_rejected(c: &Cluster, field: &str, edit: fn(&mut ClusterSpec)) {
     }
 }
 
-/// cfg.data as in the original sftsan's README (seed 000).
+/// cfg.data from a working installation of the original sftsan: its README's (seed 000),
+/// with `cacheoridev` on line 14 (the device under the cache's loop device) and the
+/// commented-out alternative kept.
 const CFG_DATA: &str = r"imagenode=192.168.0.152   #原存储节点ip
 imagename=ubuntu12      #镜像名称
 numsnap=2               #在计算节点建立snapshot的数目
@@ -83,15 +85,31 @@ cacheloopdev=/dev/loop6   #用来进行缓存的块设备
 dmsnap=dmsnap           #配置snapshot的参数
 qcsnap=qcsnap            #另一种实现方式qcow2，现在没有使用
 snaptype=$dmsnap
+cacheoridev=/dev/vgdata/lvcache
 #snaptype=$qcsnap
 ";
 
+/// A nodes file as operators keep them: 20 compute nodes, a heading comment, blank
+/// lines, a trailing comment, trailing spaces and CRLF line ends.
+fn nodes_file() -> String {
+    let mut text = String::from("# compute nodes, rack A then rack B\r\n\r\n");
+    for i in 0..20 {
+        text += &format!("192.168.0.{}", 153 + i);
+        text += match i {
+            3 => "   # spare PSU\r\n",
+            9 => "  \r\n\r\n# rack B\r\n",
+            _ => " \r\n",
+        };
+    }
+    text
+}
+
 #[test]
-fn imported_legacy_config_is_a_valid_spec() {
+fn a_field_cfg_data_imports_with_warnings_and_plans_its_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path("cfg.data"), CFG_DATA).unwrap();
-    std::fs::write(path("nodes"), "192.168.0.153\n192.168.0.154\n").unwrap();
+    std::fs::write(path("nodes"), nodes_file()).unwrap();
     let state = path("state");
     let out = sftsan([
         "import-legacy".as_ref(),
@@ -103,6 +121,36 @@ fn imported_legacy_config_is_a_valid_spec() {
         path("spec.toml").as_os_str(),
     ]);
     assert!(out.status.success(), "import-legacy: {}", stderr(&out));
+    // One warning per key the spec has no place for, and none for what it used.
+    let warnings: Vec<String> = stderr(&out).lines().map(String::from).collect();
+    let keys: Vec<&str> = warnings
+        .iter()
+        .map(|w| {
+            let rest = w
+                .strip_prefix("sftsan: warning: cfg.data line ")
+                .unwrap_or_else(|| panic!("{w}"));
+            rest.split(": ").nth(1).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        ["vgname", "cacheloopdev", "cacheoridev"],
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[0].starts_with("sftsan: warning: cfg.data line 4: vgname: "),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[2].contains("runs all 20 nodes on one host"),
+        "cacheoridev is the kernel backend's cache device, which one host cannot give 20 nodes: {warnings:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path("spec.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the spec holds a CHAP secret: owner-only");
 
     // The image device does not exist here: point the spec at a file that does.
     std::fs::write(path("image.raw"), vec![0x5a; 1 << 20]).unwrap();
@@ -131,13 +179,23 @@ fn imported_legacy_config_is_a_valid_spec() {
         .iter()
         .map(|n| {
             format!(
-                "{} <- {}",
+                "{} {} <- {}",
                 n["name"].as_str().unwrap(),
+                n["address"].as_str().unwrap(),
                 n["parent"].as_str().unwrap_or("-")
             )
         })
         .collect();
-    assert_eq!(tree, ["origin <- -", "node2 <- origin", "node3 <- node2"]);
+    let mut chain = vec!["origin 192.168.0.152 <- -".to_string()];
+    for i in 0..20 {
+        let parent = if i == 0 {
+            "origin".to_string()
+        } else {
+            format!("node{}", i + 1)
+        };
+        chain.push(format!("node{} 192.168.0.{} <- {parent}", i + 2, 153 + i));
+    }
+    assert_eq!(tree, chain, "the 21-node chain, in the nodes file's order");
     assert!(!state.exists(), "plan touched the state directory");
 }
 

@@ -388,3 +388,6 @@ fn ipv4(a: IpAddr) -> Ipv4Addr {
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     }
 }
+
+#[cfg(test)]
+mod tree_properties;

@@ -7,7 +7,7 @@ mod legacy;
 mod validate;
 
 pub use bytesize::ByteSize;
-pub use legacy::{import_legacy, LegacyError};
+pub use legacy::{import_legacy, Imported, LegacyError, LegacyWarning};
 pub use validate::{cache_needed, check_name, validate, ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX};
 
 use serde::{Deserialize, Serialize};

@@ -9,12 +9,12 @@ use sftsan_libvirt::hook::{detach_stdio, handle, tools, Outcome, LOG_FILE};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [guest, op, subop, ..] = args.as_slice() else {
-        eprintln!("sftsan-hook: usage: sftsan-hook GUEST OPERATION SUB-OPERATION [EXTRA] < DOMAIN-XML (run by libvirt)");
+        sftsan_core::errln!("sftsan-hook: usage: sftsan-hook GUEST OPERATION SUB-OPERATION [EXTRA] < DOMAIN-XML (run by libvirt)");
         std::process::exit(2);
     };
     let mut xml = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut xml) {
-        eprintln!("sftsan-hook: {guest}: cannot read the domain XML on stdin: {e}");
+        sftsan_core::errln!("sftsan-hook: {guest}: cannot read the domain XML on stdin: {e}");
         std::process::exit(1);
     }
     // Fast path for everything that is not sftsan's business: no logging, no detaching.
@@ -24,7 +24,7 @@ fn main() {
     let mut stderr = match detach_stdio() {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("sftsan-hook: {guest}: cannot detach from libvirt's stdio: {e}");
+            sftsan_core::errln!("sftsan-hook: {guest}: cannot detach from libvirt's stdio: {e}");
             std::process::exit(1);
         }
     };

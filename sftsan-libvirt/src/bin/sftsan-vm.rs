@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sftsan_core::resources::Tools;
+use sftsan_core::stdio::out;
 use sftsan_libvirt::batch::{Batch, BatchOptions, Op, PoolSpec};
 use sftsan_libvirt::cluster::Cluster;
 use sftsan_libvirt::identity::{NamePattern, DEFAULT_NAME_PATTERN};
@@ -40,6 +41,29 @@ enum Command {
     Undefine(Common),
     /// One line per VM: domain state, snapshot, mode.
     List(Common),
+    /// Print the domain XML `define` would give one VM, touching nothing.
+    Xml(XmlArgs),
+}
+
+#[derive(Args)]
+struct XmlArgs {
+    /// The cluster spec.
+    spec: PathBuf,
+    /// The VM's node.
+    #[arg(long)]
+    node: String,
+    /// The VM's snapshot index on its node.
+    #[arg(long, default_value_t = 1)]
+    index: u32,
+    /// Domain template, as for define.
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// Domain names, from {cluster}, {image}, {node} and {index}.
+    #[arg(long = "name", value_name = "PATTERN", default_value = DEFAULT_NAME_PATTERN)]
+    name_pattern: String,
+    /// persistent or stateless, as for define.
+    #[arg(long, default_value = "persistent")]
+    mode: VmMode,
 }
 
 #[derive(Args)]
@@ -77,6 +101,29 @@ struct Common {
     remove_snapshots: bool,
 }
 
+/// `sftsan vm xml`: the domain of one VM, as define would define it.
+fn print_xml(x: XmlArgs) -> Result<()> {
+    anyhow::ensure!(x.index >= 1, "--index: snapshots are numbered from 1");
+    let cluster = Cluster::load(&x.spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
+    let template = x
+        .template
+        .as_deref()
+        .map(load_template)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let settings = VmSettings {
+        name_pattern: NamePattern::new(&x.name_pattern).map_err(anyhow::Error::msg)?,
+        mode: x.mode,
+        template,
+        per_node: Some(x.index),
+        nodes: vec![x.node],
+    };
+    let vms =
+        plan_vms(&cluster.spec, cluster.plan(), &x.spec, &settings).map_err(anyhow::Error::msg)?;
+    let vm = vms.last().context("no VM selected")?;
+    out(&vm.domain.to_xml()).context("stdout")
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
@@ -110,7 +157,7 @@ fn main() {
         Ok(false) => std::process::exit(1),
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("sftsan vm: {}", chain.join(": ").replace('\n', " "));
+            sftsan_core::errln!("sftsan vm: {}", chain.join(": ").replace('\n', " "));
             std::process::exit(1);
         }
     }
@@ -119,6 +166,7 @@ fn main() {
 /// Runs one batch and prints its table; Ok(false) when a VM failed.
 fn run(command: Command) -> Result<bool> {
     let (op, c) = match command {
+        Command::Xml(x) => return print_xml(x).map(|()| true),
         Command::Define(c) => (Op::Define, c),
         Command::Start(c) => (Op::Start, c),
         Command::Destroy(c) => (Op::Destroy, c),
@@ -170,7 +218,6 @@ fn run(command: Command) -> Result<bool> {
         },
     };
     let report = batch.run(op, &vms);
-    print!("{}", report.table());
-    std::io::Write::flush(&mut std::io::stdout()).context("stdout")?;
+    out(&report.table()).context("stdout")?;
     Ok(report.failures() == 0)
 }

@@ -505,8 +505,8 @@ impl Drop for TestCluster {
         if let Ok(lv) = Libvirt::open(&self.uri) {
             for d in lv.sftsan_domains().unwrap_or_default() {
                 if d.sftsan().is_some_and(|m| m.cluster == self.name) {
-                    let _ = lv.destroy(&d.name);
-                    let _ = lv.undefine(&d.name);
+                    let _ = lv.destroy(&d.name());
+                    let _ = lv.undefine(&d.name());
                 }
             }
             for n in &self.spec.nodes {

@@ -13,6 +13,8 @@ use sftsan_core::backends::userspace::{run_keeper, KeeperArgs};
 use sftsan_core::engine::{Engine, Event, Progress};
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{import_legacy, validate, ClusterSpec, ValidatedSpec};
+use sftsan_core::stdio::out;
+use sftsan_core::{errln, outln};
 use sftsan_core::{plan, status, verify};
 
 #[derive(Parser)]
@@ -118,7 +120,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = run(cli.command) {
-        eprintln!("sftsan: {}", one_line(&e));
+        errln!("sftsan: {}", one_line(&e));
         std::process::exit(1);
     }
 }
@@ -186,9 +188,9 @@ fn run(command: Command) -> Result<()> {
         Command::Plan { spec, json } => {
             let plan = plan::plan(&load(&spec)?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                outln!("{}", serde_json::to_string_pretty(&plan)?)?;
             } else {
-                output::print_plan(&plan);
+                out(&output::plan_text(&plan))?;
             }
         }
         Command::Up { spec, node } => {
@@ -198,7 +200,7 @@ fn run(command: Command) -> Result<()> {
                 Some(n) => engine.up_node(n)?,
                 None => engine.up()?,
             };
-            eprintln!(
+            errln!(
                 "up: {} created, {} already there, in {:.1}s",
                 s.created,
                 s.unchanged,
@@ -212,7 +214,7 @@ fn run(command: Command) -> Result<()> {
                 Some(n) => engine.down_node(n)?,
                 None => engine.down()?,
             };
-            eprintln!(
+            errln!(
                 "down: {} removed in {:.1}s",
                 s.removed,
                 started.elapsed().as_secs_f64()
@@ -220,20 +222,20 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Snapshot(SnapshotCommand::Create { spec, node, index }) => {
             let file = engine(&spec)?.ensure_snapshot(&node, index)?;
-            println!("{}", file.display());
+            outln!("{}", file.display())?;
         }
         Command::Snapshot(SnapshotCommand::Remove { spec, node, index }) => {
             if !engine(&spec)?.remove_snapshot(&node, index)? {
-                eprintln!("{node}/snapshot/{index}: there was none");
+                errln!("{node}/snapshot/{index}: there was none");
             }
         }
         Command::Status { spec, json } => {
             let plan = plan::plan(&load(&spec)?);
             let st = status::status(&plan, Arc::new(Tools::from_env()));
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                outln!("{}", serde_json::to_string_pretty(&st)?)?;
             } else {
-                output::print_status(&st);
+                out(&output::status_text(&st))?;
             }
         }
         Command::Verify { spec, snapshot } => {
@@ -244,10 +246,12 @@ fn run(command: Command) -> Result<()> {
             let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).collect();
             for r in &results {
                 let outcome = r.error.as_deref().unwrap_or("identical to the image");
-                println!(
+                outln!(
                     "{}/snapshot/{}: {outcome} ({:.1}s)",
-                    r.node, r.snapshot, r.seconds
-                );
+                    r.node,
+                    r.snapshot,
+                    r.seconds
+                )?;
             }
             if let Some(first) = failed.first() {
                 anyhow::bail!(
@@ -267,13 +271,16 @@ fn run(command: Command) -> Result<()> {
         } => {
             let read =
                 |p: &Path| std::fs::read_to_string(p).with_context(|| p.display().to_string());
-            let spec = import_legacy(&read(&cfg_data)?, &read(&nodes)?, state_dir.as_deref())?;
-            let text = spec.to_toml();
+            let imported = import_legacy(&read(&cfg_data)?, &read(&nodes)?, state_dir.as_deref())?;
+            for warning in &imported.warnings {
+                errln!("sftsan: warning: {warning}");
+            }
+            let text = imported.spec.to_toml();
             match output {
-                Some(out) => {
-                    std::fs::write(&out, text).with_context(|| out.display().to_string())?
-                }
-                None => print!("{text}"),
+                // Owner-only and whole or not at all: the spec may hold a CHAP secret.
+                Some(path) => sftsan_core::fsutil::write_atomic(&path, text.as_bytes())
+                    .with_context(|| path.display().to_string())?,
+                None => out(&text)?,
             }
         }
         Command::External(args) => external(&args)?,

@@ -1,5 +1,6 @@
 //! Human-readable output: progress lines, the plan, the status table.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use sftsan_core::engine::Event;
@@ -9,7 +10,7 @@ use sftsan_core::status::{ClusterStatus, NodeState};
 
 pub fn progress_line(at: Duration, e: &Event) {
     let tag = if e.rollback { " (rollback)" } else { "" };
-    eprintln!(
+    sftsan_core::errln!(
         "[{:>6.1}s] {:<28} {:<9} {:>6.2}s{tag}",
         at.as_secs_f64(),
         e.id,
@@ -18,8 +19,11 @@ pub fn progress_line(at: Duration, e: &Event) {
     );
 }
 
-pub fn print_plan(plan: &Plan) {
-    println!(
+/// The plan as text: the tree by level, each node with its stack.
+pub fn plan_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "cluster {}: image {} ({}), degree {}, {} nodes, {} levels",
         plan.cluster,
         plan.image,
@@ -30,10 +34,10 @@ pub fn print_plan(plan: &Plan) {
     );
     if !plan.cluster_stack.is_empty() {
         let ids: Vec<_> = plan.cluster_stack.iter().map(|r| r.kind()).collect();
-        println!("cluster: {}", ids.join(", "));
+        let _ = writeln!(out, "cluster: {}", ids.join(", "));
     }
     for (level, names) in plan.setup_order().iter().enumerate() {
-        println!("level {level}:");
+        let _ = writeln!(out, "level {level}:");
         for name in names {
             let n = plan.node(name).expect("planned node");
             let parent = n
@@ -46,9 +50,16 @@ pub fn print_plan(plan: &Plan) {
                 .iter()
                 .map(|r| r.id(None).replace("cluster/", ""))
                 .collect();
-            println!("  {} ({}){parent}: {}", n.name, n.address, stack.join(", "));
+            let _ = writeln!(
+                out,
+                "  {} ({}){parent}: {}",
+                n.name,
+                n.address,
+                stack.join(", ")
+            );
         }
     }
+    out
 }
 
 fn size(b: u64) -> String {
@@ -66,8 +77,11 @@ fn size(b: u64) -> String {
     }
 }
 
-pub fn print_status(st: &ClusterStatus) {
-    println!(
+/// The status table, one line per node and one per problem.
+pub fn status_text(st: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<12} {:<12} {:>5} {:<8} {:>14} {:>11} {:>11} {:>9}",
         "NODE", "PARENT", "LEVEL", "STATE", "CACHE", "UPSTREAM", "SERVED", "SNAPSHOTS"
     );
@@ -82,7 +96,8 @@ pub fn print_status(st: &ClusterStatus) {
             Some(pct) => format!("{} {pct:>3}%", size(n.cache_fill_bytes)),
             None => "-".into(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<12} {:<12} {:>5} {:<8} {:>14} {:>11} {:>11} {:>9}",
             n.name,
             n.parent.as_deref().unwrap_or("-"),
@@ -94,7 +109,8 @@ pub fn print_status(st: &ClusterStatus) {
             n.snapshots
         );
         for p in &n.problems {
-            println!("    ! {p}");
+            let _ = writeln!(out, "    ! {p}");
         }
     }
+    out
 }
