@@ -2,7 +2,7 @@
 # Runs every test of the workspace, as root (the integration tests create network
 # namespaces and start qemu-storage-daemon):
 #
-#   bash scripts/test.sh            # install what is missing, then fmt, clippy, tests
+#   bash scripts/test.sh            # install what is missing, then fmt, clippy, tests, fuzz
 #   bash scripts/test.sh --quick    # skip the install step
 #
 # Exits non-zero if any step fails; the cargo steps all run, so one report shows every failure.
@@ -56,9 +56,12 @@ step test cargo test --workspace
 # Kernel-path tests skip above on a kernel without device-mapper, LIO or iSCSI; the
 # kernel tier runs them inside a QEMU guest booting a stock Debian kernel.
 step kernel-vm bash tests/kernel-vm/run
+# Every parser of outside input, briefly, so that a regression shows (scripts/fuzz.sh 600
+# is the long run docs/fuzzing.md reports).
+step fuzz bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"
     exit 1
 fi
-log "all steps passed: fmt, clippy, test, kernel-vm"
+log "all steps passed: fmt, clippy, test, kernel-vm, fuzz"

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sftsan_core::resources::Tools;
 
 use crate::cluster::{Cluster, Snapshots};
-use crate::xml::{Domain, SftsanMeta, VmMode};
+use crate::xml::{DiskInfo, Domain, SftsanMeta, VmMode};
 
 /// Where the hook logs one line per event it handles (libvirt passes hooks no custom
 /// environment, so the place is fixed).
@@ -51,6 +51,26 @@ pub fn tools() -> Tools {
     tools
 }
 
+/// What the hook needs of a domain's XML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub meta: SftsanMeta,
+    pub disks: Vec<DiskInfo>,
+}
+
+/// Reads the domain XML libvirt passes on stdin. `None`: not one of sftsan's domains
+/// (anything that does not parse as a domain and does not mention sftsan's namespace).
+pub fn parse_request(xml: &str) -> Result<Option<Request>, String> {
+    match Domain::from_xml(xml) {
+        Ok(d) => Ok(d.sftsan().map(|meta| Request {
+            meta: meta.clone(),
+            disks: d.disks(),
+        })),
+        Err(_) if !xml.contains(crate::xml::SFTSAN_NS) => Ok(None),
+        Err(e) => Err(format!("domain XML: {e}")),
+    }
+}
+
 /// Handles one hook call. `xml` is what libvirt wrote on stdin.
 pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome, String> {
     let relevant = matches!(
@@ -60,14 +80,8 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome,
     if !relevant {
         return Ok(Outcome::Ignored);
     }
-    // Only sftsan's domains: anything that does not parse as one is not ours.
-    let (meta, disks) = match Domain::from_xml(xml) {
-        Ok(d) => match d.sftsan() {
-            Some(m) => (m.clone(), d.disks()),
-            None => return Ok(Outcome::Ignored),
-        },
-        Err(_) if !xml.contains(crate::xml::SFTSAN_NS) => return Ok(Outcome::Ignored),
-        Err(e) => return Err(format!("domain XML: {e}")),
+    let Some(Request { meta, disks }) = parse_request(xml)? else {
+        return Ok(Outcome::Ignored);
     };
     let load = || load_cluster(&meta, tools.clone());
     match (op, subop) {

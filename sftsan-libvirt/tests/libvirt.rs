@@ -571,3 +571,46 @@ fn the_hook_serves_kernel_backend_domains() {
     assert!(!c.node_is_up("n1"));
     assert!(!Path::new(&dev).exists());
 }
+
+/// A template sftsan cannot use is refused with one line that names the file and says
+/// why, before anything is made.
+#[test]
+fn an_unusable_template_gets_one_line() {
+    let c = TestCluster::create("lvbadtmpl", 11, 1, 1, 1, "test:///default");
+    let spec = c.spec_path.to_str().unwrap();
+    for (text, why) in [
+        (
+            "<domain type='kvm'>\n  <devices>\n</domain>\n",
+            "line 3: ill-formed document: expected `</devices>`, but `</domain>` was found",
+        ),
+        (
+            "<domain>\n  <name>x</name>\n</domain>\n",
+            "<domain> has no type attribute",
+        ),
+    ] {
+        let template = c.work.path().join("bad.xml");
+        std::fs::write(&template, text).unwrap();
+        let path = template.to_str().unwrap();
+        for args in [
+            vec!["xml", spec, "--node", "n1", "--template", path],
+            vec![
+                "define",
+                spec,
+                "--connect",
+                "test:///default",
+                "--template",
+                path,
+            ],
+        ] {
+            let out = sftsan_vm(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let err = stderr(&out);
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(
+                err.starts_with(&format!("sftsan vm: template {path}: {why}")),
+                "{err}"
+            );
+        }
+    }
+    assert!(!c.names.snapshot_file("n1", 1).exists(), "nothing was made");
+}

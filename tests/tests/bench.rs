@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sftsan_tests::{can_run_with, sftsan_bin};
+use sftsan_tests::{can_run_with, run_into_closed_pipe, sftsan_bin};
 
 const SUBNET: &str = "198.18.90.0/24";
 
@@ -97,32 +97,34 @@ fn sftsan_beats_central_and_sends_the_working_set_once_per_child() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let out_dir = work.path().join("out");
-    let run = Command::new(&bench)
-        .args([
-            "boot-storm",
-            "--mode",
-            "replay",
-            "--nodes",
-            "8",
-            "--vms-per-node",
-            "2",
-        ])
-        .args([
-            "--methods",
-            "central,sftsan-2",
-            "--link-mbit",
-            "200",
-            "--subnet",
-            SUBNET,
-        ])
-        .args(["--vm-timeout-s", "600", "--image-dir"])
-        .arg(&image)
-        .arg("--work-dir")
-        .arg(work.path().join("w"))
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+    // Its stdout is a pipe nobody reads (`sftsan bench ... | head -0`): the run must still
+    // finish and write its results.
+    let run = run_into_closed_pipe(
+        Command::new(&bench)
+            .args([
+                "boot-storm",
+                "--mode",
+                "replay",
+                "--nodes",
+                "8",
+                "--vms-per-node",
+                "2",
+            ])
+            .args([
+                "--methods",
+                "central,sftsan-2",
+                "--link-mbit",
+                "200",
+                "--subnet",
+                SUBNET,
+            ])
+            .args(["--vm-timeout-s", "600", "--image-dir"])
+            .arg(&image)
+            .arg("--work-dir")
+            .arg(work.path().join("w"))
+            .arg("--out")
+            .arg(&out_dir),
+    );
     let log = String::from_utf8_lossy(&run.stderr).into_owned();
     eprintln!("{log}");
     assert!(run.status.success(), "the benchmark failed:\n{log}");

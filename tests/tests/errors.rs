@@ -70,38 +70,13 @@ fn assert_rejected(c: &Cluster, field: &str, edit: fn(&mut ClusterSpec)) {
 }
 
 /// cfg.data from a working installation of the original sftsan: its README's (seed 000),
-/// with `cacheoridev` on line 14 (the device under the cache's loop device) and the
-/// commented-out alternative kept.
-const CFG_DATA: &str = r"imagenode=192.168.0.152   #原存储节点ip
-imagename=ubuntu12      #镜像名称
-numsnap=2               #在计算节点建立snapshot的数目
-vgname=vgdata            #原存储节点VG的名称
-imagedev=/dev/mapper/vgdata-lvimage1     #原存储节点的镜像路径
-degree=1					#sftsan树形模型的度，2为二叉树，10为十叉树，1为链状结构
-workdir=/root/sftsan/       #sftsan工作路径
-nodes=`cat $workdir/nodes`  #计算节点列表，每个计算节点一行
-cachesize=4096            #cache的大小，设置太大占用过多内存，导致性能下降，甚至崩溃，设置太小会导致数据置换，性能下降
-cacheloopdev=/dev/loop6   #用来进行缓存的块设备
-dmsnap=dmsnap           #配置snapshot的参数
-qcsnap=qcsnap            #另一种实现方式qcow2，现在没有使用
-snaptype=$dmsnap
-cacheoridev=/dev/vgdata/lvcache
-#snaptype=$qcsnap
-";
+/// with `cacheoridev` on line 14 (the device under the cache's loop device).
+const CFG_DATA: &str = include_str!("../../examples/legacy/cfg.data");
 
-/// A nodes file as operators keep them: 20 compute nodes, a heading comment, blank
-/// lines, a trailing comment, trailing spaces and CRLF line ends.
+/// The example nodes file (20 compute nodes, comments, blank lines, trailing spaces) with
+/// CRLF line ends, as a file edited on Windows has them.
 fn nodes_file() -> String {
-    let mut text = String::from("# compute nodes, rack A then rack B\r\n\r\n");
-    for i in 0..20 {
-        text += &format!("192.168.0.{}", 153 + i);
-        text += match i {
-            3 => "   # spare PSU\r\n",
-            9 => "  \r\n\r\n# rack B\r\n",
-            _ => " \r\n",
-        };
-    }
-    text
+    include_str!("../../examples/legacy/nodes").replace('\n', "\r\n")
 }
 
 #[test]

@@ -44,6 +44,25 @@ pub struct JournalData {
     pub entries: Vec<Entry>,
 }
 
+impl JournalData {
+    /// Reads a journal's text; says what is wrong with it otherwise.
+    pub fn parse(text: &str) -> Result<JournalData, String> {
+        let data: JournalData = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if data.version != VERSION {
+            return Err(format!(
+                "version {} (this sftsan reads {VERSION})",
+                data.version
+            ));
+        }
+        Ok(data)
+    }
+
+    /// The journal's text, as `save` writes it.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a journal always serializes")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
@@ -80,16 +99,10 @@ impl Journal {
                 })
             }
         };
-        let data: JournalData = serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
+        let data = JournalData::parse(&text).map_err(|detail| JournalError::Corrupt {
             path: path.display().to_string(),
-            detail: e.to_string(),
+            detail,
         })?;
-        if data.version != VERSION {
-            return Err(JournalError::Corrupt {
-                path: path.display().to_string(),
-                detail: format!("version {} (this sftsan reads {VERSION})", data.version),
-            });
-        }
         Ok(Some(Journal {
             path: path.to_path_buf(),
             data,
@@ -119,10 +132,11 @@ impl Journal {
     }
 
     pub fn save(&self) -> Result<(), JournalError> {
-        let text = serde_json::to_vec_pretty(&self.data).expect("journal serializes");
-        write_atomic(&self.path, &text).map_err(|source| JournalError::Io {
-            path: self.path.display().to_string(),
-            source,
+        write_atomic(&self.path, self.data.to_text().as_bytes()).map_err(|source| {
+            JournalError::Io {
+                path: self.path.display().to_string(),
+                source,
+            }
         })
     }
 

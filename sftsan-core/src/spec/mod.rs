@@ -8,7 +8,9 @@ mod validate;
 
 pub use bytesize::ByteSize;
 pub use legacy::{import_legacy, Imported, LegacyError, LegacyWarning};
-pub use validate::{cache_needed, check_name, validate, ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX};
+pub use validate::{
+    cache_needed, check_name, check_rules, validate, ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX,
+};
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -318,7 +320,9 @@ impl ClusterSpec {
                 .map(|s| text[..s.start].lines().count().max(1))
                 .map(|line| format!("spec line {line}"))
                 .unwrap_or_else(|| "spec".into());
-            SpecError::new(field, e.message().trim().to_string())
+            // toml's messages run over several lines; errors here are one.
+            let message: Vec<&str> = e.message().lines().map(str::trim).collect();
+            SpecError::new(field, message.join("; "))
         })
     }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sftsan_core::resources::Tools;
@@ -12,7 +12,7 @@ use sftsan_libvirt::batch::{Batch, BatchOptions, Op, PoolSpec};
 use sftsan_libvirt::cluster::Cluster;
 use sftsan_libvirt::identity::{NamePattern, DEFAULT_NAME_PATTERN};
 use sftsan_libvirt::libvirt::{Libvirt, DEFAULT_URI};
-use sftsan_libvirt::vms::{load_template, plan_vms, VmSettings};
+use sftsan_libvirt::vms::{load_template, plan_vms, Vm, VmSettings};
 use sftsan_libvirt::xml::VmMode;
 
 #[derive(Parser)]
@@ -55,13 +55,22 @@ struct XmlArgs {
     /// The VM's snapshot index on its node.
     #[arg(long, default_value_t = 1)]
     index: u32,
-    /// Domain template, as for define.
+    #[command(flatten)]
+    domain: DomainArgs,
+}
+
+/// What the domains look like.
+#[derive(Args)]
+struct DomainArgs {
+    /// Domain template: libvirt domain XML; its boot disk, if it has one, becomes the VM's
+    /// snapshot [default: built-in, QEMU/TCG, 128 MiB, 1 CPU, a user-mode NIC].
     #[arg(long, value_name = "FILE")]
     template: Option<PathBuf>,
     /// Domain names, from {cluster}, {image}, {node} and {index}.
     #[arg(long = "name", value_name = "PATTERN", default_value = DEFAULT_NAME_PATTERN)]
     name_pattern: String,
-    /// persistent or stateless, as for define.
+    /// persistent: a VM keeps its disk across stop and start; stateless: every start
+    /// begins from the image (recorded in the domain at define).
     #[arg(long, default_value = "persistent")]
     mode: VmMode,
 }
@@ -76,17 +85,8 @@ struct Common {
     /// libvirt connection URI [default: $LIBVIRT_DEFAULT_URI, else qemu:///system].
     #[arg(short, long, value_name = "URI")]
     connect: Option<String>,
-    /// Domain template: libvirt domain XML without the sftsan disk [default: built-in,
-    /// QEMU/TCG, 128 MiB, 1 CPU, a user-mode NIC].
-    #[arg(long, value_name = "FILE")]
-    template: Option<PathBuf>,
-    /// Domain names, from {cluster}, {image}, {node} and {index}.
-    #[arg(long = "name", value_name = "PATTERN", default_value = DEFAULT_NAME_PATTERN)]
-    name_pattern: String,
-    /// persistent: a VM keeps its disk across stop and start; stateless: every start
-    /// begins from the image (recorded in the domain at define).
-    #[arg(long, default_value = "persistent")]
-    mode: VmMode,
+    #[command(flatten)]
+    domain: DomainArgs,
     /// VMs per node [default: the spec's snapshots.per_node].
     #[arg(long, value_name = "N")]
     count: Option<u32>,
@@ -101,25 +101,36 @@ struct Common {
     remove_snapshots: bool,
 }
 
-/// `sftsan vm xml`: the domain of one VM, as define would define it.
-fn print_xml(x: XmlArgs) -> Result<()> {
-    anyhow::ensure!(x.index >= 1, "--index: snapshots are numbered from 1");
-    let cluster = Cluster::load(&x.spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
-    let template = x
+/// The cluster of `spec` and the VMs of `nodes` (all when empty), `per_node` each.
+fn load_vms(
+    spec: &Path,
+    domain: &DomainArgs,
+    per_node: Option<u32>,
+    nodes: Vec<String>,
+) -> Result<(Cluster, Vec<Vm>)> {
+    let cluster = Cluster::load(spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
+    let template = domain
         .template
         .as_deref()
         .map(load_template)
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let settings = VmSettings {
-        name_pattern: NamePattern::new(&x.name_pattern).map_err(anyhow::Error::msg)?,
-        mode: x.mode,
+        name_pattern: NamePattern::new(&domain.name_pattern).map_err(anyhow::Error::msg)?,
+        mode: domain.mode,
         template,
-        per_node: Some(x.index),
-        nodes: vec![x.node],
+        per_node,
+        nodes,
     };
     let vms =
-        plan_vms(&cluster.spec, cluster.plan(), &x.spec, &settings).map_err(anyhow::Error::msg)?;
+        plan_vms(&cluster.spec, cluster.plan(), spec, &settings).map_err(anyhow::Error::msg)?;
+    Ok((cluster, vms))
+}
+
+/// `sftsan vm xml`: the domain of one VM, as define would define it.
+fn print_xml(x: XmlArgs) -> Result<()> {
+    anyhow::ensure!(x.index >= 1, "--index: snapshots are numbered from 1");
+    let (_, vms) = load_vms(&x.spec, &x.domain, Some(x.index), vec![x.node])?;
     let vm = vms.last().context("no VM selected")?;
     out(&vm.domain.to_xml()).context("stdout")
 }
@@ -174,22 +185,7 @@ fn run(command: Command) -> Result<bool> {
         Command::List(c) => (Op::List, c),
     };
     anyhow::ensure!(c.concurrency >= 1, "--concurrency must be at least 1");
-    let cluster = Cluster::load(&c.spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
-    let template = c
-        .template
-        .as_deref()
-        .map(load_template)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let settings = VmSettings {
-        name_pattern: NamePattern::new(&c.name_pattern).map_err(anyhow::Error::msg)?,
-        mode: c.mode,
-        template,
-        per_node: c.count,
-        nodes: c.nodes.clone(),
-    };
-    let vms =
-        plan_vms(&cluster.spec, cluster.plan(), &c.spec, &settings).map_err(anyhow::Error::msg)?;
+    let (cluster, vms) = load_vms(&c.spec, &c.domain, c.count, c.nodes.clone())?;
     let uri = c
         .connect
         .clone()

@@ -5,6 +5,7 @@
 use quick_xml::escape::{escape, resolve_predefined_entity};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
+use std::borrow::Cow;
 
 /// How deep elements may nest. libvirt's domain XML needs about ten levels; the bound keeps
 /// a hostile document from exhausting the stack of the recursive walks below.
@@ -48,7 +49,8 @@ pub enum Node {
 
 impl Document {
     pub fn parse(text: &str) -> Result<Document, ParseError> {
-        Parser::new(text).run()
+        // A byte order mark is no part of the document (positions below count without it).
+        Parser::new(text.strip_prefix('\u{feff}').unwrap_or(text)).run()
     }
 
     /// The whole document: prolog, root (indented), epilog.
@@ -186,20 +188,22 @@ impl Element {
             .find_map(|e| e.attr(&declaration))
     }
 
-    /// The tree without whitespace-only text (indentation), for comparing two documents.
+    /// The tree without whitespace-only text (indentation) and with adjacent text joined
+    /// (as a parser reads it), for comparing two documents.
     pub fn normalized(&self) -> Element {
+        let mut children: Vec<Node> = Vec::new();
+        for child in &self.children {
+            match (child, children.last_mut()) {
+                (Node::Text(t), Some(Node::Text(previous))) => previous.push_str(t),
+                (Node::Element(e), _) => children.push(Node::Element(e.normalized())),
+                (other, _) => children.push(other.clone()),
+            }
+        }
+        children.retain(|n| !matches!(n, Node::Text(t) if t.trim().is_empty()));
         Element {
             name: self.name.clone(),
             attrs: self.attrs.clone(),
-            children: self
-                .children
-                .iter()
-                .filter_map(|n| match n {
-                    Node::Text(t) if t.trim().is_empty() => None,
-                    Node::Element(e) => Some(Node::Element(e.normalized())),
-                    other => Some(other.clone()),
-                })
-                .collect(),
+            children,
         }
     }
 
@@ -220,7 +224,7 @@ impl Element {
             out.push(' ');
             out.push_str(name);
             out.push_str("=\"");
-            out.push_str(&escape(value.as_str()));
+            out.push_str(&escape_attr(value));
             out.push('"');
         }
         let significant: Vec<&Node> = self
@@ -254,7 +258,7 @@ impl Element {
             for child in &self.children {
                 match child {
                     Node::Element(e) => e.write(out, depth + 1),
-                    Node::Text(t) => out.push_str(&escape(t.as_str())),
+                    Node::Text(t) => out.push_str(&escape_text(t)),
                     Node::Markup(m) => out.push_str(m),
                 }
             }
@@ -262,6 +266,32 @@ impl Element {
         out.push_str("</");
         out.push_str(&self.name);
         out.push('>');
+    }
+}
+
+/// An attribute value as XML: the markup characters escaped, and tabs and line ends too,
+/// which a parser would otherwise turn into spaces (they came from character references).
+fn escape_attr(value: &str) -> Cow<'_, str> {
+    let escaped = escape(value);
+    if !escaped.contains(['\t', '\n', '\r']) {
+        return escaped;
+    }
+    Cow::Owned(
+        escaped
+            .replace('\t', "&#9;")
+            .replace('\n', "&#10;")
+            .replace('\r', "&#13;"),
+    )
+}
+
+/// Character data as XML: a carriage return stays one (a parser turns a raw one into a
+/// line feed).
+fn escape_text(text: &str) -> Cow<'_, str> {
+    let escaped = escape(text);
+    if escaped.contains('\r') {
+        Cow::Owned(escaped.replace('\r', "&#13;"))
+    } else {
+        escaped
     }
 }
 
@@ -317,10 +347,16 @@ impl<'a> Parser<'a> {
             .count()
     }
 
+    /// An error at `position`. The problem stays one line: quick-xml's messages quote the
+    /// document, which may hold line breaks.
     fn fail<T>(&self, position: u64, problem: impl Into<String>) -> Result<T, ParseError> {
+        let problem: String = problem.into();
         Err(ParseError {
             line: self.line_at(position),
-            problem: problem.into(),
+            problem: problem
+                .replace('\n', "\\n")
+                .replace('\r', "\\r")
+                .replace('\t', "\\t"),
         })
     }
 
@@ -332,7 +368,9 @@ impl<'a> Parser<'a> {
                 Err(e) => return self.fail(self.reader.error_position(), e.to_string()),
             };
             let end = self.reader.buffer_position();
-            let raw = &self.text[start as usize..end as usize];
+            let Some(raw) = self.text.get(start as usize..end as usize) else {
+                return self.fail(start, "cannot read the document here");
+            };
             match event {
                 Event::Start(tag) => {
                     let element = self.element(&tag, start)?;
@@ -540,6 +578,16 @@ mod tests {
             err("<a x='1' x='2'/>").starts_with("line 1: <a>:"),
             "{}",
             err("<a x='1' x='2'/>")
+        );
+        // Found by fuzzing: quick-xml quotes names as written, line breaks included.
+        assert_eq!(
+            err("<a>\n<b></b\nc>"),
+            "line 2: ill-formed document: expected `</b>`, but `</b\\nc>` was found"
+        );
+        assert_eq!(
+            parse("\u{feff}<a/>").root.name,
+            "a",
+            "a byte order mark is skipped"
         );
         let deep = "<a>".repeat(MAX_DEPTH + 1);
         assert_eq!(

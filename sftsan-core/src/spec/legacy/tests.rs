@@ -1,22 +1,8 @@
 use super::*;
 
-/// cfg.data exactly as in the original sftsan README (the degree line is separated from
-/// its comment by tabs).
-const SEED_CFG: &str = r"imagenode=192.168.0.152   #原存储节点ip
-imagename=ubuntu12      #镜像名称
-numsnap=2               #在计算节点建立snapshot的数目
-vgname=vgdata            #原存储节点VG的名称
-imagedev=/dev/mapper/vgdata-lvimage1     #原存储节点的镜像路径
-degree=1					#sftsan树形模型的度，2为二叉树，10为十叉树，1为链状结构
-workdir=/root/sftsan/       #sftsan工作路径
-nodes=`cat $workdir/nodes`  #计算节点列表，每个计算节点一行
-cachesize=4096            #cache的大小，设置太大占用过多内存，导致性能下降，甚至崩溃，设置太小会导致数据置换，性能下降
-cacheloopdev=/dev/loop6   #用来进行缓存的块设备
-dmsnap=dmsnap           #配置snapshot的参数
-qcsnap=qcsnap            #另一种实现方式qcow2，现在没有使用
-snaptype=$dmsnap
-#snaptype=$qcsnap
-";
+/// cfg.data as a working installation of the original sftsan left it: its README's, with
+/// `cacheoridev` on line 14 (the degree line is separated from its comment by tabs).
+const SEED_CFG: &str = include_str!("../../../../examples/legacy/cfg.data");
 
 const NODES: &str = "192.168.0.153\n192.168.0.154\n192.168.0.155\n";
 
@@ -49,7 +35,10 @@ fn warned_keys(imported: &Imported) -> Vec<&str> {
 #[test]
 fn converts_the_original_cfg_data() {
     let imported = import_legacy(SEED_CFG, NODES, None).unwrap();
-    assert_eq!(warned_keys(&imported), ["vgname", "cacheloopdev"]);
+    assert_eq!(
+        warned_keys(&imported),
+        ["vgname", "cacheloopdev", "cacheoridev"]
+    );
     assert_eq!(
         imported.warnings[1].to_string(),
         "cfg.data line 10: cacheloopdev: a fixed loop device for the cache; sftsan attaches \
@@ -99,19 +88,15 @@ fn converts_the_original_cfg_data() {
 
 #[test]
 fn cacheoridev_is_the_cache_device_of_a_single_kernel_node() {
-    let cfg = format!("{SEED_CFG}cacheoridev=/dev/vgdata/lvcache\n");
-    let imported = import_legacy(&cfg, "192.168.0.153\n", None).unwrap();
+    let cfg = SEED_CFG;
+    let imported = import_legacy(cfg, "192.168.0.153\n", None).unwrap();
     assert_eq!(warned_keys(&imported), ["vgname", "cacheloopdev"]);
     assert_eq!(
         imported.spec.nodes[0].devices.cache.as_deref(),
         Some(Path::new("/dev/vgdata/lvcache"))
     );
     // Several nodes on one host cannot share it: their caches stay files, and it says so.
-    let imported = import_legacy(&cfg, NODES, None).unwrap();
-    assert_eq!(
-        warned_keys(&imported),
-        ["vgname", "cacheloopdev", "cacheoridev"]
-    );
+    let imported = import_legacy(cfg, NODES, None).unwrap();
     assert!(imported.spec.nodes.iter().all(|n| n.devices.is_empty()));
     assert!(
         imported.warnings[2]
@@ -132,7 +117,7 @@ fn cacheoridev_is_the_cache_device_of_a_single_kernel_node() {
         import_legacy(&cfg.replace("/dev/vgdata/lvcache", "lvcache"), NODES, None).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cfg.data line 15: cacheoridev: \"lvcache\" is not an absolute path"
+        "cfg.data line 14: cacheoridev: \"lvcache\" is not an absolute path"
     );
 }
 
