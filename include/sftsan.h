@@ -288,11 +288,11 @@ sftsan_result sftsan_snapshot_path(const struct sftsan_ctx *ctx,
                                    char **path_out);
 
 // The libvirt domain XML of VM `index` on `node`, as `sftsan vm define` defines it: the
-// default name pattern, a UUID and MAC derived from (cluster, node, index), the snapshot
-// as disk `vda`, and sftsan's `<metadata>` element (with the spec file's path when the
+// default name pattern, a UUID and MACs derived from (cluster, node, index), the snapshot
+// as the boot disk, and sftsan's `<metadata>` element (with the spec file's path when the
 // context was opened from a file, so the libvirt hook can serve the domain). From
-// `template_xml` (a libvirt domain without the sftsan disk), or the built-in default when
-// it is NULL. `stateless`: the hook discards the VM's snapshot whenever it stops.
+// `template_xml` (a libvirt domain; its boot disk, if it has one, gets the snapshot as its
+// source), or the built-in default when it is NULL. `stateless`: the hook discards the VM's snapshot whenever it stops.
 // Touches nothing. NOT_FOUND for an unknown node, INVALID_ARGUMENT for the origin, index
 // 0 or a template that is not domain XML. On success `*xml_out` is a string to free with
 // `sftsan_string_free`.

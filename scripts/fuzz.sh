@@ -13,7 +13,7 @@
 # examples, in a working corpus fuzz/corpus/TARGET that grows between runs (not committed).
 # Targets run side by side, one per core. Installs cargo-fuzz if it is missing; uses the
 # nightly toolchain if rustup has one, else the stable one with RUSTC_BOOTSTRAP=1 (the
-# sanitizer flags cargo-fuzz passes are unstable).
+# sanitizer flags cargo-fuzz passes are unstable); SFTSAN_FUZZ_STABLE=1 chooses the latter.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +37,7 @@ done
 export PATH
 
 toolchain=()
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if [ -z "${SFTSAN_FUZZ_STABLE:-}" ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     toolchain=(+nightly)
     log "toolchain: $(rustc +nightly --version)"
 else
@@ -55,6 +55,9 @@ seed_corpus() { # seed_corpus TARGET DIR
     cp -n "$repo/fuzz/seeds/$1"/* "$2"/ 2>/dev/null || true
     case $1 in
         spec_toml) cp -n "$repo"/examples/*.toml "$2"/ ;;
+        legacy_import) # cfg.data, a NUL byte, the nodes file
+            cat "$repo/examples/legacy/cfg.data" <(printf '\0') "$repo/examples/legacy/nodes" \
+                >"$2/examples-legacy" ;;
         domain_template | hook_stdin)
             cp -n "$repo"/examples/libvirt/*.xml "$repo"/examples/libvirt/templates/*.xml "$2"/ ;;
     esac

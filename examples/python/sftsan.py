@@ -315,7 +315,8 @@ class Cluster:
 
     def domain_xml(self, node, index, template=None, stateless=False):
         """The libvirt domain XML of VM `index` on `node`, as `sftsan vm define` makes it:
-        from `template` (domain XML without the sftsan disk) or the built-in default."""
+        from `template` (domain XML; its boot disk, if any, gets the VM's snapshot) or the
+        built-in default."""
         template = None if template is None else _arg(template)
         return self._string_call("domain_xml", _arg(node), index, template, bool(stateless))
 

@@ -46,8 +46,8 @@ pub struct Vm {
 }
 
 /// A domain that boots here (QEMU under TCG, no KVM needed): 128 MiB, one CPU, ACPI (which
-/// libvirt 9 with QEMU 10 requires), one user-mode NIC, no graphics. The sftsan disk is
-/// added per VM.
+/// libvirt 9 with QEMU 10 requires), one user-mode NIC, no graphics, no disk: each VM
+/// gets its snapshot as `vda`.
 const DEFAULT_TEMPLATE: &str = "\
 <domain type='qemu'>
   <name>sftsan-template</name>
@@ -160,7 +160,7 @@ pub fn plan_vms(
 }
 
 /// The domain of VM `index` on `node`, as `sftsan vm define` defines it (default name
-/// pattern), from `template` (libvirt domain XML without the sftsan disk) or the default.
+/// pattern), from `template` (libvirt domain XML; see [`build_domain`]) or the default.
 /// `spec_path` goes into the metadata for the hook; without it the hook cannot serve the
 /// domain.
 pub fn domain_xml(
