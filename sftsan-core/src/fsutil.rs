@@ -4,11 +4,17 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
+use crate::error::{Error, IoContext, Result};
+
 /// Replaces `path` with `data` atomically: a crash leaves the old or the new content,
 /// never a mix. Writes a temporary file, fsyncs it, renames it and fsyncs the directory.
 /// The file is readable by its owner only: sftsan's state is its own, and the journal
 /// holds CHAP credentials.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_io(path, data).at(path)
+}
+
+fn write_atomic_io(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -18,7 +24,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp"));
     // A temporary file left by a crash keeps its mode when opened again: start anew.
-    remove_file_if_exists(&tmp)?;
+    if let Err(e) = fs::remove_file(&tmp) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+    }
     {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -33,9 +43,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 /// Removes a file, treating "not there" as success.
-pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(path, e)),
         _ => Ok(()),
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod engine;
+pub mod error;
 pub mod fsutil;
 pub mod local;
 pub mod names;

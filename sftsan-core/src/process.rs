@@ -103,16 +103,21 @@ pub fn signal(pid: i32, signal: i32) -> io::Result<()> {
 pub use crate::fsutil::remove_file_if_exists;
 
 /// SIGTERM, wait up to `grace`, then SIGKILL and wait again. Errors if it survives.
-pub fn stop(pid: i32, grace: Duration) -> io::Result<()> {
-    signal(pid, libc::SIGTERM)?;
+pub fn stop(pid: i32, grace: Duration) -> crate::error::Result<()> {
+    let proc_dir = format!("/proc/{pid}");
+    let fail = |e| crate::error::Error::io(&proc_dir, e).context("stopping it");
+    signal(pid, libc::SIGTERM).map_err(fail)?;
     if wait_exit(pid, grace) {
         return Ok(());
     }
     tracing::warn!("pid {pid} ignored SIGTERM for {grace:?}; killing it");
-    signal(pid, libc::SIGKILL)?;
+    signal(pid, libc::SIGKILL).map_err(fail)?;
     if wait_exit(pid, Duration::from_secs(10)) {
         Ok(())
     } else {
-        Err(io::Error::other(format!("pid {pid} survived SIGKILL")))
+        Err(crate::error::Error::timeout(
+            format!("pid {pid}"),
+            "survived SIGKILL for 10 s",
+        ))
     }
 }

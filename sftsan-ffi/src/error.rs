@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use sftsan_core::engine::EngineError;
+use sftsan_core::error::{Error as CoreError, ErrorKind};
 use sftsan_core::spec::SpecError;
 
 /// What a call did. Every fallible function returns one; `SFTSAN_RESULT_OK` is 0, every
@@ -87,15 +87,20 @@ impl From<SpecError> for Error {
     }
 }
 
-impl From<EngineError> for Error {
-    fn from(e: EngineError) -> Error {
-        let code = match &e {
-            EngineError::NoSuchNode(_) | EngineError::NoSuchSnapshot(..) => sftsan_result::NotFound,
-            EngineError::NotComputeNode(_) => sftsan_result::InvalidArgument,
-            EngineError::HasChildren { .. } => sftsan_result::Busy,
-            // The lock is taken without waiting: "another sftsan is working on this cluster".
-            EngineError::Lock(m) if m.contains("another sftsan") => sftsan_result::Busy,
-            _ => sftsan_result::EngineFailure,
+impl From<CoreError> for Error {
+    /// The result code of an error's kind (never of its text).
+    fn from(e: CoreError) -> Error {
+        let code = match e.kind() {
+            ErrorKind::NotFound => sftsan_result::NotFound,
+            ErrorKind::Invalid => sftsan_result::InvalidArgument,
+            ErrorKind::Busy | ErrorKind::InUse => sftsan_result::Busy,
+            ErrorKind::Unreachable
+            | ErrorKind::Timeout
+            | ErrorKind::Command
+            | ErrorKind::Io
+            | ErrorKind::Corrupt
+            | ErrorKind::Conflict
+            | ErrorKind::Unsupported => sftsan_result::EngineFailure,
         };
         Error::new(code, e.to_string().replace('\n', " "))
     }

@@ -498,7 +498,7 @@ pub unsafe extern "C" fn sftsan_domain_xml(
             template,
             mode,
         )
-        .map_err(|e| Error::new(sftsan_result::InvalidArgument, e))?;
+        .map_err(Error::from)?;
         // SAFETY: `xml_out` is non-NULL (checked) and writable (caller guarantee).
         unsafe { give_string(xml, xml_out) }
     })

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use sftsan_core::error::{Error, Result};
 
 use crate::cluster::Snapshots;
 use crate::libvirt::{DomainState, Libvirt};
@@ -67,7 +68,7 @@ pub struct Row {
     pub vm: String,
     pub node: String,
     pub index: u32,
-    pub outcome: Result<String, String>,
+    pub outcome: Result<String>,
     pub elapsed: Duration,
 }
 
@@ -196,7 +197,7 @@ pub struct Batch<'a> {
     pub options: BatchOptions,
 }
 
-fn row(vm: &Vm, outcome: Result<String, String>, elapsed: Duration) -> Row {
+fn row(vm: &Vm, outcome: Result<String>, elapsed: Duration) -> Row {
     Row {
         vm: vm.name.clone(),
         node: vm.node.clone(),
@@ -237,7 +238,7 @@ impl Batch<'_> {
     fn parallel(
         &self,
         vms: &[Vm],
-        work: impl Fn(&Vm) -> Result<String, String> + Sync,
+        work: impl Fn(&Vm) -> Result<String> + Sync,
     ) -> Vec<Row> {
         bounded(vms, self.options.concurrency, Duration::ZERO, work)
             .into_iter()
@@ -251,7 +252,7 @@ impl Batch<'_> {
     /// undefined and the snapshots it created are removed.
     fn define(&self, vms: &[Vm], notes: &mut Vec<String>) -> Vec<Row> {
         let mut created_snapshots = Vec::new();
-        let mut snap_results: Vec<Result<(), String>> = Vec::new();
+        let mut snap_results: Vec<Result<()>> = Vec::new();
         let mut snap_times = Vec::new();
         for vm in vms {
             let t = Instant::now();
@@ -268,7 +269,7 @@ impl Batch<'_> {
             }
         }
         let snap_failed = snap_results.iter().any(Result::is_err);
-        let defined: Vec<(Result<Previous, String>, Duration)> = if snap_failed {
+        let defined: Vec<(Result<Previous>, Duration)> = if snap_failed {
             vec![]
         } else {
             bounded(vms, self.options.concurrency, Duration::ZERO, |vm| {
@@ -286,12 +287,12 @@ impl Batch<'_> {
                 // definition back.
                 (_, Some((Ok(None), _))) if failed => match self.libvirt.undefine(&vm.name) {
                     Ok(()) => Ok("defined, then undefined (the batch failed)".into()),
-                    Err(e) => Err(format!("rollback: {e}")),
+                    Err(e) => Err(e.context("rollback")),
                 },
                 (_, Some((Ok(Some(old)), _))) if failed => {
                     match self.libvirt.define_xml(&vm.name, old) {
                         Ok(()) => Ok("redefined, then restored (the batch failed)".into()),
-                        Err(e) => Err(format!("rollback: {e}")),
+                        Err(e) => Err(e.context("rollback")),
                     }
                 }
                 (_, Some((Ok(None), _))) => Ok("defined".into()),
@@ -317,16 +318,16 @@ impl Batch<'_> {
 
     /// Defines one VM's domain; returns the definition it replaced, if any. A domain of
     /// that name with another UUID is someone else's and is left alone.
-    fn define_one(&self, vm: &Vm) -> Result<Previous, String> {
+    fn define_one(&self, vm: &Vm) -> Result<Previous> {
         let previous = match self.libvirt.uuid(&vm.name)? {
             None => None,
             Some(uuid) if uuid.eq_ignore_ascii_case(&vm.uuid) => {
                 Some(self.libvirt.inactive_xml(&vm.name)?)
             }
             Some(uuid) => {
-                return Err(format!(
-                    "a domain named {} with another UUID ({uuid}) exists: not this VM, left alone",
-                    vm.name
+                return Err(Error::conflict(
+                    format!("a domain named {} with another UUID ({uuid})", vm.name),
+                    "exists: not this VM, left alone",
                 ))
             }
         };
@@ -337,7 +338,7 @@ impl Batch<'_> {
     /// Makes the snapshots of stopped VMs exist (so that starts work without the hook
     /// too), then starts the domains with the concurrency bound and the interval.
     fn start(&self, vms: &[Vm], _notes: &mut [String]) -> Vec<Row> {
-        let mut prepared: Vec<Result<(), String>> = Vec::new();
+        let mut prepared: Vec<Result<()>> = Vec::new();
         for vm in vms {
             let r = match self.libvirt.state(&vm.name) {
                 Ok(DomainState::Stopped) => self.snapshots.ensure(&vm.node, vm.index).map(|_| ()),
@@ -346,7 +347,7 @@ impl Batch<'_> {
             };
             prepared.push(r);
         }
-        let items: Vec<(&Vm, &Result<(), String>)> = vms.iter().zip(&prepared).collect();
+        let items: Vec<(&Vm, &Result<()>)> = vms.iter().zip(&prepared).collect();
         bounded(
             &items,
             self.options.concurrency,
@@ -356,9 +357,9 @@ impl Batch<'_> {
                     return Err(e.clone());
                 }
                 match self.libvirt.state(&vm.name)? {
-                    DomainState::Undefined => Err(format!(
-                        "{}: not defined (run `sftsan vm define` first)",
-                        vm.name
+                    DomainState::Undefined => Err(Error::not_found(
+                        vm.name.clone(),
+                        "not defined (run `sftsan vm define` first)",
                     )),
                     DomainState::Running => Ok("already running".into()),
                     DomainState::Stopped => self.libvirt.start(&vm.name).map(|_| "started".into()),
@@ -377,7 +378,7 @@ impl Batch<'_> {
         d.sftsan().map(|m| m.mode)
     }
 
-    fn destroy_one(&self, vm: &Vm) -> Result<String, String> {
+    fn destroy_one(&self, vm: &Vm) -> Result<String> {
         let mut what = match self.libvirt.state(&vm.name)? {
             DomainState::Undefined => return Ok("not defined".into()),
             DomainState::Stopped => "not running".to_string(),
@@ -396,7 +397,7 @@ impl Batch<'_> {
         Ok(what)
     }
 
-    fn undefine_one(&self, vm: &Vm) -> Result<String, String> {
+    fn undefine_one(&self, vm: &Vm) -> Result<String> {
         let mode = self.defined_mode(vm);
         let mut what = match self.libvirt.state(&vm.name)? {
             DomainState::Undefined => "not defined".to_string(),
@@ -418,7 +419,7 @@ impl Batch<'_> {
         Ok(what)
     }
 
-    fn describe(&self, vm: &Vm) -> Result<String, String> {
+    fn describe(&self, vm: &Vm) -> Result<String> {
         let state = self.libvirt.state(&vm.name)?;
         let snapshot = if self.snapshots.exists(&vm.node, vm.index) {
             "snapshot present"
@@ -502,16 +503,19 @@ mod tests {
     }
 
     impl Snapshots for FakeSnapshots {
-        fn ensure(&self, node: &str, index: u32) -> Result<PathBuf, String> {
+        fn ensure(&self, node: &str, index: u32) -> Result<PathBuf> {
             if self.fail.as_ref() == Some(&(node.to_string(), index)) {
-                return Err(format!("{node}/snapshot/{index}: injected failure"));
+                return Err(Error::refused(
+                    format!("{node}/snapshot/{index}"),
+                    "injected failure",
+                ));
             }
             let f = self.file(node, index);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(&f, b"qcow2").unwrap();
             Ok(f)
         }
-        fn remove(&self, node: &str, index: u32) -> Result<bool, String> {
+        fn remove(&self, node: &str, index: u32) -> Result<bool> {
             Ok(std::fs::remove_file(self.file(node, index)).is_ok())
         }
         fn exists(&self, node: &str, index: u32) -> bool {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sftsan_core::engine::{Engine, EngineError};
+use sftsan_core::error::{Error, ErrorKind, Result};
+use sftsan_core::engine::Engine;
 use sftsan_core::names::Names;
 use sftsan_core::plan::{self, Plan};
 use sftsan_core::resources::Tools;
@@ -17,9 +18,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(120);
 /// What a batch needs of the cluster: VM snapshots made and removed on demand.
 pub trait Snapshots: Sync {
     /// Makes sure the snapshot exists (bringing its node up if needed).
-    fn ensure(&self, node: &str, index: u32) -> Result<PathBuf, String>;
+    fn ensure(&self, node: &str, index: u32) -> Result<PathBuf>;
     /// Removes it; returns whether there was one.
-    fn remove(&self, node: &str, index: u32) -> Result<bool, String>;
+    fn remove(&self, node: &str, index: u32) -> Result<bool>;
     fn exists(&self, node: &str, index: u32) -> bool;
 }
 
@@ -33,10 +34,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Loads and validates the spec; `tools` as the engine should run them.
-    pub fn load(spec_path: &Path, tools: Tools) -> Result<Cluster, String> {
-        let show = spec_path.display();
-        let spec = ClusterSpec::load(spec_path).map_err(|e| format!("{show}: {e}"))?;
-        let spec = validate(spec).map_err(|e| format!("{show}: {e}"))?;
+    pub fn load(spec_path: &Path, tools: Tools) -> Result<Cluster> {
+        let show = spec_path.display().to_string();
+        let spec = ClusterSpec::load(spec_path).map_err(|e| Error::from(e).context(show.clone()))?;
+        let spec = validate(spec).map_err(|e| Error::from(e).context(show))?;
         let plan = plan::plan(&spec);
         let progress: sftsan_core::engine::Progress = Arc::new(|e| {
             tracing::info!(
@@ -60,16 +61,9 @@ impl Cluster {
 
     /// Checks that `node` is one of the cluster's compute nodes (the engine's own error for
     /// an unknown node speaks of a missing snapshot).
-    pub fn check_node(&self, node: &str) -> Result<(), String> {
-        match self.plan().node(node) {
-            Some(n) if n.role == sftsan_core::plan::Role::Node => Ok(()),
-            Some(_) => Err(format!("{node:?} is the origin: VMs run on compute nodes")),
-            None => Err(format!(
-                "no node named {node:?} in cluster {} ({})",
-                self.plan().cluster,
-                self.spec_path.display()
-            )),
-        }
+    pub fn check_node(&self, node: &str) -> Result<()> {
+        crate::vms::check_compute_node(self.plan(), node)
+            .map_err(|e| e.context(self.spec_path.display().to_string()))
     }
 
     pub fn names(&self) -> &Names {
@@ -87,32 +81,30 @@ impl Cluster {
     }
 }
 
-/// Runs an engine call, retrying while another sftsan holds the cluster's lock.
-pub fn with_lock<T>(
-    what: &str,
-    mut call: impl FnMut() -> Result<T, EngineError>,
-) -> Result<T, String> {
+/// Runs an engine call, retrying while another sftsan holds the cluster's lock (and only
+/// then: any other failure, a permission error on the lock file included, is final).
+pub fn with_lock<T>(what: &str, mut call: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match call() {
-            Err(EngineError::Lock(why)) if Instant::now() < deadline => {
-                tracing::debug!("{what}: waiting for the state lock ({why})");
+            Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
+                tracing::debug!("{what}: waiting for the state lock ({e})");
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(format!("{what}: {e}")),
+            Err(e) => return Err(e.context(what)),
             Ok(v) => return Ok(v),
         }
     }
 }
 
 impl Snapshots for Cluster {
-    fn ensure(&self, node: &str, index: u32) -> Result<PathBuf, String> {
+    fn ensure(&self, node: &str, index: u32) -> Result<PathBuf> {
         with_lock(&format!("{node}/snapshot/{index}"), || {
             self.engine.ensure_snapshot(node, index)
         })
     }
 
-    fn remove(&self, node: &str, index: u32) -> Result<bool, String> {
+    fn remove(&self, node: &str, index: u32) -> Result<bool> {
         with_lock(&format!("{node}/snapshot/{index}"), || {
             self.engine.remove_snapshot(node, index)
         })

@@ -14,6 +14,7 @@
 //! libvirt's API (libvirt holds the domain's lock while it runs hooks) and is idempotent.
 
 use std::path::{Path, PathBuf};
+use sftsan_core::error::{Error, Result};
 
 use sftsan_core::resources::Tools;
 
@@ -60,19 +61,19 @@ pub struct Request {
 
 /// Reads the domain XML libvirt passes on stdin. `None`: not one of sftsan's domains
 /// (anything that does not parse as a domain and does not mention sftsan's namespace).
-pub fn parse_request(xml: &str) -> Result<Option<Request>, String> {
+pub fn parse_request(xml: &str) -> Result<Option<Request>> {
     match Domain::from_xml(xml) {
         Ok(d) => Ok(d.sftsan().map(|meta| Request {
             meta: meta.clone(),
             disks: d.disks(),
         })),
         Err(_) if !xml.contains(crate::xml::SFTSAN_NS) => Ok(None),
-        Err(e) => Err(format!("domain XML: {e}")),
+        Err(e) => Err(Error::invalid("domain XML", e.to_string())),
     }
 }
 
 /// Handles one hook call. `xml` is what libvirt wrote on stdin.
-pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome, String> {
+pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome> {
     let relevant = matches!(
         (op, subop),
         ("prepare", "begin") | ("release", "end") | ("reconnect", "begin")
@@ -104,11 +105,16 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome,
                         format!("{target}={}", d.path.as_deref().unwrap_or("(no source)"))
                     })
                     .collect();
-                return Err(format!(
-                    "no disk is {}/snapshot/{} ({want}); the domain has {}: redefine it with `sftsan vm define`",
-                    meta.node,
-                    meta.snapshot,
-                    if have.is_empty() { "no disk".into() } else { have.join(", ") }
+                return Err(Error::conflict(
+                    format!("no disk is {}/snapshot/{} ({want})", meta.node, meta.snapshot),
+                    format!(
+                        "the domain has {}: redefine it with `sftsan vm define`",
+                        if have.is_empty() {
+                            "no disk".into()
+                        } else {
+                            have.join(", ")
+                        }
+                    ),
                 ));
             }
             let file = cluster.ensure(&meta.node, meta.snapshot)?;
@@ -141,14 +147,16 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome,
     }
 }
 
-fn load_cluster(meta: &SftsanMeta, tools: Tools) -> Result<Cluster, String> {
+fn load_cluster(meta: &SftsanMeta, tools: Tools) -> Result<Cluster> {
     let cluster = Cluster::load(Path::new(&meta.spec), tools)?;
     if cluster.plan().cluster != meta.cluster {
-        return Err(format!(
-            "{} now describes cluster {:?}, but the domain belongs to {:?}",
-            meta.spec,
-            cluster.plan().cluster,
-            meta.cluster
+        return Err(Error::conflict(
+            meta.spec.clone(),
+            format!(
+                "now describes cluster {:?}, but the domain belongs to {:?}",
+                cluster.plan().cluster,
+                meta.cluster
+            ),
         ));
     }
     cluster.check_node(&meta.node)?;
@@ -200,12 +208,12 @@ mod tests {
     fn other_domains_and_events_are_ignored() {
         let t = Tools::from_env();
         assert_eq!(
-            handle("prepare", "begin", &xml(None), t.clone()),
-            Ok(Outcome::Ignored)
+            handle("prepare", "begin", &xml(None), t.clone()).ok(),
+            Some(Outcome::Ignored)
         );
         assert_eq!(
-            handle("prepare", "begin", "<domain", t.clone()),
-            Ok(Outcome::Ignored)
+            handle("prepare", "begin", "<domain", t.clone()).ok(),
+            Some(Outcome::Ignored)
         );
         let meta = SftsanMeta {
             cluster: "c".into(),
@@ -224,18 +232,20 @@ mod tests {
             ("migrate", "begin"),
         ] {
             assert_eq!(
-                handle(op, sub, &text, t.clone()),
-                Ok(Outcome::Ignored),
+                handle(op, sub, &text, t.clone()).ok(),
+                Some(Outcome::Ignored),
                 "{op} {sub}"
             );
         }
         // A persistent VM keeps its snapshot at release.
         assert_eq!(
-            handle("release", "end", &text, t.clone()),
-            Ok(Outcome::Ignored)
+            handle("release", "end", &text, t.clone()).ok(),
+            Some(Outcome::Ignored)
         );
         // prepare needs the spec: a clear error.
-        let err = handle("prepare", "begin", &text, t.clone()).unwrap_err();
+        let err = handle("prepare", "begin", &text, t.clone())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/spec.toml"), "{err}");
         // reconnect never fails.
         match handle("reconnect", "begin", &text, t).unwrap() {
@@ -278,7 +288,9 @@ mod tests {
             meta.clone(),
         )
         .unwrap();
-        let err = handle("prepare", "begin", &d.to_xml(), Tools::from_env()).unwrap_err();
+        let err = handle("prepare", "begin", &d.to_xml(), Tools::from_env())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("/elsewhere.qcow2") && err.contains("sftsan vm define"),
             "{err}"
@@ -287,7 +299,9 @@ mod tests {
         let mut other = meta;
         other.cluster = "other".into();
         let d = build_domain(&default_template(), "g", Path::new("/x"), other).unwrap();
-        let err = handle("prepare", "begin", &d.to_xml(), Tools::from_env()).unwrap_err();
+        let err = handle("prepare", "begin", &d.to_xml(), Tools::from_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("belongs to \"other\""), "{err}");
         assert!(!dir.path().join("state").exists(), "nothing was touched");
     }

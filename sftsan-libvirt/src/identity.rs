@@ -2,6 +2,7 @@
 //! index) so that running the same batch again produces the same domains.
 
 use sha2::{Digest, Sha256};
+use sftsan_core::error::{Error, Result};
 
 /// The default name pattern, in the spirit of the original sftsan's `test<node>x<n>`.
 pub const DEFAULT_NAME_PATTERN: &str = "{cluster}-{node}-{index}";
@@ -13,31 +14,30 @@ pub struct NamePattern(String);
 impl NamePattern {
     /// Checks the pattern: it must name `{node}` and `{index}` (so that names are unique
     /// within a cluster), know every placeholder and make a valid libvirt name.
-    pub fn new(pattern: &str) -> Result<NamePattern, String> {
+    pub fn new(pattern: &str) -> Result<NamePattern> {
+        let bad = |problem: String| Error::invalid(format!("name pattern {pattern:?}"), problem);
         let mut rest = pattern;
         while let Some(open) = rest.find('{') {
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("name pattern {pattern:?}: unclosed '{{'"))?;
+                .ok_or_else(|| bad("has an unclosed '{'".into()))?;
             let key = &rest[open + 1..open + close];
             if !["cluster", "image", "node", "index"].contains(&key) {
-                return Err(format!(
-                    "name pattern {pattern:?}: unknown placeholder {{{key}}} (use {{cluster}}, {{image}}, {{node}}, {{index}})"
-                ));
+                return Err(bad(format!(
+                    "unknown placeholder {{{key}}} (use {{cluster}}, {{image}}, {{node}}, {{index}})"
+                )));
             }
             rest = &rest[open + close + 1..];
         }
         for needed in ["{node}", "{index}"] {
             if !pattern.contains(needed) {
-                return Err(format!(
-                    "name pattern {pattern:?} must contain {needed}, or two VMs would get one name"
-                ));
+                return Err(bad(format!(
+                    "must contain {needed}, or two VMs would get one name"
+                )));
             }
         }
         if pattern.contains('/') || pattern.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "name pattern {pattern:?}: no '/' or whitespace in domain names"
-            ));
+            return Err(bad("no '/' or whitespace in domain names".into()));
         }
         Ok(NamePattern(pattern.into()))
     }

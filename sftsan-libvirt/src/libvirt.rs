@@ -6,6 +6,7 @@ use virt::connect::Connect;
 use virt::domain::Domain as VirtDomain;
 
 use crate::xml::Domain;
+use sftsan_core::error::{Error, Result};
 
 /// The default connection (the system QEMU driver).
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -13,6 +14,29 @@ pub const DEFAULT_URI: &str = "qemu:///system";
 /// libvirt's error, in one line.
 fn msg(e: virt::error::Error) -> String {
     e.message().replace('\n', " ")
+}
+
+/// A libvirt failure about `what`, of the kind its error number says.
+fn lv(what: impl Into<String>, e: virt::error::Error) -> Error {
+    use virt::error::ErrorNumber;
+    let what = what.into();
+    let missing = is_missing(&e);
+    let code = e.code();
+    let detail = msg(e);
+    if missing {
+        Error::not_found(what, detail)
+    } else if code.is_known_and(|c| matches!(c, ErrorNumber::OperationInvalid)) {
+        Error::conflict(what, detail)
+    } else if code.is_known_and(|c| {
+        matches!(
+            c,
+            ErrorNumber::NoConnect | ErrorNumber::Rpc | ErrorNumber::SystemError
+        )
+    }) {
+        Error::unreachable(what, detail)
+    } else {
+        Error::refused(what, detail)
+    }
 }
 
 /// Whether a libvirt error says the object does not exist.
@@ -50,11 +74,11 @@ pub struct Libvirt {
 }
 
 impl Libvirt {
-    pub fn open(uri: &str) -> Result<Libvirt, String> {
+    pub fn open(uri: &str) -> Result<Libvirt> {
         static QUIET: Once = Once::new();
         // Without this libvirt prints every error to stderr as well.
         QUIET.call_once(virt::error::clear_error_callback);
-        let conn = Connect::open(Some(uri)).map_err(|e| format!("connect {uri}: {}", msg(e)))?;
+        let conn = Connect::open(Some(uri)).map_err(|e| lv(format!("connect {uri}"), e))?;
         Ok(Libvirt {
             conn,
             uri: uri.into(),
@@ -65,117 +89,119 @@ impl Libvirt {
         &self.uri
     }
 
-    fn lookup(&self, name: &str) -> Result<Option<VirtDomain>, String> {
+    fn lookup(&self, name: &str) -> Result<Option<VirtDomain>> {
         match self.conn.lookup_domain_by_name(name) {
             Ok(d) => Ok(Some(d)),
             Err(e) if is_missing(&e) => Ok(None),
-            Err(e) => Err(format!("{name}: {}", msg(e))),
+            Err(e) => Err(lv(name, e)),
         }
     }
 
-    fn get(&self, name: &str) -> Result<VirtDomain, String> {
+    fn get(&self, name: &str) -> Result<VirtDomain> {
         self.lookup(name)?
-            .ok_or_else(|| format!("{name}: not defined (run `sftsan vm define` first)"))
+            .ok_or_else(|| Error::not_found(name, "not defined (run `sftsan vm define` first)"))
     }
 
-    pub fn state(&self, name: &str) -> Result<DomainState, String> {
+    pub fn state(&self, name: &str) -> Result<DomainState> {
         match self.lookup(name)? {
             None => Ok(DomainState::Undefined),
             Some(d) => match d.is_active() {
                 Ok(true) => Ok(DomainState::Running),
                 Ok(false) => Ok(DomainState::Stopped),
-                Err(e) => Err(format!("{name}: {}", msg(e))),
+                Err(e) => Err(lv(name, e)),
             },
         }
     }
 
     /// The UUID of a defined domain, if there is one by that name.
-    pub fn uuid(&self, name: &str) -> Result<Option<String>, String> {
+    pub fn uuid(&self, name: &str) -> Result<Option<String>> {
         match self.lookup(name)? {
             None => Ok(None),
             Some(d) => d
                 .uuid_string()
                 .map(Some)
-                .map_err(|e| format!("{name}: {}", msg(e))),
+                .map_err(|e| lv(name, e)),
         }
     }
 
     /// Defines (or redefines) a persistent domain.
-    pub fn define(&self, domain: &Domain) -> Result<(), String> {
+    pub fn define(&self, domain: &Domain) -> Result<()> {
         self.conn
             .define_domain_xml(&domain.to_xml())
             .map(|_| ())
-            .map_err(|e| format!("{}: define: {}", domain.name(), msg(e)))
+            .map_err(|e| lv(format!("{}: define", domain.name()), e))
     }
 
     /// Defines a domain from libvirt XML as it is (e.g. to restore an earlier definition).
-    pub fn define_xml(&self, name: &str, xml: &str) -> Result<(), String> {
+    pub fn define_xml(&self, name: &str, xml: &str) -> Result<()> {
         self.conn
             .define_domain_xml(xml)
             .map(|_| ())
-            .map_err(|e| format!("{name}: define: {}", msg(e)))
+            .map_err(|e| lv(format!("{name}: define"), e))
     }
 
     /// A domain's persistent definition, as libvirt's XML.
-    pub fn inactive_xml(&self, name: &str) -> Result<String, String> {
+    pub fn inactive_xml(&self, name: &str) -> Result<String> {
         const INACTIVE: u32 = 2; // VIR_DOMAIN_XML_INACTIVE
         self.get(name)?
             .xml_desc(INACTIVE)
-            .map_err(|e| format!("{name}: {}", msg(e)))
+            .map_err(|e| lv(name, e))
     }
 
-    pub fn start(&self, name: &str) -> Result<(), String> {
+    pub fn start(&self, name: &str) -> Result<()> {
         self.get(name)?
             .create()
-            .map_err(|e| format!("{name}: start: {}", msg(e)))
+            .map_err(|e| lv(format!("{name}: start"), e))
     }
 
     /// Stops a domain hard. libvirt reports a failure when QEMU takes longer to exit than
     /// it waits (seen on a loaded host: "Failed to terminate process ... Device or
     /// resource busy"); the domain is then asked again, a bounded number of times, and
     /// the call succeeds once it is no longer running.
-    pub fn destroy(&self, name: &str) -> Result<(), String> {
+    pub fn destroy(&self, name: &str) -> Result<()> {
         const ATTEMPTS: usize = 3;
         let domain = self.get(name)?;
-        let mut last = String::new();
+        let mut last = None;
         for _ in 0..ATTEMPTS {
             match domain.destroy() {
                 Ok(()) => return Ok(()),
-                Err(e) => last = msg(e),
+                Err(e) => last = Some(e),
             }
             if !domain.is_active().unwrap_or(true) {
                 return Ok(());
             }
         }
-        Err(format!(
-            "{name}: destroy: {last} (after {ATTEMPTS} attempts)"
-        ))
+        let what = format!("{name}: destroy (after {ATTEMPTS} attempts)");
+        Err(match last {
+            Some(e) => lv(what, e),
+            None => Error::refused(what, "failed"),
+        })
     }
 
-    pub fn undefine(&self, name: &str) -> Result<(), String> {
+    pub fn undefine(&self, name: &str) -> Result<()> {
         self.get(name)?
             .undefine()
-            .map_err(|e| format!("{name}: undefine: {}", msg(e)))
+            .map_err(|e| lv(format!("{name}: undefine"), e))
     }
 
     /// libvirt's current XML of a domain, parsed.
-    pub fn domain(&self, name: &str) -> Result<Domain, String> {
+    pub fn domain(&self, name: &str) -> Result<Domain> {
         let xml = self
             .get(name)?
             .xml_desc(0)
-            .map_err(|e| format!("{name}: {}", msg(e)))?;
-        Domain::from_xml(&xml).map_err(|e| format!("{name}: {e}"))
+            .map_err(|e| lv(name, e))?;
+        Domain::from_xml(&xml).map_err(|e| Error::corrupt(format!("{name}: libvirt's domain XML"), e.to_string()))
     }
 
     /// Every domain (running or not) that carries sftsan metadata.
-    pub fn sftsan_domains(&self) -> Result<Vec<Domain>, String> {
+    pub fn sftsan_domains(&self) -> Result<Vec<Domain>> {
         let all = self
             .conn
             .list_all_domains(0)
-            .map_err(|e| format!("list domains: {}", msg(e)))?;
+            .map_err(|e| lv("list domains", e))?;
         let mut out = Vec::new();
         for d in all {
-            let xml = d.xml_desc(0).map_err(msg)?;
+            let xml = d.xml_desc(0).map_err(|e| lv("domain XML", e))?;
             if let Ok(parsed) = Domain::from_xml(&xml) {
                 if parsed.sftsan().is_some() {
                     out.push(parsed);
@@ -186,17 +212,17 @@ impl Libvirt {
     }
 
     /// HMP command through the QEMU monitor (tests and diagnostics).
-    pub fn hmp(&self, name: &str, command: &str) -> Result<String, String> {
+    pub fn hmp(&self, name: &str, command: &str) -> Result<String> {
         const HMP: u32 = 1; // VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
         self.get(name)?
             .qemu_monitor_command(command, HMP)
-            .map_err(|e| format!("{name}: {}", msg(e)))
+            .map_err(|e| lv(name, e))
     }
 
     /// Makes a persistent, started, autostarted `dir` pool of that name over `path` exist,
     /// and refreshes it. Returns whether it was created.
-    pub fn ensure_pool(&self, name: &str, path: &std::path::Path) -> Result<bool, String> {
-        let err = |what: &str, e| format!("pool {name}: {what}: {}", msg(e));
+    pub fn ensure_pool(&self, name: &str, path: &std::path::Path) -> Result<bool> {
+        let err = |what: &str, e| lv(format!("pool {name}: {what}"), e);
         let (pool, created) = match self.conn.lookup_storage_pool_by_name(name) {
             Ok(p) => (p, false),
             Err(e) if is_missing(&e) => {
@@ -221,22 +247,22 @@ impl Libvirt {
     }
 
     /// Volume names of a pool (after its last refresh).
-    pub fn pool_volumes(&self, name: &str) -> Result<Vec<String>, String> {
+    pub fn pool_volumes(&self, name: &str) -> Result<Vec<String>> {
         let pool = self
             .conn
             .lookup_storage_pool_by_name(name)
-            .map_err(|e| format!("pool {name}: {}", msg(e)))?;
+            .map_err(|e| lv(format!("pool {name}"), e))?;
         let mut v = pool
             .list_volumes()
-            .map_err(|e| format!("pool {name}: {}", msg(e)))?;
+            .map_err(|e| lv(format!("pool {name}"), e))?;
         v.sort();
         Ok(v)
     }
 
     /// Stops and undefines a pool (its directory and volumes stay). Returns whether there
     /// was one.
-    pub fn remove_pool(&self, name: &str) -> Result<bool, String> {
-        let err = |what: &str, e| format!("pool {name}: {what}: {}", msg(e));
+    pub fn remove_pool(&self, name: &str) -> Result<bool> {
+        let err = |what: &str, e| lv(format!("pool {name}: {what}"), e);
         let pool = match self.conn.lookup_storage_pool_by_name(name) {
             Ok(p) => p,
             Err(e) if is_missing(&e) => return Ok(false),
@@ -264,7 +290,7 @@ struct PoolTarget {
     path: String,
 }
 
-fn pool_xml(name: &str, path: &std::path::Path) -> Result<String, String> {
+fn pool_xml(name: &str, path: &std::path::Path) -> Result<String> {
     quick_xml::se::to_string(&PoolXml {
         kind: "dir",
         name: name.into(),
@@ -272,5 +298,5 @@ fn pool_xml(name: &str, path: &std::path::Path) -> Result<String, String> {
             path: path.display().to_string(),
         },
     })
-    .map_err(|e| format!("pool {name}: {e}"))
+    .map_err(|e| Error::invalid(format!("pool {name}"), e.to_string()))
 }

@@ -2,6 +2,7 @@
 //! compute node, its domain built from a template (the user's or the built-in default).
 
 use std::path::{Path, PathBuf};
+use sftsan_core::error::{Error, IoContext, Result};
 
 use sftsan_core::plan::{Plan, Role};
 use sftsan_core::spec::ValidatedSpec;
@@ -78,10 +79,46 @@ pub fn default_template() -> Domain {
 
 /// Reads a user's domain template (libvirt domain XML; its boot disk, if it has one,
 /// becomes each VM's snapshot). One line says why a template cannot be used.
-pub fn load_template(path: &Path) -> Result<Domain, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("template {}: {e}", path.display()))?;
-    parse_template(&text).map_err(|e| format!("template {}: {e}", path.display()))
+pub fn load_template(path: &Path) -> Result<Domain> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    parse_template(&text).map_err(|e| template_error(&path.display().to_string(), e))
+}
+
+/// A template's problem as an invalid input named after the template.
+fn template_error(name: &str, e: crate::xml::XmlError) -> Error {
+    let field = if name.is_empty() {
+        "template".to_string()
+    } else {
+        format!("template {name}")
+    };
+    Error::invalid(field, e.to_string())
+}
+
+/// `node` must be one of the plan's compute nodes: VMs run there.
+pub fn check_compute_node(plan: &Plan, node: &str) -> Result<()> {
+    match plan.node(node) {
+        None => {
+            let known: Vec<&str> = plan
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Node)
+                .map(|n| n.name.as_str())
+                .collect();
+            Err(Error::not_found(
+                format!("no node named {node:?} in cluster {}", plan.cluster),
+                format!("nodes: {}", known.join(", ")),
+            ))
+        }
+        Some(p) if p.role == Role::Origin => Err(Error::invalid(
+            format!("{node:?}"),
+            "is the origin: VMs run on compute nodes",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).at(path)
 }
 
 /// Parses a template and checks that sftsan can make VMs of it.
@@ -100,30 +137,11 @@ pub fn plan_vms(
     plan: &Plan,
     spec_path: &Path,
     settings: &VmSettings,
-) -> Result<Vec<Vm>, String> {
+) -> Result<Vec<Vm>> {
     for n in &settings.nodes {
-        match plan.node(n) {
-            None => {
-                let known: Vec<&str> = plan
-                    .nodes
-                    .iter()
-                    .filter(|n| n.role == Role::Node)
-                    .map(|n| n.name.as_str())
-                    .collect();
-                return Err(format!(
-                    "no node named {n:?} in cluster {} (nodes: {})",
-                    plan.cluster,
-                    known.join(", ")
-                ));
-            }
-            Some(p) if p.role == Role::Origin => {
-                return Err(format!("{n:?} is the origin: VMs run on compute nodes"))
-            }
-            Some(_) => {}
-        }
+        check_compute_node(plan, n)?;
     }
-    let spec_path =
-        std::path::absolute(spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let spec_path = absolute(spec_path)?;
     let per_node = settings.per_node.unwrap_or(spec.spec().snapshots.per_node);
     let template = settings.template.clone().unwrap_or_else(default_template);
     let mut vms = Vec::new();
@@ -145,7 +163,7 @@ pub fn plan_vms(
                 spec: spec_path.display().to_string(),
             };
             let domain = build_domain(&template, &name, &snapshot, meta)
-                .map_err(|e| format!("template: {e}"))?;
+                .map_err(|e| template_error("", e))?;
             vms.push(Vm {
                 uuid: domain.uuid().unwrap_or_default(),
                 name,
@@ -170,31 +188,17 @@ pub fn domain_xml(
     index: u32,
     template: Option<&str>,
     mode: VmMode,
-) -> Result<String, String> {
-    match plan.node(node) {
-        None => {
-            return Err(format!(
-                "no node named {node:?} in cluster {}",
-                plan.cluster
-            ))
-        }
-        Some(n) if n.role == Role::Origin => {
-            return Err(format!("{node:?} is the origin: VMs run on compute nodes"))
-        }
-        Some(_) => {}
-    }
+) -> Result<String> {
+    check_compute_node(plan, node)?;
     if index == 0 {
-        return Err("snapshots are numbered from 1".into());
+        return Err(Error::invalid("index", "snapshots are numbered from 1"));
     }
     let template = match template {
-        Some(text) => parse_template(text).map_err(|e| format!("template: {e}"))?,
+        Some(text) => parse_template(text).map_err(|e| template_error("", e))?,
         None => default_template(),
     };
     let spec_path = match spec_path {
-        Some(p) => std::path::absolute(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?
-            .display()
-            .to_string(),
+        Some(p) => absolute(p)?.display().to_string(),
         None => String::new(),
     };
     let name = NamePattern::default().expand(&plan.cluster, &plan.image, node, index);
@@ -208,7 +212,7 @@ pub fn domain_xml(
     };
     build_domain(&template, &name, &plan.vm_disk_path(node, index), meta)
         .map(|d| d.to_xml())
-        .map_err(|e| format!("template: {e}"))
+        .map_err(|e| template_error("", e))
 }
 
 /// The template with this VM's name, UUID, MACs, metadata and boot disk; nothing else

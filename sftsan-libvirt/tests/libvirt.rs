@@ -303,7 +303,10 @@ fn a_failing_prepare_aborts_the_start() {
     let lv = lvd.connect();
     let d = domain_for(&c, "ghost", 1, VmMode::Persistent);
     lv.define(&d).unwrap();
-    let err = lv.start(&d.name()).expect_err("the start must fail");
+    let err = lv
+        .start(&d.name())
+        .expect_err("the start must fail")
+        .to_string();
     eprintln!("libvirt said: {err}");
     assert!(err.contains("sftsan-hook: lvfail-ghost-1:"), "{err}");
     assert!(err.contains("no node named \"ghost\""), "{err}");
@@ -544,7 +547,8 @@ fn the_hook_serves_kernel_backend_domains() {
     lv.define_xml(name, &xml).unwrap();
     let err = lv
         .start(name)
-        .expect_err("no device-mapper here: the start must fail");
+        .expect_err("no device-mapper here: the start must fail")
+        .to_string();
     lv.undefine(name).unwrap();
     assert!(err.contains(&format!("sftsan-hook: {name}:")), "{err}");
     assert!(

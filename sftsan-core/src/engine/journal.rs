@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
 use crate::resources::ResourceSpec;
 use crate::transport::TransportSpec;
@@ -46,13 +47,14 @@ pub struct JournalData {
 
 impl JournalData {
     /// Reads a journal's text; says what is wrong with it otherwise.
-    pub fn parse(text: &str) -> Result<JournalData, String> {
-        let data: JournalData = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<JournalData> {
+        let corrupt = |detail: String| Error::corrupt("journal", format!("is damaged: {detail}"));
+        let data: JournalData = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
         if data.version != VERSION {
-            return Err(format!(
+            return Err(corrupt(format!(
                 "version {} (this sftsan reads {VERSION})",
                 data.version
-            ));
+            )));
         }
         Ok(data)
     }
@@ -63,23 +65,6 @@ impl JournalData {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("journal {path} is damaged: {detail}")]
-    Corrupt { path: String, detail: String },
-    #[error("journal {path} belongs to cluster {found:?}, not {wanted:?}")]
-    OtherCluster {
-        path: String,
-        found: String,
-        wanted: String,
-    },
-}
-
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -88,21 +73,13 @@ pub struct Journal {
 
 impl Journal {
     /// Loads the journal at `path`, or returns None when there is none.
-    pub fn load(path: &Path) -> Result<Option<Journal>, JournalError> {
+    pub fn load(path: &Path) -> Result<Option<Journal>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(JournalError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
+            Err(e) => return Err(Error::io(path, e).context("journal")),
         };
-        let data = JournalData::parse(&text).map_err(|detail| JournalError::Corrupt {
-            path: path.display().to_string(),
-            detail,
-        })?;
+        let data = JournalData::parse(&text).map_err(|e| e.context(path.display().to_string()))?;
         Ok(Some(Journal {
             path: path.to_path_buf(),
             data,
@@ -110,13 +87,15 @@ impl Journal {
     }
 
     /// Loads the journal or starts an empty one for `cluster`.
-    pub fn open(path: &Path, cluster: &str) -> Result<Journal, JournalError> {
+    pub fn open(path: &Path, cluster: &str) -> Result<Journal> {
         match Self::load(path)? {
-            Some(j) if j.data.cluster != cluster => Err(JournalError::OtherCluster {
-                path: path.display().to_string(),
-                found: j.data.cluster,
-                wanted: cluster.into(),
-            }),
+            Some(j) if j.data.cluster != cluster => Err(Error::conflict(
+                format!("journal {}", path.display()),
+                format!(
+                    "belongs to cluster {:?}, not {cluster:?}",
+                    j.data.cluster
+                ),
+            )),
             Some(j) => Ok(j),
             None => Ok(Journal {
                 path: path.to_path_buf(),
@@ -131,21 +110,13 @@ impl Journal {
         }
     }
 
-    pub fn save(&self) -> Result<(), JournalError> {
-        write_atomic(&self.path, self.data.to_text().as_bytes()).map_err(|source| {
-            JournalError::Io {
-                path: self.path.display().to_string(),
-                source,
-            }
-        })
+    pub fn save(&self) -> Result<()> {
+        write_atomic(&self.path, self.data.to_text().as_bytes()).map_err(|e| e.context("journal"))
     }
 
     /// Removes the journal file (after `down` removed everything it named).
-    pub fn delete(&self) -> Result<(), JournalError> {
-        remove_file_if_exists(&self.path).map_err(|source| JournalError::Io {
-            path: self.path.display().to_string(),
-            source,
-        })
+    pub fn delete(&self) -> Result<()> {
+        remove_file_if_exists(&self.path).map_err(|e| e.context("journal"))
     }
 
     pub fn get(&self, id: &str) -> Option<&Entry> {
@@ -159,7 +130,7 @@ impl Journal {
         node: Option<&str>,
         resource: &ResourceSpec,
         state: EntryState,
-    ) -> Result<(), JournalError> {
+    ) -> Result<()> {
         let runtime = match state {
             EntryState::Created => resource
                 .as_resource()
@@ -184,7 +155,7 @@ impl Journal {
     }
 
     /// Forgets a resource that was torn down, and saves.
-    pub fn forget(&mut self, id: &str) -> Result<(), JournalError> {
+    pub fn forget(&mut self, id: &str) -> Result<()> {
         self.data.entries.retain(|e| e.id != id);
         self.save()
     }
@@ -218,10 +189,8 @@ mod tests {
             .data
             .entries
             .is_empty());
-        assert!(matches!(
-            Journal::open(&path, "c2"),
-            Err(JournalError::OtherCluster { .. })
-        ));
+        let err = Journal::open(&path, "c2").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Conflict, "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use super::EngineError;
+use crate::error::{Error, IoContext, Result};
 use crate::names::Names;
 
 pub struct StateLock {
@@ -15,30 +15,35 @@ pub struct StateLock {
 
 impl StateLock {
     /// Takes the lock or fails at once, naming the lock file.
-    pub fn acquire(names: &Names) -> Result<StateLock, EngineError> {
+    pub fn acquire(names: &Names) -> Result<StateLock> {
         let path = names.lock();
-        let fail = |what: String| EngineError::Lock(format!("{}: {what}", path.display()));
         // `down` removes the lock file while holding it: a lock taken on a file that was
         // removed meanwhile guards nothing, so take it again on the file now there.
         for _ in 0..3 {
-            std::fs::create_dir_all(names.state_dir()).map_err(|e| fail(e.to_string()))?;
+            std::fs::create_dir_all(names.state_dir()).at(names.state_dir())?;
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&path)
-                .map_err(|e| fail(e.to_string()))?;
+                .at(&path)?;
             // SAFETY: flock on an fd we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                return Err(fail("another sftsan is working on this cluster".into()));
+                return Err(Error::busy(
+                    path.display().to_string(),
+                    "another sftsan is working on this cluster",
+                ));
             }
-            let held = file.metadata().map_err(|e| fail(e.to_string()))?;
+            let held = file.metadata().at(&path)?;
             let current = std::fs::metadata(&path).ok();
             if current.is_some_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
                 return Ok(StateLock { file, path });
             }
         }
-        Err(fail("the lock file keeps being replaced".into()))
+        Err(Error::busy(
+            path.display().to_string(),
+            "the lock file keeps being replaced",
+        ))
     }
 
     /// Removes the lock file, still holding the lock (after `down`: the cluster is gone).
@@ -64,6 +69,7 @@ mod tests {
         let names = names(&dir.path().join("state"));
         let first = StateLock::acquire(&names).unwrap();
         let second = StateLock::acquire(&names).err().expect("a second lock");
+        assert_eq!(second.kind(), crate::error::ErrorKind::Busy);
         assert!(
             second
                 .to_string()

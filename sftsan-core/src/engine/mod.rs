@@ -5,7 +5,7 @@
 mod journal;
 mod lock;
 
-pub use journal::{Entry, EntryState, Journal, JournalData, JournalError};
+pub use journal::{Entry, EntryState, Journal, JournalData};
 pub use lock::StateLock;
 
 use std::collections::BTreeMap;
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::names::Names;
 use crate::plan::{NodePlan, Plan, Role};
-use crate::resources::{first_difference, Ctx, Observed, ResourceError, ResourceSpec, Tools};
+use crate::resources::{first_difference, Ctx, Observed, ResourceSpec, Tools};
+use crate::error::{Error, Result};
 use crate::spec::ValidatedSpec;
 use crate::transport::{Transport, TransportSpec};
 
@@ -64,53 +65,25 @@ pub struct Event {
 
 pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("{0}")]
-    Lock(String),
-    #[error("{id}: exists with {field} = {have}, but the spec wants {want} (run `sftsan down` first, or keep the spec as it was)")]
-    Mismatch {
-        id: String,
-        field: String,
-        have: String,
-        want: String,
-    },
-    #[error("{id}: {action} failed: {cause}")]
-    Step {
-        id: String,
-        action: &'static str,
-        cause: ResourceError,
-    },
-    #[error("{cause}; rolled back what this run created{}", rollback_note(.rollback_failures))]
-    RolledBack {
-        cause: Box<EngineError>,
-        rollback_failures: Vec<String>,
-    },
-    #[error("teardown incomplete: {}", .0.join("; "))]
-    Teardown(Vec<String>),
-    #[error("{0}")]
-    Kernel(String),
-    /// A block device the spec names cannot hold its store.
-    #[error("{0}")]
-    Device(String),
-    #[error("no node named {0:?} in this cluster")]
-    NoSuchNode(String),
-    #[error("node {0:?} has no snapshot {1} (snapshots are numbered from 1)")]
-    NoSuchSnapshot(String, u32),
-    #[error("{0:?} is the origin: VM snapshots live on compute nodes")]
-    NotComputeNode(String),
-    #[error("node {node} still serves {}: take them down first", .children.join(", "))]
-    HasChildren { node: String, children: Vec<String> },
+/// The engine's failures are sftsan's [`Error`]s.
+pub type EngineError = Error;
+
+fn no_such_node(node: &str) -> Error {
+    Error::not_found(format!("no node named {node:?} in this cluster"), "")
 }
 
-fn rollback_note(failures: &[String]) -> String {
-    if failures.is_empty() {
-        String::new()
-    } else {
-        format!(", but rollback failed for: {}", failures.join("; "))
-    }
+fn no_such_snapshot(node: &str, index: u32) -> Error {
+    Error::not_found(
+        format!("node {node:?} has no snapshot {index}"),
+        "snapshots are numbered from 1",
+    )
+}
+
+fn not_compute_node(node: &str) -> Error {
+    Error::invalid(
+        format!("{node:?}"),
+        "is the origin: VM snapshots live on compute nodes",
+    )
 }
 
 #[derive(Debug, Default, Clone)]
@@ -153,30 +126,24 @@ impl Run {
     }
 
     /// Makes one resource exist with its planned parameters.
-    fn ensure(&self, node: Option<&str>, r: &ResourceSpec) -> Result<(), EngineError> {
+    fn ensure(&self, node: Option<&str>, r: &ResourceSpec) -> Result<()> {
         let id = r.id(node);
         let started = Instant::now();
         let ctx = self.ctx(node, r);
         let res = r.as_resource();
-        let step = |action: &'static str| {
-            move |cause| EngineError::Step {
-                id: r.id(node),
-                action,
-                cause,
-            }
-        };
+        let step = |action: &'static str| move |cause: Error| cause.context(format!("{}: {action} failed", r.id(node)));
         let observed = res.observe(&ctx).map_err(step("observe"))?;
         let made_before =
             self.journal.lock().unwrap().get(&id).map(|e| e.state) == Some(EntryState::Created);
         let action = match observed {
             Observed::Present(have) => {
                 if let Some((field, have, want)) = first_difference(&have, &res.desired()) {
-                    return Err(EngineError::Mismatch {
+                    return Err(Error::conflict(
                         id,
-                        field: field.into(),
-                        have,
-                        want,
-                    });
+                        format!(
+                            "exists with {field} = {have}, but the spec wants {want} (run `sftsan down` first, or keep the spec as it was)"
+                        ),
+                    ));
                 }
                 // Adopt it: it carries our name, so `down` must remove it too.
                 let mut journal = self.journal.lock().unwrap();
@@ -226,7 +193,7 @@ impl Run {
     }
 
     /// Tears down one journaled resource and forgets it.
-    fn remove(&self, entry: &Entry, rollback: bool) -> Result<(), String> {
+    fn remove(&self, entry: &Entry, rollback: bool) -> Result<()> {
         let started = Instant::now();
         let ctx = self.ctx(entry.node.as_deref(), &entry.resource);
         let res = entry.resource.as_resource();
@@ -237,7 +204,7 @@ impl Run {
                     .lock()
                     .unwrap()
                     .forget(&entry.id)
-                    .map_err(|e| format!("{}: {e}", entry.id))?;
+                    .map_err(|e| e.context(entry.id.clone()))?;
                 let action = if absent {
                     Action::Absent
                 } else {
@@ -251,12 +218,12 @@ impl Run {
             }
             Err(e) => {
                 self.report(&entry.id, Action::Failed, started, rollback);
-                Err(format!("{}: {e}", entry.id))
+                Err(e.context(entry.id.clone()))
             }
         }
     }
 
-    fn rollback(&self) -> Vec<String> {
+    fn rollback(&self) -> Vec<Error> {
         let created = std::mem::take(&mut *self.created.lock().unwrap());
         created
             .iter()
@@ -278,8 +245,8 @@ fn crash_point(kind: &str) {
 fn bounded<T: Sync>(
     items: &[T],
     bound: usize,
-    work: impl Fn(&T) -> Result<(), EngineError> + Sync,
-) -> Result<(), EngineError> {
+    work: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
     let mut first_error = None;
     for chunk in items.chunks(bound.max(1)) {
         let results: Vec<_> = std::thread::scope(|s| {
@@ -320,7 +287,7 @@ impl Engine {
         &self.plan
     }
 
-    fn open_run(&self) -> Result<Run, EngineError> {
+    fn open_run(&self) -> Result<Run> {
         let mut journal = Journal::open(&self.names.journal(), &self.plan.cluster)?;
         for n in &self.plan.nodes {
             journal
@@ -346,14 +313,14 @@ impl Engine {
     }
 
     /// Brings the whole cluster up, resuming whatever an earlier run left.
-    pub fn up(&self) -> Result<Summary, EngineError> {
+    pub fn up(&self) -> Result<Summary> {
         let scope: Vec<&ResourceSpec> = self.plan.nodes.iter().flat_map(|n| &n.stack).collect();
         self.transaction(&scope, |run| self.apply(run, &self.plan.tree.setup_order()))
     }
 
     /// Brings up one node and every node between it and the origin (parents first), each
     /// with its whole stack: what a VM on that node needs, and nothing else.
-    pub fn up_node(&self, node: &str) -> Result<Summary, EngineError> {
+    pub fn up_node(&self, node: &str) -> Result<Summary> {
         let path = self.path_to(node)?;
         self.transaction(&self.stacks_of(&path), |run| {
             self.apply(run, &path.iter().map(|&i| vec![i]).collect::<Vec<_>>())
@@ -371,7 +338,7 @@ impl Engine {
     /// Makes sure snapshot `index` of `node` exists (bringing the node up if needed) and
     /// returns its file. `index` may exceed `snapshots.per_node`: VMs beyond the planned
     /// count get their snapshots on demand.
-    pub fn ensure_snapshot(&self, node: &str, index: u32) -> Result<PathBuf, EngineError> {
+    pub fn ensure_snapshot(&self, node: &str, index: u32) -> Result<PathBuf> {
         let disk = self.vm_disk(node, index)?;
         let path = self.path_to(node)?;
         let mut scope = self.stacks_of(&path);
@@ -385,7 +352,7 @@ impl Engine {
 
     /// Removes snapshot `index` of `node` (a VM's disk: its writes are gone). Returns
     /// whether there was one.
-    pub fn remove_snapshot(&self, node: &str, index: u32) -> Result<bool, EngineError> {
+    pub fn remove_snapshot(&self, node: &str, index: u32) -> Result<bool> {
         let disk = self.vm_disk(node, index)?;
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
@@ -399,18 +366,18 @@ impl Engine {
             let journaled = run.journal.lock().unwrap().get(&id).cloned();
             let entry = journaled.unwrap_or_else(|| planned_entry(id, Some(node), r));
             run.remove(&entry, false)
-                .map_err(|f| EngineError::Teardown(vec![f]))?;
+                .map_err(|f| teardown_incomplete(vec![f]))?;
         }
         Ok(existed)
     }
 
     /// Tears down one node's stack. Refuses while a child still has anything up, since
     /// the child reads through this node.
-    pub fn down_node(&self, node: &str) -> Result<Summary, EngineError> {
+    pub fn down_node(&self, node: &str) -> Result<Summary> {
         let plan_node = self
             .plan
             .node(node)
-            .ok_or_else(|| EngineError::NoSuchNode(node.into()))?;
+            .ok_or_else(|| no_such_node(node))?;
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         {
@@ -429,10 +396,10 @@ impl Engine {
                 })
                 .collect();
             if !busy.is_empty() {
-                return Err(EngineError::HasChildren {
-                    node: node.into(),
-                    children: busy,
-                });
+                return Err(Error::in_use(
+                    format!("node {node}"),
+                    format!("still serves {}: take them down first", busy.join(", ")),
+                ));
             }
         }
         add_planned_entries(&run, &self.plan, Some(node));
@@ -444,17 +411,17 @@ impl Engine {
         {
             // What lies below a resource that could not be removed must stay.
             run.remove(e, false)
-                .map_err(|f| EngineError::Teardown(vec![f]))?;
+                .map_err(|f| teardown_incomplete(vec![f]))?;
         }
         Ok(run.summary.into_inner().unwrap())
     }
 
     /// Tree positions from the origin down to `node`.
-    fn path_to(&self, node: &str) -> Result<Vec<usize>, EngineError> {
+    fn path_to(&self, node: &str) -> Result<Vec<usize>> {
         let mut at = self
             .plan
             .node(node)
-            .ok_or_else(|| EngineError::NoSuchNode(node.into()))?
+            .ok_or_else(|| no_such_node(node))?
             .index;
         let mut path = vec![at];
         while let Some(parent) = self.plan.tree.parent(at) {
@@ -465,25 +432,25 @@ impl Engine {
         Ok(path)
     }
 
-    fn vm_disk(&self, node: &str, index: u32) -> Result<Vec<ResourceSpec>, EngineError> {
+    fn vm_disk(&self, node: &str, index: u32) -> Result<Vec<ResourceSpec>> {
         if index == 0 {
-            return Err(EngineError::NoSuchSnapshot(node.into(), index));
+            return Err(no_such_snapshot(node, index));
         }
         match self.plan.node(node) {
-            None => return Err(EngineError::NoSuchNode(node.into())),
+            None => return Err(no_such_node(node)),
             Some(n) if n.role == Role::Origin => {
-                return Err(EngineError::NotComputeNode(node.into()))
+                return Err(not_compute_node(node))
             }
             Some(_) => {}
         }
         self.plan
             .vm_disk(node, index)
-            .ok_or_else(|| EngineError::NoSuchSnapshot(node.into(), index))
+            .ok_or_else(|| no_such_snapshot(node, index))
     }
 
     /// The kernel backend checks the running kernel before touching anything, and names
     /// everything that is missing.
-    fn check_kernel(&self) -> Result<(), EngineError> {
+    fn check_kernel(&self) -> Result<()> {
         if self.plan.backend != crate::spec::Backend::Kernel {
             return Ok(());
         }
@@ -492,17 +459,16 @@ impl Engine {
             &wanted,
         )) {
             None => Ok(()),
-            Some(why) => Err(EngineError::Kernel(why)),
+            Some(why) => Err(Error::unsupported("this host's kernel", why)),
         }
     }
 
     /// Block devices the spec names for `scope` must exist, be block devices and be large
     /// enough on this host: checked before anything is touched.
-    fn check_devices(scope: &[&ResourceSpec]) -> Result<(), EngineError> {
+    fn check_devices(scope: &[&ResourceSpec]) -> Result<()> {
         for r in scope {
             if let ResourceSpec::BlockStore(b) = r {
-                b.preflight()
-                    .map_err(|e| EngineError::Device(e.to_string()))?;
+                b.preflight()?;
             }
         }
         Ok(())
@@ -513,8 +479,8 @@ impl Engine {
     fn transaction(
         &self,
         scope: &[&ResourceSpec],
-        work: impl FnOnce(&Run) -> Result<(), EngineError>,
-    ) -> Result<Summary, EngineError> {
+        work: impl FnOnce(&Run) -> Result<()>,
+    ) -> Result<Summary> {
         self.check_kernel()?;
         Self::check_devices(scope)?;
         let lock = StateLock::acquire(&self.names)?;
@@ -523,9 +489,9 @@ impl Engine {
         let cause = match work(&run) {
             Ok(()) => return Ok(run.summary.into_inner().unwrap()),
             Err(cause) if run.created.lock().unwrap().is_empty() => cause,
-            Err(cause) => EngineError::RolledBack {
-                cause: Box::new(cause),
-                rollback_failures: run.rollback(),
+            Err(cause) => Error::RolledBack {
+                source: Box::new(cause),
+                failures: run.rollback(),
             },
         };
         // Nothing of the cluster exists (any more): leave no state behind either.
@@ -542,7 +508,7 @@ impl Engine {
 
     /// Stops the iscsid sftsan started for its sessions once the kernel has none left
     /// (another cluster's may still need it), and never one sftsan did not start.
-    fn stop_iscsid(&self) -> Result<(), EngineError> {
+    fn stop_iscsid(&self) -> Result<()> {
         use crate::backends::kernel::initiator;
         let sessions = self
             .plan
@@ -552,7 +518,7 @@ impl Engine {
             .any(|r| matches!(r, ResourceSpec::IscsiSession(_)));
         if sessions && initiator::sessions().is_empty() {
             initiator::stop_started_iscsid(Duration::from_secs(10))
-                .map_err(|e| EngineError::Teardown(vec![format!("iscsid: {e}")]))?;
+                .map_err(|e| teardown_incomplete(vec![e.context("iscsid")]))?;
         }
         Ok(())
     }
@@ -566,7 +532,7 @@ impl Engine {
     }
 
     /// The cluster's own resources, then the given levels of nodes in order.
-    fn apply(&self, run: &Run, levels: &[Vec<usize>]) -> Result<(), EngineError> {
+    fn apply(&self, run: &Run, levels: &[Vec<usize>]) -> Result<()> {
         for r in &self.plan.cluster_stack {
             run.ensure(None, r)?;
         }
@@ -583,7 +549,7 @@ impl Engine {
 
     /// Tears down everything the journal names plus everything the plan would create
     /// (in case the journal was lost), children before parents.
-    pub fn down(&self) -> Result<Summary, EngineError> {
+    pub fn down(&self) -> Result<Summary> {
         let lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         add_planned_entries(&run, &self.plan, None);
@@ -634,7 +600,7 @@ fn planned_entry(id: String, node: Option<&str>, r: &ResourceSpec) -> Entry {
 
 /// Node entries level by level from the leaves up (a level's nodes in parallel, each
 /// node's entries newest first), then the cluster's own entries newest first.
-fn teardown_all(run: &Run, parallelism: usize) -> Result<(), EngineError> {
+fn teardown_all(run: &Run, parallelism: usize) -> Result<()> {
     let (levels, entries) = {
         let j = run.journal.lock().unwrap();
         (j.data.levels.clone(), j.data.entries.clone())
@@ -675,7 +641,14 @@ fn teardown_all(run: &Run, parallelism: usize) -> Result<(), EngineError> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(EngineError::Teardown(failures))
+        Err(teardown_incomplete(failures))
+    }
+}
+
+fn teardown_incomplete(failures: Vec<Error>) -> Error {
+    Error::Incomplete {
+        what: "teardown".into(),
+        failures,
     }
 }
 

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{disable_ipv6, ip, link_exists};
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bridge {
@@ -16,7 +17,7 @@ impl Resource for Bridge {
         vec![]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let sys = std::path::Path::new("/sys/class/net").join(&self.name);
         Ok(match (sys.exists(), sys.join("bridge").exists()) {
             (false, _) => Observed::Absent,
@@ -25,13 +26,13 @@ impl Resource for Bridge {
         })
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         ip(ctx, &["link", "add", &self.name, "type", "bridge"])?;
         disable_ipv6(&self.name);
         ip(ctx, &["link", "set", &self.name, "up"])
     }
 
-    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, ctx: &Ctx) -> Result<()> {
         if !link_exists(&self.name) {
             return Ok(());
         }

@@ -11,16 +11,17 @@ pub use bridge::Bridge;
 pub use namespace::Namespace;
 pub use subnet_guard::SubnetGuard;
 
-use crate::resources::{Ctx, ResourceError, Tools};
+use crate::resources::{Ctx, Tools};
+use crate::error::{Error, Result};
 use crate::transport::{run, run_stdout};
 
 /// Runs `ip ARGS...` in the context's network namespace.
-pub(crate) fn ip(ctx: &Ctx, args: &[&str]) -> Result<(), ResourceError> {
+pub(crate) fn ip(ctx: &Ctx, args: &[&str]) -> Result<()> {
     run(&*ctx.transport, Tools::program(&ctx.tools.ip), args)?;
     Ok(())
 }
 
-pub(crate) fn ip_json(ctx: &Ctx, args: &[&str]) -> Result<serde_json::Value, ResourceError> {
+pub(crate) fn ip_json(ctx: &Ctx, args: &[&str]) -> Result<serde_json::Value> {
     let mut full = vec!["-j"];
     full.extend_from_slice(args);
     let out = run_stdout(&*ctx.transport, Tools::program(&ctx.tools.ip), &full)?;
@@ -28,7 +29,7 @@ pub(crate) fn ip_json(ctx: &Ctx, args: &[&str]) -> Result<serde_json::Value, Res
         return Ok(serde_json::Value::Array(vec![]));
     }
     serde_json::from_str(&out)
-        .map_err(|e| ResourceError::new(format!("ip -j {}: {e}", args.join(" "))))
+        .map_err(|e| Error::corrupt(format!("ip -j {}", args.join(" ")), e.to_string()))
 }
 
 /// Whether a network interface of this name exists in the root namespace.

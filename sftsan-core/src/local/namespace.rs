@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use super::shaping::{egress_limit, limit_egress};
 use super::{disable_ipv6, ip, ip_json, link_exists};
 use crate::names::NETNS_IFACE;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::Result;
 use crate::transport::NetnsTransport;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,13 +37,13 @@ impl Namespace {
 
     /// Limits the link both ways: the bridge side's egress is what the node receives, the
     /// namespace side's egress what it sends.
-    fn shape(&self, ctx: &Ctx, mbit: u32) -> Result<(), ResourceError> {
+    fn shape(&self, ctx: &Ctx, mbit: u32) -> Result<()> {
         limit_egress(ctx, None, &self.veth_host, mbit)?;
         limit_egress(ctx, Some(&self.netns), NETNS_IFACE, mbit)
     }
 
     /// The link's rate limit as found, when both ends carry the same one.
-    fn observed_limit(&self, ctx: &Ctx) -> Result<Option<u32>, ResourceError> {
+    fn observed_limit(&self, ctx: &Ctx) -> Result<Option<u32>> {
         let inbound = egress_limit(ctx, None, &self.veth_host)?;
         let outbound = egress_limit(ctx, Some(&self.netns), NETNS_IFACE)?;
         Ok(if inbound == outbound { inbound } else { None })
@@ -58,7 +59,7 @@ impl Resource for Namespace {
         params
     }
 
-    fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, ctx: &Ctx) -> Result<Observed> {
         if !self.exists() {
             return Ok(if link_exists(&self.veth_host) {
                 Observed::Partial(format!("{} left without its namespace", self.veth_host))
@@ -98,7 +99,7 @@ impl Resource for Namespace {
         Ok(Observed::Present(params))
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         let ns = self.netns.as_str();
         let cidr = self.cidr();
         let steps: [&[&str]; 9] = [
@@ -147,7 +148,7 @@ impl Resource for Namespace {
         Ok(())
     }
 
-    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, ctx: &Ctx) -> Result<()> {
         // Deleting one end of a veth pair deletes both at once; deleting the namespace
         // first would leave the host end to vanish later, asynchronously.
         if link_exists(&self.veth_host) {

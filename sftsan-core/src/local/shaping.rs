@@ -2,7 +2,8 @@
 //! veth, so a namespace "host" sends and receives no faster than a real NIC would and the
 //! emulated network has a real network's bottlenecks (the image server's link first).
 
-use crate::resources::{Ctx, ResourceError, Tools};
+use crate::resources::{Ctx, Tools};
+use crate::error::Result;
 use crate::transport::{run, run_stdout};
 
 /// Bytes a tbf may send at once: 10 ms at the link rate (the kernel's timer granularity
@@ -17,7 +18,7 @@ pub(crate) fn limit_egress(
     netns: Option<&str>,
     dev: &str,
     mbit: u32,
-) -> Result<(), ResourceError> {
+) -> Result<()> {
     let rate = format!("{mbit}mbit");
     let burst = burst_bytes(mbit).to_string();
     let mut args: Vec<&str> = Vec::new();
@@ -36,7 +37,7 @@ pub(crate) fn egress_limit(
     ctx: &Ctx,
     netns: Option<&str>,
     dev: &str,
-) -> Result<Option<u32>, ResourceError> {
+) -> Result<Option<u32>> {
     let mut args: Vec<&str> = vec!["-j"];
     if let Some(ns) = netns {
         args.extend(["-n", ns]);

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ip, ip_json};
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetGuard {
@@ -15,7 +16,7 @@ impl Resource for SubnetGuard {
         vec![("subnet", self.subnet.to_string())]
     }
 
-    fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, ctx: &Ctx) -> Result<Observed> {
         let routes = ip_json(ctx, &["route", "show", "type", "unreachable"])?;
         let wanted = self.subnet.to_string();
         let found = routes
@@ -28,14 +29,14 @@ impl Resource for SubnetGuard {
         })
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         ip(
             ctx,
             &["route", "add", "unreachable", &self.subnet.to_string()],
         )
     }
 
-    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, ctx: &Ctx) -> Result<()> {
         if self.observe(ctx)? == Observed::Absent {
             return Ok(());
         }

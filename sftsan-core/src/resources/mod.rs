@@ -20,7 +20,7 @@ use crate::backends::userspace::{
     Cache, Daemon, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
-use crate::transport::{Transport, TransportError};
+use crate::transport::Transport;
 
 /// The parameters that identify a resource, as (name, value) pairs in a fixed order.
 pub type Params = Vec<(&'static str, String)>;
@@ -33,34 +33,7 @@ pub enum Observed {
     Partial(String),
 }
 
-/// A failure of one resource operation, with its cause in one line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ResourceError(pub String);
-
-impl ResourceError {
-    pub fn new(msg: impl Into<String>) -> Self {
-        ResourceError(msg.into())
-    }
-}
-
-impl From<TransportError> for ResourceError {
-    fn from(e: TransportError) -> Self {
-        ResourceError(e.to_string())
-    }
-}
-
-impl From<std::io::Error> for ResourceError {
-    fn from(e: std::io::Error) -> Self {
-        ResourceError(e.to_string())
-    }
-}
-
-impl From<crate::backends::userspace::QmpError> for ResourceError {
-    fn from(e: crate::backends::userspace::QmpError) -> Self {
-        ResourceError(e.to_string())
-    }
-}
+pub use crate::error::{Error, Result};
 
 /// External programs resources run, resolved once.
 #[derive(Debug, Clone)]
@@ -111,14 +84,14 @@ pub struct Ctx {
 pub trait Resource {
     /// The parameters this resource is asked to have.
     fn desired(&self) -> Params;
-    fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError>;
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError>;
-    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError>;
+    fn observe(&self, ctx: &Ctx) -> Result<Observed>;
+    fn create(&self, ctx: &Ctx) -> Result<()>;
+    fn teardown(&self, ctx: &Ctx) -> Result<()>;
 
     /// Makes again a resource the journal says was made but whose system objects are gone
     /// (after a reboot), keeping what its local stores hold: a cache's blocks, a VM's
     /// writes. Resources that hold nothing of their own are simply created.
-    fn revive(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn revive(&self, ctx: &Ctx) -> Result<()> {
         self.create(ctx)
     }
 

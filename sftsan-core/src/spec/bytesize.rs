@@ -1,6 +1,7 @@
 //! Sizes as operators write them: `268435456`, `"256MiB"`, `"4G"` (binary units).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use crate::error::Rejection;
 use std::fmt;
 use std::str::FromStr;
 
@@ -14,14 +15,18 @@ impl ByteSize {
 }
 
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Rejection;
+    fn from_str(s: &str) -> Result<Self, Rejection> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let num: u64 = num
             .parse()
-            .map_err(|_| format!("{s:?} is not a size (e.g. 268435456, \"256MiB\", \"4G\")"))?;
+            .map_err(|_| {
+                Rejection(format!(
+                    "{s:?} is not a size (e.g. 268435456, \"256MiB\", \"4G\")"
+                ))
+            })?;
         let shift = match unit.trim() {
             "" | "B" => 0,
             "K" | "KiB" | "k" => 10,
@@ -29,14 +34,14 @@ impl FromStr for ByteSize {
             "G" | "GiB" => 30,
             "T" | "TiB" => 40,
             other => {
-                return Err(format!(
+                return Err(Rejection(format!(
                     "unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB)"
-                ))
+                )))
             }
         };
         num.checked_mul(1u64 << shift)
             .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
+            .ok_or_else(|| Rejection(format!("{s:?} is too large")))
     }
 }
 

@@ -27,6 +27,12 @@ pub struct SpecError {
     pub problem: String,
 }
 
+impl From<SpecError> for crate::error::Error {
+    fn from(e: SpecError) -> crate::error::Error {
+        crate::error::Error::invalid(e.field, e.problem)
+    }
+}
+
 impl SpecError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         SpecError {

@@ -14,25 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
-    #[error("{program} failed ({status}): {stderr}")]
-    Failed {
-        program: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("network namespace {netns}: {source}")]
-    Netns {
-        netns: String,
-        source: std::io::Error,
-    },
-}
+use crate::error::{Error, Result};
 
 /// Where a node's commands run.
 pub trait Transport: Send + Sync + std::fmt::Debug {
@@ -63,13 +45,9 @@ impl TransportSpec {
     }
 }
 
-/// Runs `program args...` through `transport` to completion; a non-zero exit is an error
-/// carrying the program's last stderr line.
-pub fn run<I, S>(
-    transport: &dyn Transport,
-    program: &str,
-    args: I,
-) -> Result<Output, TransportError>
+/// Runs `program args...` through `transport` to completion; a non-zero exit is an
+/// [`Error::Command`] carrying the argv (secrets masked) and the program's last stderr line.
+pub fn run<I, S>(transport: &dyn Transport, program: &str, args: I) -> Result<Output>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -77,16 +55,11 @@ where
     let args: Vec<S> = args.into_iter().collect();
     let mut cmd = transport.command(program);
     cmd.args(&args).stdin(Stdio::null());
-    tracing::debug!(
-        target: "sftsan::cmd",
-        "{}: {program} {:?}",
-        transport.describe(),
-        redacted(args.iter().map(|a| a.as_ref().to_string_lossy()))
-    );
-    let out = cmd.output().map_err(|source| TransportError::Spawn {
-        program: program.to_string(),
-        source,
-    })?;
+    let argv: Vec<String> = std::iter::once(program.to_string())
+        .chain(redacted(args.iter().map(|a| a.as_ref().to_string_lossy())))
+        .collect();
+    tracing::debug!(target: "sftsan::cmd", "{}: {argv:?}", transport.describe());
+    let out = cmd.output().map_err(|e| spawn_error(program, e))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr
@@ -94,13 +67,22 @@ where
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("");
-        return Err(TransportError::Failed {
-            program: program.to_string(),
+        return Err(Error::Command {
+            argv,
             status: out.status.to_string(),
             stderr: last.trim().to_string(),
         });
     }
     Ok(out)
+}
+
+/// A program that could not be started: missing from this host, or refused by the system.
+pub fn spawn_error(program: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::unsupported(program, "not installed on this host (cannot run it)")
+    } else {
+        Error::io(program, e)
+    }
 }
 
 /// Arguments for a log line, with the value of every `--password` (tgtadm's CHAP
@@ -120,11 +102,7 @@ fn redacted<'a>(args: impl Iterator<Item = std::borrow::Cow<'a, str>>) -> Vec<St
 }
 
 /// Like [`run`] but returns stdout as text.
-pub fn run_stdout<I, S>(
-    transport: &dyn Transport,
-    program: &str,
-    args: I,
-) -> Result<String, TransportError>
+pub fn run_stdout<I, S>(transport: &dyn Transport, program: &str, args: I) -> Result<String>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,

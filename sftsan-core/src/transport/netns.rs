@@ -42,13 +42,17 @@ fn enter(ns: &File) -> std::io::Result<()> {
 impl Transport for NetnsTransport {
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        let ns = self.open();
-        // SAFETY: the closure runs between fork and exec and only calls setns(2), which is
-        // async-signal-safe; the namespace fd was opened before the fork.
+        // Everything the child needs is made before the fork: between fork and exec only
+        // async-signal-safe calls are allowed, so no allocation (an error is its errno).
+        let ns = self
+            .open()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT));
+        // SAFETY: the closure only calls setns(2) or builds an io::Error from an errno,
+        // neither of which allocates or takes a lock.
         unsafe {
             cmd.pre_exec(move || match &ns {
                 Ok(f) => enter(f),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                Err(errno) => Err(std::io::Error::from_raw_os_error(*errno)),
             });
         }
         cmd

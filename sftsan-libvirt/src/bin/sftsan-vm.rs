@@ -135,7 +135,7 @@ fn print_xml(x: XmlArgs) -> Result<()> {
     out(&vm.domain.to_xml()).context("stdout")
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = s.strip_suffix('s') {

@@ -48,12 +48,14 @@ impl VmMode {
 }
 
 impl std::str::FromStr for VmMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = sftsan_core::error::Rejection;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "persistent" => Ok(VmMode::Persistent),
             "stateless" => Ok(VmMode::Stateless),
-            _ => Err(format!("{s:?}: expected persistent or stateless")),
+            _ => Err(sftsan_core::error::Rejection(format!(
+                "{s:?}: expected persistent or stateless"
+            ))),
         }
     }
 }

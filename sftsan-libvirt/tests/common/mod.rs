@@ -533,7 +533,7 @@ fn guest_qemu_io(
     let log = lvd.root.join("log/qemu").join(format!("{domain}.log"));
     let before = fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
     let cmd = format!("qemu-io -d virtio-disk0/virtio-backend \"{command}\"");
-    let out = lv.hmp(domain, &cmd)?;
+    let out = lv.hmp(domain, &cmd).map_err(|e| e.to_string())?;
     if !out.trim().is_empty() {
         return Err(format!("{domain}: {cmd}: {}", out.trim()));
     }

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use super::{dm, store};
 use crate::fsutil::remove_file_if_exists;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::{Error, Rejection, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockStore {
@@ -46,27 +47,28 @@ fn open_exclusive(path: &Path) -> std::io::Result<File> {
 }
 
 /// The device's (major, minor) and size in bytes, or why it cannot be a store.
-pub fn inspect(path: &Path) -> Result<(u32, u32, u64), String> {
+pub fn inspect(path: &Path) -> Result<(u32, u32, u64), Rejection> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "does not exist".to_string(),
-        _ => e.to_string(),
+        std::io::ErrorKind::NotFound => Rejection::new("does not exist"),
+        _ => Rejection(e.to_string()),
     })?;
     if !meta.file_type().is_block_device() {
-        return Err("is not a block device".into());
+        return Err(Rejection::new("is not a block device"));
     }
     let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
-    let sectors = dm::sectors(major, minor).map_err(|e| e.to_string())?;
+    let sectors = dm::sectors(major, minor).map_err(|e| Rejection(e.to_string()))?;
     Ok((major, minor, sectors * 512))
 }
 
 /// What libblkid finds on the device that someone may still want: a filesystem, RAID or
 /// LVM member, swap, or a partition table.
-fn signature(path: &Path) -> Result<Option<String>, String> {
+fn signature(path: &Path) -> Result<Option<String>, Rejection> {
     use libblkid_rs::BlkidProbe;
-    let mut probe = BlkidProbe::new_from_filename(path).map_err(|e| e.to_string())?;
-    probe.enable_superblocks(true).map_err(|e| e.to_string())?;
-    probe.enable_partitions(true).map_err(|e| e.to_string())?;
-    probe.do_safeprobe().map_err(|e| e.to_string())?;
+    let failed = |e: libblkid_rs::BlkidErr| Rejection(format!("cannot be probed: {e}"));
+    let mut probe = BlkidProbe::new_from_filename(path).map_err(failed)?;
+    probe.enable_superblocks(true).map_err(failed)?;
+    probe.enable_partitions(true).map_err(failed)?;
+    probe.do_safeprobe().map_err(failed)?;
     if let Ok(kind) = probe.lookup_value("TYPE") {
         return Ok(Some(format!("a {kind} signature")));
     }
@@ -84,17 +86,16 @@ fn clear_header(f: &mut File, size: u64) -> std::io::Result<()> {
 }
 
 impl BlockStore {
-    fn fail(&self, problem: impl std::fmt::Display) -> ResourceError {
-        ResourceError::new(format!(
-            "{}: {} {problem}",
-            self.field,
-            self.device.display()
-        ))
+    fn fail(&self, problem: impl std::fmt::Display) -> Error {
+        Error::invalid(
+            self.field.clone(),
+            format!("{} {problem}", self.device.display()),
+        )
     }
 
     /// Checks that the device exists, is a block device and is large enough (what can be
     /// checked before anything is touched); returns its (major, minor, size).
-    pub fn preflight(&self) -> Result<(u32, u32, u64), ResourceError> {
+    pub fn preflight(&self) -> Result<(u32, u32, u64)> {
         let found = inspect(&self.device).map_err(|p| self.fail(p))?;
         if found.2 < self.min_bytes {
             return Err(self.fail(format!(
@@ -107,7 +108,7 @@ impl BlockStore {
 
     /// Checks the device can serve as this store; returns it opened exclusively, with
     /// what [`Self::preflight`] found.
-    fn take(&self) -> Result<(File, (u32, u32, u64)), ResourceError> {
+    fn take(&self) -> Result<(File, (u32, u32, u64))> {
         let found = self.preflight()?;
         let f = open_exclusive(&self.device).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => {
@@ -119,7 +120,7 @@ impl BlockStore {
     }
 
     /// The dm-linear device over all of device `major:minor` of `size` bytes.
-    fn claim(&self, (major, minor, size): (u32, u32, u64)) -> Result<(), ResourceError> {
+    fn claim(&self, (major, minor, size): (u32, u32, u64)) -> Result<()> {
         let table = vec![(0, size / 512, "linear".into(), format!("{major}:{minor} 0"))];
         dm::create(&self.name, &table, false).map(drop)
     }
@@ -137,7 +138,7 @@ impl Resource for BlockStore {
         ]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         Ok(match dm::table(&self.name)? {
             None => Observed::Absent,
             Some(t) if t.is_empty() => Observed::Partial(format!("{} has no table", self.name)),
@@ -152,7 +153,7 @@ impl Resource for BlockStore {
         })
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let (mut f, device) = self.take()?;
         if let Some(found) = signature(&self.device).map_err(|e| self.fail(e))? {
             return Err(self.fail(format!(
@@ -168,14 +169,14 @@ impl Resource for BlockStore {
         })
     }
 
-    fn revive(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn revive(&self, _ctx: &Ctx) -> Result<()> {
         let (f, device) = self.take()?;
         drop(f);
         store::check_identity(&self.field, &self.identity_file, &self.identity)?;
         self.claim(device)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)?;
         // Only a device sftsan took over (it recorded an image for it) is cleared.
         if !self.identity_file.exists() {

@@ -5,12 +5,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::resources::ResourceError;
+use crate::error::{Error, Result};
 
 pub const ROOT: &str = "/sys/kernel/config";
 
 /// Mounts configfs at its usual place if the kernel has it and it is not mounted yet.
-pub fn ensure_mounted() -> Result<(), ResourceError> {
+pub fn ensure_mounted() -> Result<()> {
     if Path::new(ROOT).join("target").exists() || is_mounted() {
         return Ok(());
     }
@@ -27,10 +27,7 @@ pub fn ensure_mounted() -> Result<(), ResourceError> {
         )
     };
     if rc != 0 {
-        return Err(ResourceError::new(format!(
-            "mounting configfs at {ROOT}: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(Error::io(ROOT, io::Error::last_os_error()).context("mounting configfs"));
     }
     Ok(())
 }
@@ -44,12 +41,12 @@ fn is_mounted() -> bool {
         .unwrap_or(false)
 }
 
-fn err(path: &Path, what: &str, e: io::Error) -> ResourceError {
-    ResourceError::new(format!("{what} {}: {e}", path.display()))
+fn err(path: &Path, what: &str, e: io::Error) -> Error {
+    Error::io(path, e).context(what)
 }
 
 /// Creates a configfs object (directory) unless it exists.
-pub fn mkdir(path: &Path) -> Result<(), ResourceError> {
+pub fn mkdir(path: &Path) -> Result<()> {
     match fs::create_dir(path) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(err(path, "creating", e)),
         _ => Ok(()),
@@ -57,14 +54,14 @@ pub fn mkdir(path: &Path) -> Result<(), ResourceError> {
 }
 
 /// Removes a configfs object if it exists.
-pub fn rmdir(path: &Path) -> Result<(), ResourceError> {
+pub fn rmdir(path: &Path) -> Result<()> {
     match fs::remove_dir(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(path, "removing", e)),
         _ => Ok(()),
     }
 }
 
-pub fn write(path: &Path, value: &str) -> Result<(), ResourceError> {
+pub fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).map_err(|e| err(path, &format!("writing {value:?} to"), e))
 }
 
@@ -73,14 +70,14 @@ pub fn read(path: &Path) -> Option<String> {
 }
 
 /// Links `link` to `target` unless a link is there.
-pub fn link(target: &Path, link: &Path) -> Result<(), ResourceError> {
+pub fn link(target: &Path, link: &Path) -> Result<()> {
     if fs::symlink_metadata(link).is_ok() {
         return Ok(());
     }
     std::os::unix::fs::symlink(target, link).map_err(|e| err(link, "linking", e))
 }
 
-pub fn unlink(link: &Path) -> Result<(), ResourceError> {
+pub fn unlink(link: &Path) -> Result<()> {
     match fs::remove_file(link) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(link, "unlinking", e)),
         _ => Ok(()),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::initiator::IscsiSession;
 use super::{dm, loopback};
-use crate::resources::ResourceError;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -31,8 +31,8 @@ pub enum DevRef {
 }
 
 impl DevRef {
-    pub fn resolve(&self) -> Result<Device, ResourceError> {
-        let missing = |what: String| ResourceError::new(format!("{what} is not there"));
+    pub fn resolve(&self) -> Result<Device> {
+        let missing = |what: String| Error::not_found(what, "is not there");
         match self {
             DevRef::Dm { name } => {
                 dm::device(name)?.ok_or_else(|| missing(format!("dm device {name}")))
@@ -49,7 +49,7 @@ impl DevRef {
                 .ok_or_else(|| missing(format!("the disk of the session to {}", session.target))),
             DevRef::Path { path } => {
                 let rdev = std::fs::metadata(path)
-                    .map_err(|e| ResourceError::new(format!("{}: {e}", path.display())))?
+                    .map_err(|e| Error::io(path, e))?
                     .rdev();
                 Ok(Device {
                     major: libc::major(rdev),
@@ -60,12 +60,12 @@ impl DevRef {
     }
 
     /// `major:minor`, as device-mapper tables name devices.
-    pub fn table_arg(&self) -> Result<String, ResourceError> {
+    pub fn table_arg(&self) -> Result<String> {
         let d = self.resolve()?;
         Ok(format!("{}:{}", d.major, d.minor))
     }
 
-    pub fn sectors(&self) -> Result<u64, ResourceError> {
+    pub fn sectors(&self) -> Result<u64> {
         let d = self.resolve()?;
         dm::sectors(d.major, d.minor)
     }

@@ -5,25 +5,25 @@
 use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DM};
 use std::path::PathBuf;
 
-use crate::resources::ResourceError;
+use crate::error::{Error, Result};
 
 /// A table: (start sector, length, target type, parameters) per line.
 pub type Table = Vec<(u64, u64, String, String)>;
 
-fn dm_err(what: &str, name: &str, e: impl std::fmt::Display) -> ResourceError {
-    ResourceError::new(format!("device-mapper {what} {name}: {e}"))
+fn dm_err(what: &str, name: &str, e: impl std::fmt::Display) -> Error {
+    Error::refused(format!("device-mapper {what} {name}"), e.to_string())
 }
 
-fn open() -> Result<DM, ResourceError> {
-    DM::new().map_err(|e| ResourceError::new(format!("device-mapper: {e} (is dm_mod loaded?)")))
+fn open() -> Result<DM> {
+    DM::new().map_err(|e| Error::unsupported("device-mapper", format!("{e} (is dm_mod loaded?)")))
 }
 
-fn dm_name(name: &str) -> Result<&DmName, ResourceError> {
+fn dm_name(name: &str) -> Result<&DmName> {
     DmName::new(name).map_err(|e| dm_err("name", name, e))
 }
 
 /// The device's dev_t, or None when no device of that name exists.
-pub fn device(name: &str) -> Result<Option<Device>, ResourceError> {
+pub fn device(name: &str) -> Result<Option<Device>> {
     if !std::path::Path::new("/dev/mapper/control").exists() {
         // No device-mapper in this kernel: no device of any name exists.
         return Ok(None);
@@ -37,28 +37,28 @@ pub fn device(name: &str) -> Result<Option<Device>, ResourceError> {
 }
 
 /// /dev/<name> of a block device, from its dev_t via sysfs.
-pub fn node_path(dev: Device) -> Result<PathBuf, ResourceError> {
+pub fn node_path(dev: Device) -> Result<PathBuf> {
     let uevent = format!("/sys/dev/block/{}:{}/uevent", dev.major, dev.minor);
     let text = std::fs::read_to_string(&uevent)
-        .map_err(|e| ResourceError::new(format!("{uevent}: {e}")))?;
+        .map_err(|e| Error::io(&uevent, e))?;
     let name = text
         .lines()
         .find_map(|l| l.strip_prefix("DEVNAME="))
-        .ok_or_else(|| ResourceError::new(format!("{uevent}: no DEVNAME")))?;
+        .ok_or_else(|| Error::corrupt(&uevent, "no DEVNAME"))?;
     Ok(PathBuf::from("/dev").join(name))
 }
 
 /// Size in 512-byte sectors of the block device `dev`.
-pub fn sectors(major: u32, minor: u32) -> Result<u64, ResourceError> {
+pub fn sectors(major: u32, minor: u32) -> Result<u64> {
     let path = format!("/sys/dev/block/{major}:{minor}/size");
     std::fs::read_to_string(&path)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| ResourceError::new(format!("cannot read {path}")))
+        .ok_or_else(|| Error::not_found(path, "cannot read the size"))
 }
 
 /// Creates `name` with `table` and activates it; on any failure nothing is left behind.
-pub fn create(name: &str, table: &Table, read_only: bool) -> Result<Device, ResourceError> {
+pub fn create(name: &str, table: &Table, read_only: bool) -> Result<Device> {
     let dm = open()?;
     let id = DevId::Name(dm_name(name)?);
     let mut options = DmOptions::default();
@@ -79,7 +79,7 @@ pub fn create(name: &str, table: &Table, read_only: bool) -> Result<Device, Reso
 }
 
 /// The active table of `name`, or None when it does not exist.
-pub fn table(name: &str) -> Result<Option<Table>, ResourceError> {
+pub fn table(name: &str) -> Result<Option<Table>> {
     if device(name)?.is_none() {
         return Ok(None);
     }
@@ -95,7 +95,7 @@ pub fn table(name: &str) -> Result<Option<Table>, ResourceError> {
 }
 
 /// The status lines of `name` (target-specific counters).
-pub fn status(name: &str) -> Result<Table, ResourceError> {
+pub fn status(name: &str) -> Result<Table> {
     let dm = open()?;
     let id = DevId::Name(dm_name(name)?);
     dm.table_status(&id, DmOptions::default())
@@ -110,7 +110,7 @@ pub fn wait_for_status<T>(
     name: &str,
     timeout: std::time::Duration,
     mut done: impl FnMut(&Table) -> Option<T>,
-) -> Result<Option<T>, ResourceError> {
+) -> Result<Option<T>> {
     use std::os::fd::{AsRawFd, BorrowedFd};
     let dm = open()?;
     let arm = |dm: &DM| {
@@ -134,7 +134,7 @@ pub fn wait_for_status<T>(
 }
 
 /// Sends a message to a target (e.g. `create_thin 1` to a thin pool).
-pub fn message(name: &str, text: &str) -> Result<(), ResourceError> {
+pub fn message(name: &str, text: &str) -> Result<()> {
     let dm = open()?;
     let id = DevId::Name(dm_name(name)?);
     dm.target_msg(&id, None, text)
@@ -143,7 +143,7 @@ pub fn message(name: &str, text: &str) -> Result<(), ResourceError> {
 }
 
 /// Removes `name` if it exists.
-pub fn remove(name: &str) -> Result<(), ResourceError> {
+pub fn remove(name: &str) -> Result<()> {
     if device(name)?.is_none() {
         return Ok(());
     }

@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use super::devref::DevRef;
 use super::dm;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::{Error, Result};
 
 /// What every dm resource observes: its first target's type and length.
-fn observe_table(name: &str) -> Result<Observed, ResourceError> {
+fn observe_table(name: &str) -> Result<Observed> {
     Ok(match dm::table(name)? {
         None => Observed::Absent,
         Some(t) if t.is_empty() => Observed::Partial(format!("{name} has no table")),
@@ -40,11 +41,11 @@ impl Resource for DmLinear {
         desired("linear", self.sectors)
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         observe_table(&self.name)
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let params = format!("{} 0", self.origin.table_arg()?);
         dm::create(
             &self.name,
@@ -54,7 +55,7 @@ impl Resource for DmLinear {
         .map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)
     }
 }
@@ -79,11 +80,11 @@ impl Resource for DmCache {
         desired("cache", self.sectors)
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         observe_table(&self.name)
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let params = format!(
             "{} {} {} {} 1 writethrough smq 0",
             self.metadata.table_arg()?,
@@ -99,7 +100,7 @@ impl Resource for DmCache {
         .map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)
     }
 }
@@ -129,11 +130,11 @@ impl Resource for DmClone {
         desired("clone", self.sectors)
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         observe_table(&self.name)
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let params = format!(
             "{} {} {} {}",
             self.metadata.table_arg()?,
@@ -149,7 +150,7 @@ impl Resource for DmClone {
         .map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)
     }
 }
@@ -176,13 +177,13 @@ pub fn parse_clone_status(line: &str) -> Option<Hydration> {
 }
 
 /// The hydration of dm-clone device `name`.
-pub fn clone_hydration(name: &str) -> Result<Hydration, ResourceError> {
+pub fn clone_hydration(name: &str) -> Result<Hydration> {
     let status = dm::status(name)?;
     status
         .first()
         .filter(|t| t.2 == "clone")
         .and_then(|t| parse_clone_status(&t.3))
-        .ok_or_else(|| ResourceError::new(format!("{name}: not a dm-clone status: {status:?}")))
+        .ok_or_else(|| Error::corrupt(name, format!("not a dm-clone status: {status:?}")))
 }
 
 /// A VM's disk as a persistent dm-snapshot of a read-only origin: its COW store survives
@@ -212,11 +213,11 @@ impl Resource for DmSnapshot {
         desired("snapshot", self.sectors)
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         observe_table(&self.name)
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let params = format!(
             "{} {} {} {}",
             self.origin.table_arg()?,
@@ -232,7 +233,7 @@ impl Resource for DmSnapshot {
         .map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)
     }
 }
@@ -259,11 +260,11 @@ impl Resource for ThinPool {
         }
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         observe_table(&self.name)
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         // Blocks a thin volume has not written come from its external origin, so zeroing
         // new blocks would be wasted work.
         let params = format!(
@@ -285,7 +286,7 @@ impl Resource for ThinPool {
         .map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)
     }
 }
@@ -304,7 +305,7 @@ pub struct ThinVolume {
 
 impl ThinVolume {
     /// The dm device of thin id `thin_id` in the pool, over the external origin.
-    fn activate(&self) -> Result<(), ResourceError> {
+    fn activate(&self) -> Result<()> {
         let pool = DevRef::Dm {
             name: self.pool.clone(),
         }
@@ -324,11 +325,11 @@ impl Resource for ThinVolume {
         desired("thin", self.sectors)
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         observe_table(&self.name)
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         // A volume id left in the pool's metadata by an interrupted run may hold writes of
         // an earlier VM: delete it first so the VM starts from the origin's content.
         let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
@@ -339,16 +340,16 @@ impl Resource for ThinVolume {
     }
 
     /// After a reboot the pool's metadata still holds the volume and its VM's writes.
-    fn revive(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn revive(&self, _ctx: &Ctx) -> Result<()> {
         self.activate().map_err(|e| {
-            ResourceError::new(format!(
-                "thin volume {} of {} cannot be activated again ({e}); `sftsan snapshot remove` discards it",
+            e.context(format!(
+                "thin volume {} of {} cannot be activated again (`sftsan snapshot remove` discards it)",
                 self.thin_id, self.pool
             ))
         })
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)?;
         if dm::device(&self.pool)?.is_some() {
             let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use super::target_probe::{probe_target, validate_chap_word, validate_iqn};
 use super::uevents::DeviceEvents;
 use crate::process;
-use crate::resources::{first_difference, Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{first_difference, Ctx, Observed, Params, Resource};
+use crate::error::{Error, Result};
 
 /// The pid file of an iscsid that sftsan started (its argv names it, which tells it apart
 /// from a system iscsid and from a recycled pid).
@@ -283,7 +284,7 @@ pub enum Iscsid {
 /// sftsan does not manage a system iscsid (systemd's, socket-activated on Debian): when one
 /// is there it is used as it is. One it started stays running for later sessions and other
 /// sftsan commands until [`stop_started_iscsid`].
-pub fn ensure_iscsid(ctx: &Ctx, timeout: Duration) -> Result<Iscsid, ResourceError> {
+pub fn ensure_iscsid(ctx: &Ctx, timeout: Duration) -> Result<Iscsid> {
     // Nodes of one tree level log in in parallel: one of them starts iscsid.
     static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = STARTING
@@ -305,11 +306,13 @@ pub fn ensure_iscsid(ctx: &Ctx, timeout: Duration) -> Result<Iscsid, ResourceErr
     tracing::debug!(target: "sftsan::cmd", "{}: {:?}", ctx.transport.describe(), cmd);
     let status = cmd
         .status()
-        .map_err(|e| ResourceError::new(format!("cannot run iscsid (open-iscsi): {e}")))?;
+        .map_err(|e| crate::transport::spawn_error("iscsid", e))?;
     if !status.success() {
-        return Err(ResourceError::new(format!(
-            "iscsid (open-iscsi) failed to start ({status})"
-        )));
+        return Err(Error::Command {
+            argv: vec!["iscsid".into()],
+            status: status.to_string(),
+            stderr: String::new(),
+        });
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -318,11 +321,13 @@ pub fn ensure_iscsid(ctx: &Ctx, timeout: Duration) -> Result<Iscsid, ResourceErr
             return Ok(Iscsid::Started { pid });
         }
         if Instant::now() >= deadline {
-            return Err(ResourceError::new(format!(
-                "iscsid was started but its control socket {ISCSID_SOCKET} did not appear \
-                 within {} ms",
-                timeout.as_millis()
-            )));
+            return Err(Error::timeout(
+                "iscsid",
+                format!(
+                    "started, but its control socket {ISCSID_SOCKET} did not appear within {} ms",
+                    timeout.as_millis()
+                ),
+            ));
         }
         std::thread::sleep(POLL);
     }
@@ -331,7 +336,7 @@ pub fn ensure_iscsid(ctx: &Ctx, timeout: Duration) -> Result<Iscsid, ResourceErr
 /// Stops the iscsid sftsan started (per [`ISCSID_PIDFILE`]), if it runs; returns its pid.
 /// Refuses while the kernel has iSCSI sessions: without iscsid they would not recover from
 /// a connection loss, nor could they be logged out.
-pub fn stop_started_iscsid(timeout: Duration) -> Result<Option<i32>, ResourceError> {
+pub fn stop_started_iscsid(timeout: Duration) -> Result<Option<i32>> {
     let pidfile = Path::new(ISCSID_PIDFILE);
     let Some(pid) = process::live_pid(pidfile, ISCSID_PIDFILE) else {
         process::remove_file_if_exists(pidfile)?;
@@ -340,12 +345,16 @@ pub fn stop_started_iscsid(timeout: Duration) -> Result<Option<i32>, ResourceErr
     let live = sessions();
     if !live.is_empty() {
         let sids: Vec<String> = live.iter().map(|s| s.sid.to_string()).collect();
-        return Err(ResourceError::new(format!(
-            "not stopping iscsid (pid {pid}): the kernel still has iSCSI sessions {}",
-            sids.join(", ")
-        )));
+        return Err(Error::conflict(
+            format!("iscsid (pid {pid})"),
+            format!(
+                "not stopped: the kernel still has iSCSI sessions {}",
+                sids.join(", ")
+            ),
+        ));
     }
-    let fail = |e: std::io::Error| ResourceError::new(format!("stopping iscsid (pid {pid}): {e}"));
+    let fail = |e: std::io::Error| Error::io(format!("/proc/{pid}"), e).context("stopping iscsid");
+    let stop_failed = |e: Error| e.context("stopping iscsid");
     // SIGTERM again every half second: an iscsid that is still setting up (just started)
     // can miss the first one.
     let deadline = Instant::now() + timeout;
@@ -357,7 +366,7 @@ pub fn stop_started_iscsid(timeout: Duration) -> Result<Option<i32>, ResourceErr
         }
         if left.is_zero() {
             tracing::warn!("iscsid (pid {pid}) ignored SIGTERM for {timeout:?}; killing it");
-            process::stop(pid, Duration::ZERO).map_err(fail)?;
+            process::stop(pid, Duration::ZERO).map_err(stop_failed)?;
             break;
         }
     }
@@ -372,6 +381,23 @@ struct AdmError {
     message: String,
     /// iscsiadm itself is not installed.
     not_installed: bool,
+    /// What ran (secrets masked) and how it ended.
+    argv: Vec<String>,
+    status: String,
+}
+
+impl AdmError {
+    /// The failure as sftsan reports a failed program.
+    fn error(&self) -> Error {
+        if self.not_installed {
+            return Error::unsupported("iscsiadm", "not installed on this host (open-iscsi)");
+        }
+        Error::Command {
+            argv: self.argv.clone(),
+            status: self.status.clone(),
+            stderr: self.message.clone(),
+        }
+    }
 }
 
 // iscsiadm's exit codes (open-iscsi include/iscsi_err.h).
@@ -431,10 +457,15 @@ fn iscsiadm(ctx: &Ctx, args: &[&str]) -> Result<String, AdmError> {
     let mut cmd = ctx.transport.command("iscsiadm");
     cmd.args(args).stdin(Stdio::null());
     tracing::debug!(target: "sftsan::cmd", "{}: iscsiadm {:?}", ctx.transport.describe(), loggable(args));
+    let argv: Vec<String> = std::iter::once("iscsiadm".to_string())
+        .chain(loggable(args))
+        .collect();
     let out = cmd.output().map_err(|e| AdmError {
         code: None,
         message: format!("cannot run iscsiadm (open-iscsi): {e}"),
         not_installed: e.kind() == std::io::ErrorKind::NotFound,
+        argv: argv.clone(),
+        status: "not started".into(),
     })?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
@@ -443,6 +474,8 @@ fn iscsiadm(ctx: &Ctx, args: &[&str]) -> Result<String, AdmError> {
         code: out.status.code(),
         message: adm_reason(&String::from_utf8_lossy(&out.stderr)),
         not_installed: false,
+        argv,
+        status: out.status.to_string(),
     })
 }
 
@@ -473,9 +506,9 @@ impl IscsiSession {
         )
     }
 
-    fn validate(&self) -> Result<(), ResourceError> {
-        let bad = |what: &str, value: &str, why: String| {
-            ResourceError::new(format!("{}: {what} {value:?} is invalid: {why}", self.node))
+    fn validate(&self) -> Result<()> {
+        let bad = |what: &str, value: &str, why: crate::error::Rejection| {
+            Error::invalid(format!("{}: {what}", self.node), format!("{value:?} is invalid: {why}"))
         };
         validate_iqn(&self.target).map_err(|why| bad("target name", &self.target, why))?;
         validate_iqn(&self.initiator).map_err(|why| bad("initiator name", &self.initiator, why))?;
@@ -489,7 +522,7 @@ impl IscsiSession {
             return Err(bad(
                 "size",
                 &self.size.to_string(),
-                "not a positive multiple of 512".into(),
+                crate::error::Rejection::new("not a positive multiple of 512"),
             ));
         }
         Ok(())
@@ -537,7 +570,7 @@ impl IscsiSession {
         iscsiadm(ctx, &all)
     }
 
-    fn update(&self, ctx: &Ctx, name: &str, value: &str) -> Result<(), ResourceError> {
+    fn update(&self, ctx: &Ctx, name: &str, value: &str) -> Result<()> {
         self.node_cmd(ctx, &["-o", "update", "-n", name, "-v", value])
             .map(drop)
             .map_err(|e| {
@@ -546,18 +579,18 @@ impl IscsiSession {
                 } else {
                     value
                 };
-                ResourceError::new(format!(
-                    "{}: setting {name} = {shown} in the node record of {}: {}",
-                    self.node, self.target, e.message
+                e.error().context(format!(
+                    "{}: setting {name} = {shown} in the node record of {}",
+                    self.node, self.target
                 ))
             })
     }
 
     /// Writes the iface and node records this session logs in with.
-    fn write_records(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn write_records(&self, ctx: &Ctx) -> Result<()> {
         let iface = self.iface();
         let fail = |what: &str, e: AdmError| {
-            ResourceError::new(format!("{}: {what}: {}", self.node, e.message))
+            e.error().context(format!("{}: {what}", self.node))
         };
         iscsiadm(ctx, &["-m", "iface", "-I", &iface, "-o", "new"])
             .map_err(|e| fail(&format!("creating iface record {iface}"), e))?;
@@ -598,36 +631,43 @@ impl IscsiSession {
     }
 
     /// A login refusal in one line, from iscsiadm's exit code.
-    fn login_error(&self, e: &AdmError) -> ResourceError {
+    fn login_error(&self, e: &AdmError) -> Error {
         let who = format!(
             "{}: login to {} at {} as {}",
             self.node, self.target, self.portal, self.initiator
         );
-        let why = match e.code {
+        let detail = |why: String| format!("{why}: {}", e.message);
+        match e.code {
             // open-iscsi's code for both a refused CHAP and an initiator outside the ACL.
-            Some(ERR_LOGIN_AUTH_FAILED) => format!(
-                "refused: authentication failed or not authorized ({})",
-                match &self.chap {
-                    Some(c) => format!("CHAP user {:?}", c.username),
-                    None => "no CHAP credentials given".into(),
-                }
+            Some(ERR_LOGIN_AUTH_FAILED) => Error::refused(
+                who,
+                detail(format!(
+                    "refused: authentication failed or not authorized ({})",
+                    match &self.chap {
+                        Some(c) => format!("CHAP user {:?}", c.username),
+                        None => "no CHAP credentials given".into(),
+                    }
+                )),
             ),
-            Some(ERR_FATAL_LOGIN) => "refused by the target".into(),
-            Some(ERR_TRANS_TIMEOUT) => "timed out".into(),
-            Some(ERR_ISCSID_NOTCONN | ERR_ISCSID_COMM) => {
-                "iscsid does not answer (it must run in the initial network namespace)".into()
-            }
-            Some(ERR_TRANS_NOT_FOUND) => "the kernel has no iscsi_tcp transport".into(),
-            Some(ERR_SESS_EXISTS) => "a session already exists".into(),
-            _ => "failed".into(),
-        };
-        ResourceError::new(format!("{who} {why}: {}", e.message))
+            Some(ERR_FATAL_LOGIN) => Error::refused(who, detail("refused by the target".into())),
+            Some(ERR_TRANS_TIMEOUT) => Error::timeout(who, detail("timed out".into())),
+            Some(ERR_ISCSID_NOTCONN | ERR_ISCSID_COMM) => Error::unreachable(
+                who,
+                detail("iscsid does not answer (it must run in the initial network namespace)".into()),
+            ),
+            Some(ERR_TRANS_NOT_FOUND) => Error::unsupported(
+                who,
+                detail("the kernel has no iscsi_tcp transport".into()),
+            ),
+            Some(ERR_SESS_EXISTS) => Error::conflict(who, detail("a session already exists".into())),
+            _ => Error::refused(who, detail("failed".into())),
+        }
     }
 
     /// Writes the records, logs in and waits for the LUN's disk, without probing the target
     /// first (create does; this is the kernel initiator's own refusal). On failure nothing of
     /// the session is left.
-    pub fn login(&self, ctx: &Ctx) -> Result<Disk, ResourceError> {
+    pub fn login(&self, ctx: &Ctx) -> Result<Disk> {
         self.validate()?;
         let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
         let result = self
@@ -641,9 +681,7 @@ impl IscsiSession {
             });
         if let Err(e) = &result {
             if let Err(cleanup) = self.remove(ctx) {
-                return Err(ResourceError::new(format!(
-                    "{e}; and cleaning up failed: {cleanup}"
-                )));
+                return Err(e.clone().context(format!("cleaning up failed ({cleanup}) after")));
             }
         }
         result
@@ -652,7 +690,7 @@ impl IscsiSession {
     /// Waits (on device events, see [`DeviceEvents`]) until the session's disk for the LUN
     /// is there with its /dev node, and udev is done with it where udevd runs; checks its
     /// size.
-    fn wait_for_disk(&self, events: &DeviceEvents) -> Result<Disk, ResourceError> {
+    fn wait_for_disk(&self, events: &DeviceEvents) -> Result<Disk> {
         let found = events.wait_until(self.timeout(), || {
             self.disk().filter(|d| events.settled(d.major, d.minor))
         })?;
@@ -663,46 +701,43 @@ impl IscsiSession {
                 .map(|s| format!("session {} {}", s.sid, s.state))
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(ResourceError::new(format!(
-                "{}: logged in to {} at {}, but no disk for LUN {} appeared within {} ms ({})",
-                self.node,
-                self.target,
-                self.portal,
-                self.lun,
-                self.timeout_ms,
-                if state.is_empty() {
-                    "no session".into()
-                } else {
-                    state
-                }
-            )));
+            return Err(Error::timeout(
+                format!("{}: login to {} at {}", self.node, self.target, self.portal),
+                format!(
+                    "logged in, but no disk for LUN {} appeared within {} ms ({})",
+                    self.lun,
+                    self.timeout_ms,
+                    if state.is_empty() {
+                        "no session".into()
+                    } else {
+                        state
+                    }
+                ),
+            ));
         };
         if disk.size != self.size {
-            return Err(ResourceError::new(format!(
-                "{}: LUN {} of {} is {} ({} bytes), expected {} bytes",
-                self.node,
-                self.lun,
-                self.target,
-                disk.path().display(),
-                disk.size,
-                self.size
-            )));
+            return Err(Error::conflict(
+                format!("{}: LUN {} of {}", self.node, self.lun, self.target),
+                format!(
+                    "is {} ({} bytes), expected {} bytes",
+                    disk.path().display(),
+                    disk.size,
+                    self.size
+                ),
+            ));
         }
         Ok(disk)
     }
 
-    fn iface_exists(&self, ctx: &Ctx) -> Result<bool, ResourceError> {
+    fn iface_exists(&self, ctx: &Ctx) -> Result<bool> {
         match iscsiadm(ctx, &["-m", "iface", "-I", &self.iface()]) {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.code, Some(ERR_IDBM | ERR_NO_OBJS_FOUND)) => Ok(false),
             // Without open-iscsi there are no records to remove.
             Err(e) if e.not_installed => Ok(false),
-            Err(e) => Err(ResourceError::new(format!(
-                "{}: reading iface record {}: {}",
-                self.node,
-                self.iface(),
-                e.message
-            ))),
+            Err(e) => Err(e
+                .error()
+                .context(format!("{}: reading iface record {}", self.node, self.iface()))),
         }
     }
 }
@@ -718,7 +753,7 @@ impl Resource for IscsiSession {
         ]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let found = self.matching_sessions();
         let session = match found.as_slice() {
             [] => return Ok(Observed::Absent),
@@ -764,7 +799,7 @@ impl Resource for IscsiSession {
         ]))
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         self.validate()?;
         match self.observe(ctx)? {
             Observed::Present(have) if first_difference(&have, &self.desired()).is_none() => {
@@ -787,11 +822,11 @@ impl Resource for IscsiSession {
             self.size,
             self.timeout(),
         )
-        .map_err(|e| ResourceError::new(format!("{}: parent {}: {e}", self.node, self.parent)))?;
+        .map_err(|e| Error::from(e).context(format!("{}: parent {}", self.node, self.parent)))?;
         self.login(ctx).map(drop)
     }
 
-    fn teardown(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, ctx: &Ctx) -> Result<()> {
         let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
         self.remove(ctx)
     }
@@ -810,7 +845,7 @@ impl Resource for IscsiSession {
 impl IscsiSession {
     /// Logs out and deletes the records; the caller holds [`ISCSIADM`] (login calls this
     /// when it fails, and the lock is not reentrant).
-    fn remove(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn remove(&self, ctx: &Ctx) -> Result<()> {
         let live = self.matching_sessions();
         if live.is_empty() {
             return self.delete_records(ctx);
@@ -826,9 +861,9 @@ impl IscsiSession {
                 // Gone meanwhile.
                 Err(e) if matches!(e.code, Some(ERR_NO_OBJS_FOUND | ERR_SYSFS_LOOKUP | 2)) => {}
                 Err(e) => {
-                    return Err(ResourceError::new(format!(
-                        "{}: logging out of session {sid} to {}: {}",
-                        self.node, self.target, e.message
+                    return Err(e.error().context(format!(
+                        "{}: logging out of session {sid} to {}",
+                        self.node, self.target
                     )))
                 }
             }
@@ -837,24 +872,24 @@ impl IscsiSession {
             self.matching_sessions().is_empty().then_some(())
         })?;
         if gone.is_none() {
-            return Err(ResourceError::new(format!(
-                "{}: the session to {} is still there {} ms after logging out",
-                self.node, self.target, self.timeout_ms
-            )));
+            return Err(Error::timeout(
+                format!("{}: the session to {}", self.node, self.target),
+                format!("still there {} ms after logging out", self.timeout_ms),
+            ));
         }
         self.delete_records(ctx)
     }
 
     /// Deletes the node record and the iface, if they are there.
-    fn delete_records(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn delete_records(&self, ctx: &Ctx) -> Result<()> {
         if self.iface_exists(ctx)? {
             match self.node_cmd(ctx, &["-o", "delete"]) {
                 Ok(_) => {}
                 Err(e) if matches!(e.code, Some(ERR_NO_OBJS_FOUND)) => {}
                 Err(e) => {
-                    return Err(ResourceError::new(format!(
-                        "{}: deleting the node record of {}: {}",
-                        self.node, self.target, e.message
+                    return Err(e.error().context(format!(
+                        "{}: deleting the node record of {}",
+                        self.node, self.target
                     )))
                 }
             }
@@ -862,12 +897,9 @@ impl IscsiSession {
                 Ok(_) => {}
                 Err(e) if matches!(e.code, Some(ERR_INVAL | ERR_NOMEM | ERR_NO_OBJS_FOUND)) => {}
                 Err(e) => {
-                    return Err(ResourceError::new(format!(
-                        "{}: deleting iface record {}: {}",
-                        self.node,
-                        self.iface(),
-                        e.message
-                    )))
+                    return Err(e
+                        .error()
+                        .context(format!("{}: deleting iface record {}", self.node, self.iface())))
                 }
             }
         }
@@ -944,17 +976,17 @@ mod tests {
         assert!(session().validate().is_ok());
         let mut s = session();
         s.initiator = "iqn.2014-12.org.sftsan:N1".into();
-        assert!(s.validate().unwrap_err().0.contains("initiator name"));
+        assert!(s.validate().unwrap_err().to_string().contains("initiator name"));
         let mut s = session();
         s.target = "iqn.x;reboot".into();
-        assert!(s.validate().unwrap_err().0.contains("target name"));
+        assert!(s.validate().unwrap_err().to_string().contains("target name"));
         let mut s = session();
         s.chap.as_mut().unwrap().password = "two words".into();
-        let e = s.validate().unwrap_err().0;
+        let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("CHAP secret") && !e.contains("two words"), "{e}");
         let mut s = session();
         s.size = 1000;
-        assert!(s.validate().unwrap_err().0.contains("size"));
+        assert!(s.validate().unwrap_err().to_string().contains("size"));
     }
 
     #[test]
@@ -995,12 +1027,14 @@ mod tests {
             code: Some(24),
             message: "x".into(),
             not_installed: false,
+            argv: vec!["iscsiadm".into()],
+            status: "exit status: 24".into(),
         });
         assert!(
-            e.0.contains("authentication failed or not authorized (CHAP user \"n1\")"),
+            e.to_string().contains("authentication failed or not authorized (CHAP user \"n1\")"),
             "{e}"
         );
-        assert!(!e.0.contains("s3cret"));
+        assert!(!e.to_string().contains("s3cret"));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use super::configfs::{self, ROOT};
 use super::dm;
 pub use super::initiator::Chap;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -82,7 +83,7 @@ impl LioTarget {
         names.join(",")
     }
 
-    fn make_backstore(&self) -> Result<(), ResourceError> {
+    fn make_backstore(&self) -> Result<()> {
         configfs::mkdir(&self.hba())?;
         configfs::mkdir(&self.store())?;
         let (control, device) = match &self.backing {
@@ -96,7 +97,7 @@ impl LioTarget {
             ),
             Backing::Dm { name } => {
                 let dev = dm::device(name)?
-                    .ok_or_else(|| ResourceError::new(format!("no dm device {name} to export")))?;
+                    .ok_or_else(|| Error::not_found(format!("dm device {name}"), "nothing to export"))?;
                 let path = dm::node_path(dev)?;
                 (format!("udev_path={},readonly=1", path.display()), path)
             }
@@ -111,7 +112,7 @@ impl LioTarget {
         configfs::write(&self.store().join("enable"), "1")
     }
 
-    fn make_target(&self) -> Result<(), ResourceError> {
+    fn make_target(&self) -> Result<()> {
         configfs::mkdir(&Path::new(ROOT).join("target/iscsi"))?;
         configfs::mkdir(&self.target())?;
         configfs::mkdir(&self.tpg())?;
@@ -153,7 +154,7 @@ impl Resource for LioTarget {
         ]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let (target, store) = (self.target().exists(), self.store().exists());
         if !target && !store {
             return Ok(Observed::Absent);
@@ -189,7 +190,7 @@ impl Resource for LioTarget {
         ]))
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         configfs::ensure_mounted()?;
         let made = self.make_backstore().and_then(|()| self.make_target());
         if let Err(e) = made {
@@ -199,7 +200,7 @@ impl Resource for LioTarget {
         Ok(())
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         let tpg = self.tpg();
         if tpg.exists() {
             let _ = configfs::write(&tpg.join("enable"), "0");

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use super::store;
 use crate::fsutil::remove_file_if_exists;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoopFile {
@@ -63,12 +64,9 @@ impl LoopFile {
         store::identity_file(&self.file)
     }
 
-    fn attach(&self) -> Result<(), ResourceError> {
+    fn attach(&self) -> Result<()> {
         attach(&self.file).map(drop).map_err(|e| {
-            ResourceError::new(format!(
-                "attaching {} to a loop device: {e}",
-                self.file.display()
-            ))
+            Error::io(&self.file, e).context("attaching to a loop device")
         })
     }
 }
@@ -81,12 +79,12 @@ impl Resource for LoopFile {
         ]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         match (self.file.exists(), find(&self.file)) {
             // A file alone is not in use: `revive` attaches it again as it is.
             (_, None) => Ok(Observed::Absent),
             (true, Some(_)) => {
-                let size = std::fs::metadata(&self.file)?.len();
+                let size = std::fs::metadata(&self.file).at(&self.file)?.len();
                 Ok(Observed::Present(vec![
                     ("size", size.to_string()),
                     ("identity", store::stored_identity(&self.identity_file())),
@@ -100,12 +98,14 @@ impl Resource for LoopFile {
     }
 
     /// A new, empty (sparse) file: whatever a file of that name held is discarded.
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).at(dir)?;
         }
         remove_file_if_exists(&self.identity_file())?;
-        std::fs::File::create(&self.file)?.set_len(self.size)?;
+        std::fs::File::create(&self.file)
+            .and_then(|f| f.set_len(self.size))
+            .at(&self.file)?;
         store::record_identity(&self.identity_file(), &self.identity)?;
         self.attach().inspect_err(|_| {
             let _ = remove_file_if_exists(&self.file);
@@ -113,7 +113,7 @@ impl Resource for LoopFile {
         })
     }
 
-    fn revive(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn revive(&self, ctx: &Ctx) -> Result<()> {
         if !self.file.exists() {
             tracing::warn!(
                 "{}: {} is gone; starting it empty",
@@ -127,23 +127,25 @@ impl Resource for LoopFile {
             &self.identity_file(),
             &self.identity,
         )?;
-        let size = std::fs::metadata(&self.file)?.len();
+        let size = std::fs::metadata(&self.file).at(&self.file)?.len();
         if size != self.size {
-            return Err(ResourceError::new(format!(
-                "{} is {size} bytes, but the plan wants {}; run `sftsan down` to discard it",
-                self.file.display(),
-                self.size
-            )));
+            return Err(Error::conflict(
+                self.file.display().to_string(),
+                format!(
+                    "is {size} bytes, but the plan wants {}; run `sftsan down` to discard it",
+                    self.size
+                ),
+            ));
         }
         self.attach()
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some((major, minor)) = find(&self.file) {
             let path = super::dm::node_path(devicemapper::Device { major, minor })?;
             loopdev::LoopDevice::open(&path)
                 .and_then(|d| d.detach())
-                .map_err(|e| ResourceError::new(format!("detaching {}: {e}", path.display())))?;
+                .map_err(|e| Error::io(&path, e).context("detaching"))?;
         }
         remove_file_if_exists(&self.file)?;
         remove_file_if_exists(&self.identity_file())?;

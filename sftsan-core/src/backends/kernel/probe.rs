@@ -228,12 +228,16 @@ fn proc_lists(file: &str, word: &str) -> bool {
 }
 
 /// The kernel's device-mapper target types (DM_LIST_VERSIONS).
-pub fn dm_targets() -> Result<Vec<String>, String> {
+pub fn dm_targets() -> crate::error::Result<Vec<String>> {
+    use crate::error::Error;
     if !Path::new("/dev/mapper/control").exists() {
-        return Err("no /dev/mapper/control".into());
+        return Err(Error::unsupported("device-mapper", "no /dev/mapper/control"));
     }
-    let dm = devicemapper::DM::new().map_err(|e| e.to_string())?;
-    let versions = dm.list_versions().map_err(|e| e.to_string())?;
+    let dm = devicemapper::DM::new()
+        .map_err(|e| Error::unsupported("device-mapper", e.to_string()))?;
+    let versions = dm
+        .list_versions()
+        .map_err(|e| Error::refused("device-mapper: listing targets", e.to_string()))?;
     Ok(versions.into_iter().map(|(name, ..)| name).collect())
 }
 

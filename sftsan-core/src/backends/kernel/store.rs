@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::write_atomic;
-use crate::resources::ResourceError;
+use crate::error::{Error, Result};
 
 /// Bytes cleared at the start of a store that sftsan takes over or gives back: every dm
 /// target's metadata (dm-cache, dm-clone, thin pool superblocks; a persistent
@@ -26,21 +26,22 @@ pub fn stored_identity(sidecar: &Path) -> String {
         .unwrap_or_else(|_| "(none)".into())
 }
 
-pub fn record_identity(sidecar: &Path, identity: &str) -> Result<(), ResourceError> {
+pub fn record_identity(sidecar: &Path, identity: &str) -> Result<()> {
     write_atomic(sidecar, identity.as_bytes()).map_err(|e| {
-        ResourceError::new(format!("recording the image of {}: {e}", sidecar.display()))
+        e.context("recording the image a store holds")
     })
 }
 
 /// Refuses to use a kept store again unless it belongs to the image the plan serves.
-pub fn check_identity(what: &str, sidecar: &Path, identity: &str) -> Result<(), ResourceError> {
+pub fn check_identity(what: &str, sidecar: &Path, identity: &str) -> Result<()> {
     let stored = stored_identity(sidecar);
     if stored == identity {
         return Ok(());
     }
-    Err(ResourceError::new(format!(
-        "{what} holds data of image {stored}, but the image is now {identity}; run `sftsan down` to discard it"
-    )))
+    Err(Error::corrupt(
+        what,
+        format!("holds data of image {stored}, but the image is now {identity}; run `sftsan down` to discard it"),
+    ))
 }
 
 #[cfg(test)]
@@ -57,14 +58,14 @@ mod tests {
         );
         assert_eq!(stored_identity(&sidecar), "(none)");
         let refused = check_identity("cache", &sidecar, "1-2-3").unwrap_err();
-        assert!(refused.0.contains("image (none)"), "{refused}");
+        assert!(refused.to_string().contains("image (none)"), "{refused}");
         record_identity(&sidecar, "1-2-3").unwrap();
         check_identity("cache", &sidecar, "1-2-3").unwrap();
         let refused = check_identity("cache", &sidecar, "4-5-6").unwrap_err();
         assert!(
             refused
-                .0
-                .starts_with("cache holds data of image 1-2-3, but the image is now 4-5-6"),
+                .to_string()
+                .starts_with("cache: holds data of image 1-2-3, but the image is now 4-5-6"),
             "{refused}"
         );
     }

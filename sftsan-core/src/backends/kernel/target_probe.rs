@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use sftsan_iscsi_sys as sys;
 
+use crate::error::Rejection;
+
 /// Why a target cannot be used, in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
@@ -114,6 +116,37 @@ impl ProbeError {
     }
 }
 
+impl From<ProbeError> for crate::error::Error {
+    /// The probe's findings by what a caller can do about them; the message stays.
+    fn from(e: ProbeError) -> crate::error::Error {
+        use crate::error::Error;
+        let message = e.to_string();
+        match e {
+            ProbeError::InvalidName { what, .. } => Error::invalid(what, message),
+            ProbeError::Unreachable { portal, reason } => {
+                Error::unreachable(format!("iSCSI portal {portal}"), reason)
+            }
+            ProbeError::TargetMissing { target, .. } => {
+                Error::not_found(format!("iSCSI target {target}"), message)
+            }
+            ProbeError::AuthenticationFailed { target, .. }
+            | ProbeError::NotAuthorized { target, .. }
+            | ProbeError::Failed { target, .. } => {
+                Error::refused(format!("iSCSI target {target}"), message)
+            }
+            ProbeError::LunUnavailable { target, .. } => {
+                Error::unreachable(format!("iSCSI target {target}"), message)
+            }
+            ProbeError::WrongSize { target, .. } => {
+                Error::conflict(format!("iSCSI target {target}"), message)
+            }
+            ProbeError::Timeout { target, .. } => {
+                Error::timeout(format!("iSCSI target {target}"), message)
+            }
+        }
+    }
+}
+
 fn offered_note(offered: &Option<Vec<String>>) -> String {
     match offered.as_deref() {
         None => String::new(),
@@ -122,34 +155,43 @@ fn offered_note(offered: &Option<Vec<String>>) -> String {
     }
 }
 
+/// What libiscsi said when it refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+struct Libiscsi(String);
+
 /// Checks that `iqn` is an iSCSI qualified name sftsan accepts: `iqn.` followed by lower
 /// case letters, digits, `.`, `:` and `-`, at most 223 bytes (RFC 3720).
-pub fn validate_iqn(iqn: &str) -> Result<(), String> {
+pub fn validate_iqn(iqn: &str) -> Result<(), Rejection> {
     if !iqn.starts_with("iqn.") || iqn.len() <= 4 {
-        return Err("an IQN starts with \"iqn.\" (iqn.YYYY-MM.reversed.domain:name)".into());
+        return Err(Rejection::new(
+            "an IQN starts with \"iqn.\" (iqn.YYYY-MM.reversed.domain:name)",
+        ));
     }
     if iqn.len() > 223 {
-        return Err(format!("{} bytes, at most 223", iqn.len()));
+        return Err(Rejection(format!("{} bytes, at most 223", iqn.len())));
     }
     match iqn
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || ".:-".contains(*c)))
     {
-        Some(c) => Err(format!(
+        Some(c) => Err(Rejection(format!(
             "{c:?} is not allowed (lower case letters, digits, '.', ':' and '-')"
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
 /// Checks a CHAP user name or secret: 1 to 255 printable ASCII characters, no spaces (they
 /// are stored in open-iscsi's and LIO's line-based records).
-pub fn validate_chap_word(word: &str) -> Result<(), String> {
+pub fn validate_chap_word(word: &str) -> Result<(), Rejection> {
     if word.is_empty() || word.len() > 255 {
-        return Err(format!("{} bytes, must be 1 to 255", word.len()));
+        return Err(Rejection(format!("{} bytes, must be 1 to 255", word.len())));
     }
     if !word.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("only printable ASCII without spaces is allowed".into());
+        return Err(Rejection::new(
+            "only printable ASCII without spaces is allowed",
+        ));
     }
     Ok(())
 }
@@ -190,7 +232,7 @@ pub fn probe_target(
         .ok_or_else(|| probe.failed("cannot create a libiscsi context"))?;
     session
         .configure(Some(iqn), chap)
-        .map_err(|e| probe.failed(&e))?;
+        .map_err(|e| probe.failed(&e.0))?;
 
     // Connect, log in, TEST UNIT READY on the LUN.
     let connected = session.completion();
@@ -311,10 +353,10 @@ struct Probe<'a> {
 
 impl Probe<'_> {
     fn validate(&self, chap: Option<(&str, &str)>) -> Result<(), ProbeError> {
-        let invalid = |what, value: &str, why| ProbeError::InvalidName {
+        let invalid = |what, value: &str, why: Rejection| ProbeError::InvalidName {
             what,
             value: value.to_string(),
-            why,
+            why: why.0,
         };
         validate_iqn(self.target).map_err(|why| invalid("target name", self.target, why))?;
         validate_iqn(self.initiator)
@@ -497,8 +539,8 @@ impl Session {
         &mut self,
         target: Option<&str>,
         chap: Option<(&str, &str)>,
-    ) -> Result<(), String> {
-        let cstr = |s: &str| CString::new(s).map_err(|_| "a name contains NUL".to_string());
+    ) -> Result<(), Libiscsi> {
+        let cstr = |s: &str| CString::new(s).map_err(|_| Libiscsi("a name contains NUL".into()));
         let ctx = self.ctx.as_ptr();
         // SAFETY: valid context; libiscsi copies the strings.
         unsafe {
@@ -506,7 +548,7 @@ impl Session {
                 Some(target) => {
                     let target = cstr(target)?;
                     if sys::iscsi_set_targetname(ctx, target.as_ptr()) != 0 {
-                        return Err(self.error());
+                        return Err(Libiscsi(self.error()));
                     }
                     sys::ISCSI_SESSION_NORMAL
                 }
@@ -515,13 +557,13 @@ impl Session {
             if sys::iscsi_set_session_type(ctx, session_type) != 0
                 || sys::iscsi_set_header_digest(ctx, sys::ISCSI_HEADER_DIGEST_NONE_CRC32C) != 0
             {
-                return Err(self.error());
+                return Err(Libiscsi(self.error()));
             }
             sys::iscsi_set_noautoreconnect(ctx, 1);
             if let Some((user, secret)) = chap {
                 let (user, secret) = (cstr(user)?, cstr(secret)?);
                 if sys::iscsi_set_initiator_username_pwd(ctx, user.as_ptr(), secret.as_ptr()) != 0 {
-                    return Err(self.error());
+                    return Err(Libiscsi(self.error()));
                 }
             }
         }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::wait;
-use crate::resources::ResourceError;
+use crate::error::{Error, Result};
 
 /// Where events come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +52,10 @@ pub struct DeviceEvents {
 
 impl DeviceEvents {
     /// Subscribes to the events of `subsystems` (e.g. `block`, `iscsi_session`).
-    pub fn subscribe(subsystems: &[&str]) -> Result<DeviceEvents, ResourceError> {
+    pub fn subscribe(subsystems: &[&str]) -> Result<DeviceEvents> {
         let source = Source::detect();
         let fail = |e: std::io::Error| {
-            ResourceError::new(format!("subscribing to {source:?} device events: {e}"))
+            Error::io("device events", e).context(format!("subscribing to {source:?}"))
         };
         let mut builder = match source {
             Source::Udev => udev::MonitorBuilder::new(),
@@ -79,13 +79,13 @@ impl DeviceEvents {
         &self,
         timeout: Duration,
         mut ready: impl FnMut() -> Option<T>,
-    ) -> Result<Option<T>, ResourceError> {
+    ) -> Result<Option<T>> {
         wait::until(
             Instant::now() + timeout,
             || Ok(ready()),
             |left| {
                 wait::readable(self.socket.as_fd(), left.min(RECHECK))
-                    .map_err(|e| ResourceError::new(format!("waiting for device events: {e}")))?;
+                    .map_err(|e| Error::io("device events", e).context("waiting"))?;
                 // Drain what arrived: the state is read from sysfs, not from the events.
                 for _ in self.socket.iter() {}
                 Ok(())

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use super::{block_nodes, connect, delete_nodes, find_node, graph, prune_dirs, require};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
+use crate::resources::{Ctx, Observed, Params, Resource, Tools};
+use crate::error::{Error, IoContext, Result};
 use crate::transport::run;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,9 +49,9 @@ impl Cache {
             .map(|s| s.trim().to_string())
     }
 
-    fn make_file(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn make_file(&self, ctx: &Ctx) -> Result<()> {
         if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).at(dir)?;
         }
         // Created under a temporary name and renamed, so a crash never leaves a cache file
         // without its identity.
@@ -65,7 +66,7 @@ impl Cache {
                 .chain([tmp.display().to_string(), self.size.to_string()]),
         )?;
         write_atomic(&self.identity_file(), self.identity.as_bytes())?;
-        std::fs::rename(&tmp, &self.file)?;
+        std::fs::rename(&tmp, &self.file).at(&self.file)?;
         Ok(())
     }
 }
@@ -81,7 +82,7 @@ impl Resource for Cache {
         vec![("identity", self.identity.clone())]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         if !self.file.exists() {
             return Ok(Observed::Absent);
         }
@@ -103,19 +104,21 @@ impl Resource for Cache {
         })
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         match self.stored_identity() {
             _ if !self.file.exists() => self.make_file(ctx)?,
             Some(id) if id == self.identity => {
                 tracing::info!("{}: reusing cache {}", self.node, self.file.display())
             }
             other => {
-                return Err(ResourceError::new(format!(
-                "cache {} holds image {} but the image is now {}; run `sftsan down` to discard it",
-                self.file.display(),
-                other.unwrap_or_else(|| "(unknown)".into()),
-                self.identity
-            )))
+                return Err(Error::corrupt(
+                    format!("cache {}", self.file.display()),
+                    format!(
+                        "holds image {} but the image is now {}; run `sftsan down` to discard it",
+                        other.unwrap_or_else(|| "(unknown)".into()),
+                        self.identity
+                    ),
+                ))
             }
         }
         let mut qmp = require(&self.run_dir, &self.node)?;
@@ -133,7 +136,7 @@ impl Resource for Cache {
         Ok(())
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(mut qmp) = connect(&self.run_dir)? {
             delete_nodes(&mut qmp, &[graph::COR, graph::CACHE, graph::CACHE_FILE])?;
         }

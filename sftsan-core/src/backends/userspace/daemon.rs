@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::{connect, keeper_socket, prune_run_dir, qemu_opt_escape, qmp_socket};
 use crate::process;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
+use crate::resources::{Ctx, Observed, Params, Resource, Tools};
+use crate::error::{IoContext, Result};
 use crate::transport::run;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +33,7 @@ impl Daemon {
         qmp_socket(&self.run_dir).display().to_string()
     }
 
-    fn remove_runtime_files(&self) -> Result<(), ResourceError> {
+    fn remove_runtime_files(&self) -> Result<()> {
         for f in [
             self.pidfile(),
             qmp_socket(&self.run_dir),
@@ -60,7 +61,7 @@ impl Resource for Daemon {
         ]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) else {
             return Ok(Observed::Absent);
         };
@@ -77,8 +78,8 @@ impl Resource for Daemon {
         ]))
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
-        std::fs::create_dir_all(&self.run_dir)?;
+    fn create(&self, ctx: &Ctx) -> Result<()> {
+        std::fs::create_dir_all(&self.run_dir).at(&self.run_dir)?;
         self.remove_runtime_files()?;
         let monitor = |id: &str, path: PathBuf| {
             format!(
@@ -110,7 +111,7 @@ impl Resource for Daemon {
             Tools::program(&ctx.tools.storage_daemon),
             &args,
         )
-        .map_err(|e| ResourceError::new(format!("starting qemu-storage-daemon: {e}")))?;
+        .map_err(|e| e.context("starting qemu-storage-daemon"))?;
         Ok(())
     }
 
@@ -126,7 +127,7 @@ impl Resource for Daemon {
         ]
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             // `quit` closes every block node cleanly (flushing the cache) before exiting.
             let asked = connect(&self.run_dir)

@@ -17,7 +17,8 @@ use super::cache::cache_node_options;
 use super::{daemon_pid, graph, keeper_socket, Qmp};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
 use crate::process;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
+use crate::resources::{Ctx, Observed, Params, Resource, Tools};
+use crate::error::{Error, IoContext, Result};
 use crate::transport::run;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +45,7 @@ impl Resource for Keeper {
         vec![("interval-ms", self.interval_ms.to_string())]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) else {
             return Ok(Observed::Absent);
         };
@@ -69,13 +70,10 @@ impl Resource for Keeper {
         )]))
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         remove_file_if_exists(&self.pidfile())?;
         let daemon = daemon_pid(&self.run_dir).ok_or_else(|| {
-            ResourceError::new(format!(
-                "the storage daemon of {} is not running",
-                self.node
-            ))
+            Error::not_found(format!("the storage daemon of {}", self.node), "is not running")
         })?;
         let args = [
             "keeper".to_string(),
@@ -92,7 +90,7 @@ impl Resource for Keeper {
         ];
         // `sftsan keeper` returns once the keeper is connected and its pid file written.
         run(&*ctx.transport, Tools::program(&ctx.tools.sftsan), &args)
-            .map_err(|e| ResourceError::new(format!("starting the cache keeper: {e}")))?;
+            .map_err(|e| e.context("starting the cache keeper"))?;
         Ok(())
     }
 
@@ -101,7 +99,7 @@ impl Resource for Keeper {
         vec![("pid", pid.map(|p| p.to_string()).unwrap_or_default())]
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             process::stop(pid, Duration::from_secs(10))?;
         }
@@ -129,20 +127,20 @@ extern "C" fn on_term(_: libc::c_int) {
 
 /// Connects, detaches into the background and returns in the parent once the child's pid
 /// is recorded. The child never returns: it runs the flush loop and exits.
-pub fn run_keeper(args: &KeeperArgs) -> Result<(), String> {
-    let qmp = Qmp::connect(&args.qmp, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+pub fn run_keeper(args: &KeeperArgs) -> Result<()> {
+    let qmp = Qmp::connect(&args.qmp, Duration::from_secs(10))?;
     let daemon = process::pidfd_open(args.daemon_pid)
-        .map_err(|e| format!("daemon pid {}: {e}", args.daemon_pid))?;
+        .at(format!("/proc/{}", args.daemon_pid))
+        .map_err(|e| e.context("the storage daemon"))?;
     // SAFETY: the CLI is single-threaded here; the child only continues this function.
     match unsafe { libc::fork() } {
-        -1 => Err(std::io::Error::last_os_error().to_string()),
+        -1 => Err(Error::io("fork", std::io::Error::last_os_error())),
         0 => {
             detach();
             let code = flush_loop(qmp, &daemon, args);
             std::process::exit(code)
         }
-        child => write_atomic(&args.pidfile, child.to_string().as_bytes())
-            .map_err(|e| format!("{}: {e}", args.pidfile.display())),
+        child => write_atomic(&args.pidfile, child.to_string().as_bytes()),
     }
 }
 
@@ -162,10 +160,8 @@ fn detach() {
     let _ = std::env::set_current_dir(Path::new("/"));
 }
 
-fn written_up_to(qmp: &mut Qmp) -> Result<u64, String> {
-    let stats = qmp
-        .execute("query-blockstats", json!({"query-nodes": true}))
-        .map_err(|e| e.to_string())?;
+fn written_up_to(qmp: &mut Qmp) -> Result<u64> {
+    let stats = qmp.execute("query-blockstats", json!({"query-nodes": true}))?;
     Ok(stats
         .as_array()
         .and_then(|a| a.iter().find(|s| s["node-name"] == graph::CACHE_FILE))
@@ -173,10 +169,9 @@ fn written_up_to(qmp: &mut Qmp) -> Result<u64, String> {
         .unwrap_or(0))
 }
 
-fn flush(qmp: &mut Qmp, options: &Value) -> Result<(), String> {
+fn flush(qmp: &mut Qmp, options: &Value) -> Result<()> {
     qmp.execute("blockdev-reopen", json!({"options": [options]}))
         .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 fn flush_loop(mut qmp: Qmp, daemon: &OwnedFd, args: &KeeperArgs) -> i32 {

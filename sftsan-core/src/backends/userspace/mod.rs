@@ -20,7 +20,7 @@ pub use cache::Cache;
 pub use daemon::Daemon;
 pub use keeper::{run_keeper, Keeper, KeeperArgs};
 pub use origin::OriginExport;
-pub use qmp::{Qmp, QmpError};
+pub use qmp::Qmp;
 pub use relay::RelayExport;
 pub use snapshot::Snapshot;
 pub use tgt::OriginTarget;
@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::resources::ResourceError;
+use crate::error::{Error, Result};
 
 /// Block graph node names inside a node's daemon.
 pub(crate) mod graph {
@@ -57,30 +57,18 @@ pub fn keeper_socket(run_dir: &Path) -> PathBuf {
 const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects to a node's daemon; `Ok(None)` when no daemon listens (so nothing in it exists).
-pub(crate) fn connect(run_dir: &Path) -> Result<Option<Qmp>, ResourceError> {
-    let path = qmp_socket(run_dir);
-    match Qmp::connect(&path, QMP_TIMEOUT) {
-        Ok(q) => Ok(Some(q)),
-        Err(QmpError::Io { source, .. })
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+pub(crate) fn connect(run_dir: &Path) -> Result<Option<Qmp>> {
+    Qmp::try_connect(&qmp_socket(run_dir), QMP_TIMEOUT)
 }
 
 /// Like [`connect`] but a missing daemon is an error: used when creating.
-pub(crate) fn require(run_dir: &Path, node: &str) -> Result<Qmp, ResourceError> {
+pub(crate) fn require(run_dir: &Path, node: &str) -> Result<Qmp> {
     connect(run_dir)?
-        .ok_or_else(|| ResourceError::new(format!("the storage daemon of {node} is not running")))
+        .ok_or_else(|| Error::not_found(format!("the storage daemon of {node}"), "is not running"))
 }
 
 /// Block nodes of the daemon by name, with their QMP descriptions.
-pub(crate) fn block_nodes(qmp: &mut Qmp) -> Result<Vec<Value>, ResourceError> {
+pub(crate) fn block_nodes(qmp: &mut Qmp) -> Result<Vec<Value>> {
     let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
     Ok(nodes.as_array().cloned().unwrap_or_default())
 }
@@ -89,7 +77,7 @@ pub(crate) fn find_node<'a>(nodes: &'a [Value], name: &str) -> Option<&'a Value>
     nodes.iter().find(|n| n["node-name"] == name)
 }
 
-pub(crate) fn export_exists(qmp: &mut Qmp, id: &str) -> Result<bool, ResourceError> {
+pub(crate) fn export_exists(qmp: &mut Qmp, id: &str) -> Result<bool> {
     let exports = qmp.execute("query-block-exports", json!({}))?;
     Ok(exports
         .as_array()
@@ -97,7 +85,7 @@ pub(crate) fn export_exists(qmp: &mut Qmp, id: &str) -> Result<bool, ResourceErr
 }
 
 /// Removes an export, dropping connected clients, and waits until it is really gone.
-pub(crate) fn delete_export(qmp: &mut Qmp, id: &str) -> Result<(), ResourceError> {
+pub(crate) fn delete_export(qmp: &mut Qmp, id: &str) -> Result<()> {
     if !export_exists(qmp, id)? {
         return Ok(());
     }
@@ -109,7 +97,7 @@ pub(crate) fn delete_export(qmp: &mut Qmp, id: &str) -> Result<(), ResourceError
 }
 
 /// Deletes block nodes in the given order, skipping those already gone.
-pub(crate) fn delete_nodes(qmp: &mut Qmp, names: &[&str]) -> Result<(), ResourceError> {
+pub(crate) fn delete_nodes(qmp: &mut Qmp, names: &[&str]) -> Result<()> {
     let existing = block_nodes(qmp)?;
     for name in names {
         if find_node(&existing, name).is_some() {

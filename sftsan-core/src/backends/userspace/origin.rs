@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use super::{
     block_nodes, connect, delete_export, delete_nodes, export_exists, find_node, graph, require,
 };
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginExport {
@@ -22,7 +23,7 @@ impl Resource for OriginExport {
         vec![("source", self.source.display().to_string())]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let Some(mut qmp) = connect(&self.run_dir)? else {
             return Ok(Observed::Absent);
         };
@@ -40,7 +41,7 @@ impl Resource for OriginExport {
         }
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let mut qmp = require(&self.run_dir, &self.node)?;
         let is_block = std::fs::metadata(&self.source)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
@@ -72,7 +73,7 @@ impl Resource for OriginExport {
         Ok(())
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         let Some(mut qmp) = connect(&self.run_dir)? else {
             return Ok(());
         };

@@ -10,88 +10,104 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, thiserror::Error)]
-pub enum QmpError {
-    #[error("QMP socket {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("QMP {command}: {class}: {desc}")]
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
-    #[error("QMP {0}: malformed reply")]
-    Protocol(String),
-    #[error("QMP: no {event} event within {timeout:?}")]
-    EventTimeout { event: String, timeout: Duration },
-}
+use crate::error::{Error, Result};
 
 pub struct Qmp {
     path: String,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// The read timeout of every call but a timed wait (which restores it).
+    timeout: Duration,
+    /// A message read in part when a read timed out: the rest comes with the next read.
+    pending: String,
     events: Vec<Value>,
 }
 
 impl Qmp {
-    /// Connects, reads the greeting and leaves capabilities negotiation mode.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
-        let p = path.display().to_string();
-        let io = |source| QmpError::Io {
-            path: p.clone(),
-            source,
+    /// Connects, reads the greeting and leaves capabilities negotiation mode. `Ok(None)`:
+    /// nothing listens at `path` (no socket, or a socket nobody accepts on).
+    pub fn try_connect(path: &Path, timeout: Duration) -> Result<Option<Qmp>> {
+        let stream = match UnixStream::connect(path) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::io(path, e).context("QMP")),
         };
-        let stream = UnixStream::connect(path).map_err(io)?;
+        let io = |e| Error::io(path, e).context("QMP");
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;
         let mut qmp = Qmp {
-            path: p.clone(),
+            path: path.display().to_string(),
             reader: BufReader::new(stream),
             writer,
+            timeout,
+            pending: String::new(),
             events: Vec::new(),
         };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol("greeting".into()));
+            return Err(qmp.protocol(&greeting.to_string()));
         }
         qmp.execute("qmp_capabilities", json!({}))?;
-        Ok(qmp)
+        Ok(Some(qmp))
     }
 
-    fn read_message(&mut self) -> Result<Value, QmpError> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(QmpError::Io {
-                path: self.path.clone(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
+    /// Like [`Qmp::try_connect`]; nothing listening is an error.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp> {
+        Self::try_connect(path, timeout)?.ok_or_else(|| {
+            Error::unreachable(format!("QMP socket {}", path.display()), "nobody listens")
+        })
+    }
+
+    fn protocol(&self, got: &str) -> Error {
+        Error::corrupt(
+            format!("QMP socket {}", self.path),
+            format!("not a QMP message: {got:?}"),
+        )
+    }
+
+    /// The next message. A read that times out keeps what it got of a message, so a later
+    /// read continues it instead of parsing its second half alone.
+    fn read_message(&mut self) -> Result<Value> {
+        let read = self.reader.read_line(&mut self.pending);
+        let what = || format!("QMP socket {}", self.path);
+        match read {
+            Ok(0) => Err(Error::unreachable(what(), "the daemon closed it")),
+            Ok(_) if !self.pending.ends_with('\n') => {
+                Err(Error::unreachable(what(), "the daemon closed it mid-message"))
+            }
+            Ok(_) => {
+                let line = std::mem::take(&mut self.pending);
+                serde_json::from_str(&line).map_err(|_| self.protocol(line.trim()))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Error::timeout(what(), "no answer in time"))
+            }
+            Err(e) => Err(Error::unreachable(what(), e.to_string())),
         }
-        serde_json::from_str(&line).map_err(|_| QmpError::Protocol(line.trim().to_string()))
     }
 
     /// Runs one command and returns its `return` value. Events that arrive meanwhile are kept.
-    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
         let msg = json!({"execute": command, "arguments": arguments});
         tracing::trace!(target: "sftsan::qmp", "-> {msg}");
         let mut text = msg.to_string();
         text.push('\n');
-        self.writer
-            .write_all(text.as_bytes())
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.writer.write_all(text.as_bytes()).map_err(|e| {
+            Error::unreachable(format!("QMP socket {}", self.path), e.to_string())
+        })?;
         loop {
             let reply = self.read_message()?;
             tracing::trace!(target: "sftsan::qmp", "<- {reply}");
@@ -99,11 +115,14 @@ impl Qmp {
                 return Ok(ret.clone());
             }
             if let Some(err) = reply.get("error") {
-                return Err(QmpError::Command {
-                    command: command.into(),
-                    class: err["class"].as_str().unwrap_or("Error").into(),
-                    desc: err["desc"].as_str().unwrap_or("").into(),
-                });
+                return Err(Error::refused(
+                    format!("QMP {command}"),
+                    format!(
+                        "{}: {}",
+                        err["class"].as_str().unwrap_or("Error"),
+                        err["desc"].as_str().unwrap_or("")
+                    ),
+                ));
             }
             if reply.get("event").is_some() {
                 self.events.push(reply);
@@ -111,40 +130,149 @@ impl Qmp {
         }
     }
 
-    /// Waits for an event named `name` whose `data` satisfies `matches`.
+    /// Waits for an event named `name` whose `data` satisfies `matches`. The socket's read
+    /// timeout is back to the connection's when this returns, however it returns.
     pub fn wait_event(
         &mut self,
         name: &str,
         timeout: Duration,
         matches: impl Fn(&Value) -> bool,
-    ) -> Result<Value, QmpError> {
+    ) -> Result<Value> {
         let hit = |e: &Value| e["event"] == name && matches(&e["data"]);
         if let Some(i) = self.events.iter().position(hit) {
             return Ok(self.events.remove(i));
         }
+        let result = self.wait_for(name, timeout, hit);
+        let restored = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|e| Error::io(&self.path, e).context("QMP"));
+        let event = result?;
+        restored?;
+        Ok(event)
+    }
+
+    fn wait_for(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        hit: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(QmpError::EventTimeout {
-                    event: name.into(),
-                    timeout,
-                });
+                return Err(Error::timeout(
+                    format!("QMP event {name}"),
+                    format!("none within {timeout:?}"),
+                ));
             }
-            let _ = self.reader.get_ref().set_read_timeout(Some(left));
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| Error::io(&self.path, e).context("QMP"))?;
             match self.read_message() {
                 Ok(e) if hit(&e) => return Ok(e),
                 Ok(e) => self.events.push(e),
-                Err(QmpError::Io { source, .. })
-                    if matches!(
-                        source.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if e.kind() == crate::error::ErrorKind::Timeout => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The socket's current read timeout (what the next call waits at most).
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.reader.get_ref().read_timeout().ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    /// A QMP peer on a socket in `dir`: greets, accepts capabilities, then runs `script`
+    /// on the connection.
+    fn peer(
+        dir: &Path,
+        script: impl FnOnce(&mut UnixStream) + Send + 'static,
+    ) -> (std::path::PathBuf, std::thread::JoinHandle<()>) {
+        let path = dir.join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"QMP\": {\"version\": {}}}\n").unwrap();
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("qmp_capabilities"));
+            s.write_all(b"{\"return\": {}}\n").unwrap();
+            script(&mut s);
+        });
+        (path, handle)
+    }
+
+    /// A timed wait used to leave its short timeout on the socket: every later call then
+    /// failed after that timeout, whatever the connection's own.
+    #[test]
+    fn a_timed_wait_restores_the_read_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (path, peer) = peer(dir.path(), move |s| {
+            gate_rx.recv().unwrap();
+            s.write_all(b"{\"event\": \"OTHER\", \"data\": {}}\n").unwrap();
+            gate_rx.recv().unwrap();
+        });
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(7)).unwrap();
+        assert_eq!(qmp.read_timeout(), Some(Duration::from_secs(7)));
+        let err = qmp
+            .wait_event("NEVER", Duration::from_millis(50), |_| true)
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Timeout, "{err}");
+        assert_eq!(qmp.read_timeout(), Some(Duration::from_secs(7)));
+        gate_tx.send(()).unwrap();
+        let event = qmp
+            .wait_event("OTHER", Duration::from_secs(5), |_| true)
+            .unwrap();
+        assert_eq!(event["event"], "OTHER");
+        assert_eq!(qmp.read_timeout(), Some(Duration::from_secs(7)));
+        gate_tx.send(()).unwrap();
+        peer.join().unwrap();
+    }
+
+    /// A message that arrives in two parts, the second after a read timed out, is read
+    /// whole: the first part is not dropped.
+    #[test]
+    fn a_message_split_by_a_timeout_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (path, peer) = peer(dir.path(), move |s| {
+            s.write_all(b"{\"event\": \"SPLIT\", ").unwrap();
+            gate_rx.recv().unwrap();
+            s.write_all(b"\"data\": {\"id\": 3}}\n").unwrap();
+        });
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(5)).unwrap();
+        let err = qmp
+            .wait_event("SPLIT", Duration::from_millis(100), |_| true)
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Timeout, "{err}");
+        gate_tx.send(()).unwrap();
+        let event = qmp
+            .wait_event("SPLIT", Duration::from_secs(5), |_| true)
+            .unwrap();
+        assert_eq!(event["data"]["id"], 3);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn nobody_listening_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.sock");
+        assert!(Qmp::try_connect(&missing, Duration::from_secs(1))
+            .unwrap()
+            .is_none());
+        let err = Qmp::connect(&missing, Duration::from_secs(1)).err().unwrap();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Unreachable);
     }
 }

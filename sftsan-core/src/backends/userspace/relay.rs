@@ -5,7 +5,8 @@ use serde_json::json;
 use std::path::PathBuf;
 
 use super::{connect, delete_export, export_exists, graph, require};
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayExport {
@@ -19,7 +20,7 @@ impl Resource for RelayExport {
         vec![]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let Some(mut qmp) = connect(&self.run_dir)? else {
             return Ok(Observed::Absent);
         };
@@ -30,7 +31,7 @@ impl Resource for RelayExport {
         })
     }
 
-    fn create(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, _ctx: &Ctx) -> Result<()> {
         let mut qmp = require(&self.run_dir, &self.node)?;
         qmp.execute(
             "block-export-add",
@@ -40,7 +41,7 @@ impl Resource for RelayExport {
         Ok(())
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         match connect(&self.run_dir)? {
             Some(mut qmp) => delete_export(&mut qmp, graph::RELAY_EXPORT_ID),
             None => Ok(()),

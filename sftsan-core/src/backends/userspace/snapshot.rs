@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use super::{nbd_backing, prune_dirs};
 use crate::fsutil::remove_file_if_exists;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError, Tools};
+use crate::resources::{Ctx, Observed, Params, Resource, Tools};
+use crate::error::{Error, IoContext, Result};
 use crate::transport::{run, run_stdout};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +41,7 @@ impl Resource for Snapshot {
         vec![("backing", self.backing()), ("size", self.size.to_string())]
     }
 
-    fn observe(&self, ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, ctx: &Ctx) -> Result<Observed> {
         if !self.file.exists() {
             return Ok(Observed::Absent);
         }
@@ -55,7 +56,7 @@ impl Resource for Snapshot {
             ],
         )?;
         let info: serde_json::Value = serde_json::from_str(&info)
-            .map_err(|e| ResourceError::new(format!("qemu-img info: {e}")))?;
+            .map_err(|e| Error::corrupt("qemu-img info's JSON", e.to_string()))?;
         Ok(Observed::Present(vec![
             (
                 "backing",
@@ -68,9 +69,9 @@ impl Resource for Snapshot {
         ]))
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).at(dir)?;
         }
         let tmp = self.tmp();
         remove_file_if_exists(&tmp)?;
@@ -93,11 +94,11 @@ impl Resource for Snapshot {
                 self.size.to_string(),
             ],
         )?;
-        std::fs::rename(&tmp, &self.file)?;
+        std::fs::rename(&tmp, &self.file).at(&self.file)?;
         Ok(())
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         remove_file_if_exists(&self.file)?;
         remove_file_if_exists(&self.tmp())?;
         prune_dirs(&self.prune);

@@ -5,11 +5,12 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::resources::{Ctx, ResourceError, Tools};
+use crate::resources::{Ctx, Tools};
+use crate::error::{Error, Result};
 use crate::transport::run_stdout;
 
 /// Bytes of the image present in the cache file (fetched blocks, including zero blocks).
-pub fn cache_fill(ctx: &Ctx, file: &Path) -> Result<u64, ResourceError> {
+pub fn cache_fill(ctx: &Ctx, file: &Path) -> Result<u64> {
     if !file.exists() {
         return Ok(0);
     }
@@ -24,7 +25,7 @@ pub fn cache_fill(ctx: &Ctx, file: &Path) -> Result<u64, ResourceError> {
         ],
     )?;
     let map: serde_json::Value =
-        serde_json::from_str(&map).map_err(|e| ResourceError::new(format!("qemu-img map: {e}")))?;
+        serde_json::from_str(&map).map_err(|e| Error::corrupt("qemu-img map's JSON", e.to_string()))?;
     Ok(map
         .as_array()
         .map(|extents| {
@@ -51,7 +52,7 @@ pub fn traffic(
     ctx: &Ctx,
     listen: SocketAddr,
     parent: Option<SocketAddr>,
-) -> Result<Traffic, ResourceError> {
+) -> Result<Traffic> {
     let out = run_stdout(
         &*ctx.transport,
         "ss",

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use super::prune_run_dir;
 use crate::fsutil::remove_file_if_exists;
 use crate::process;
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::{Error, IoContext, Result};
 use crate::transport::{run, run_stdout, LocalTransport};
 
 /// tgtd's management sockets live here, named by control port.
@@ -53,7 +54,7 @@ impl OriginTarget {
     }
 
     /// `tgtadm -C PORT --lld iscsi ARGS...`, from the root namespace (the socket is a file).
-    fn tgtadm(&self, args: &[&str]) -> Result<String, ResourceError> {
+    fn tgtadm(&self, args: &[&str]) -> Result<String> {
         let control = self.control_port.to_string();
         let mut full = vec!["-C", &control, "--lld", "iscsi"];
         full.extend_from_slice(args);
@@ -61,12 +62,12 @@ impl OriginTarget {
     }
 
     /// What the LUN serves: the file or device, or the dm device's node.
-    fn backing(&self) -> Result<String, ResourceError> {
+    fn backing(&self) -> Result<String> {
         match &self.source_dm {
             None => Ok(self.source.display().to_string()),
             Some(name) => {
                 let dev = crate::backends::kernel::dm::device(name)?
-                    .ok_or_else(|| ResourceError::new(format!("no dm device {name} to export")))?;
+                    .ok_or_else(|| Error::not_found(format!("dm device {name}"), "nothing to export"))?;
                 Ok(crate::backends::kernel::dm::node_path(dev)?
                     .display()
                     .to_string())
@@ -74,7 +75,7 @@ impl OriginTarget {
         }
     }
 
-    fn configure(&self) -> Result<(), ResourceError> {
+    fn configure(&self) -> Result<()> {
         let source = self.backing()?;
         self.tgtadm(&[
             "--mode",
@@ -142,15 +143,15 @@ impl OriginTarget {
         Ok(())
     }
 
-    fn wait_for_control_socket(&self) -> Result<(), ResourceError> {
+    fn wait_for_control_socket(&self) -> Result<()> {
         // tgtd opens its management socket after it detaches: poll for it with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.control_socket().exists() {
             if Instant::now() > deadline {
-                return Err(ResourceError::new(format!(
-                    "tgtd did not open {} within 10s",
-                    self.control_socket().display()
-                )));
+                return Err(Error::timeout(
+                    "tgtd",
+                    format!("did not open {} within 10s", self.control_socket().display()),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -167,7 +168,7 @@ impl Resource for OriginTarget {
         vec![("target", self.iqn.clone()), ("source", source)]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         if process::live_pid(&self.pidfile(), &self.marker()).is_none() {
             return Ok(Observed::Absent);
         }
@@ -187,8 +188,8 @@ impl Resource for OriginTarget {
         })
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
-        std::fs::create_dir_all(&self.run_dir)?;
+    fn create(&self, ctx: &Ctx) -> Result<()> {
+        std::fs::create_dir_all(&self.run_dir).at(&self.run_dir)?;
         remove_file_if_exists(&self.pidfile())?;
         let args = [
             "-C".to_string(),
@@ -199,7 +200,7 @@ impl Resource for OriginTarget {
             self.pidfile().display().to_string(),
         ];
         run(&*ctx.transport, "tgtd", &args)
-            .map_err(|e| ResourceError::new(format!("starting tgtd: {e}")))?;
+            .map_err(|e| e.context("starting tgtd"))?;
         let configured = self
             .wait_for_control_socket()
             .and_then(|()| self.configure());
@@ -221,7 +222,7 @@ impl Resource for OriginTarget {
         ]
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             // tgtd ignores SIGTERM while it has targets: remove ours (dropping sessions), then
             // put the daemon into shutdown so the signal ends it.

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
-use crate::resources::{Ctx, Observed, Params, Resource, ResourceError};
+use crate::resources::{Ctx, Observed, Params, Resource};
+use crate::error::{Error, Result};
 
 /// A lost parent fails reads after this many seconds (EIO) instead of hanging them, and the
 /// connection is re-established when the parent returns.
@@ -65,7 +66,7 @@ impl Resource for Upstream {
         vec![("upstream", self.url())]
     }
 
-    fn observe(&self, _ctx: &Ctx) -> Result<Observed, ResourceError> {
+    fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
         let Some(mut qmp) = connect(&self.run_dir)? else {
             return Ok(Observed::Absent);
         };
@@ -79,28 +80,25 @@ impl Resource for Upstream {
         })
     }
 
-    fn create(&self, ctx: &Ctx) -> Result<(), ResourceError> {
+    fn create(&self, ctx: &Ctx) -> Result<()> {
         // Probe from the node's own network first: a refused or unroutable parent gets a
         // clear message instead of QEMU's generic open failure.
         let addr = SocketAddr::new(self.host, self.port);
         let timeout = Duration::from_millis(self.connect_timeout_ms);
         ctx.transport.probe_tcp(addr, timeout).map_err(|e| {
-            ResourceError::new(format!(
-                "parent {} at {addr} is unreachable from {}: {e}",
-                self.parent, self.node
-            ))
+            Error::unreachable(
+                format!("parent {} at {addr}", self.parent),
+                format!("from {}: {e}", self.node),
+            )
         })?;
         let mut qmp = require(&self.run_dir, &self.node)?;
         qmp.execute("blockdev-add", self.blockdev()).map_err(|e| {
-            ResourceError::new(format!(
-                "attaching to parent {} at {addr}: {e}",
-                self.parent
-            ))
+            e.context(format!("attaching to parent {} at {addr}", self.parent))
         })?;
         Ok(())
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<(), ResourceError> {
+    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         let Some(mut qmp) = connect(&self.run_dir)? else {
             return Ok(());
         };

@@ -6,6 +6,8 @@
 //! marked unknown.
 
 use std::collections::HashMap;
+
+use crate::error::Rejection;
 use std::str::Chars;
 
 /// One assignment, in file order.
@@ -84,7 +86,7 @@ enum Segment {
 }
 
 /// One shell word, up to unquoted whitespace; `chars` is left after it.
-fn word(chars: &mut Chars) -> Result<Vec<Segment>, String> {
+fn word(chars: &mut Chars) -> Result<Vec<Segment>, Rejection> {
     let mut segments = Vec::new();
     let mut literal = String::new();
     let flush = |literal: &mut String, segments: &mut Vec<Segment>| {
@@ -101,9 +103,9 @@ fn word(chars: &mut Chars) -> Result<Vec<Segment>, String> {
                 break;
             }
             ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
-                return Err(format!(
+                return Err(Rejection(format!(
                     "unexpected {c:?}: cfg.data holds assignments, not commands"
-                ))
+                )))
             }
             '\'' => literal.push_str(&take_until(chars, '\'')?),
             '"' => {
@@ -128,10 +130,12 @@ fn word(chars: &mut Chars) -> Result<Vec<Segment>, String> {
 }
 
 /// What follows a `$`: a variable, a substitution, or a lone `$`.
-fn dollar(chars: &mut Chars) -> Result<Segment, String> {
+fn dollar(chars: &mut Chars) -> Result<Segment, Rejection> {
     let rest = chars.as_str();
     if let Some(inner) = rest.strip_prefix('{') {
-        let end = inner.find('}').ok_or("unterminated ${")?;
+        let end = inner
+            .find('}')
+            .ok_or_else(|| Rejection::new("unterminated ${"))?;
         let name = &inner[..end];
         for _ in 0..end + 2 {
             chars.next();
@@ -177,7 +181,7 @@ fn is_name(name: &str) -> bool {
 }
 
 /// The inside of `"..."`, whose opening quote was consumed.
-fn double_quoted(chars: &mut Chars) -> Result<Vec<Segment>, String> {
+fn double_quoted(chars: &mut Chars) -> Result<Vec<Segment>, Rejection> {
     let mut segments = Vec::new();
     let mut literal = String::new();
     while let Some(c) = chars.next() {
@@ -213,11 +217,11 @@ fn double_quoted(chars: &mut Chars) -> Result<Vec<Segment>, String> {
             c => literal.push(c),
         }
     }
-    Err("unterminated \"".into())
+    Err(Rejection::new("unterminated \""))
 }
 
 /// Text up to the closing `end`, which is consumed.
-fn take_until(chars: &mut Chars, end: char) -> Result<String, String> {
+fn take_until(chars: &mut Chars, end: char) -> Result<String, Rejection> {
     let mut text = String::new();
     for c in chars.by_ref() {
         if c == end {
@@ -225,7 +229,7 @@ fn take_until(chars: &mut Chars, end: char) -> Result<String, String> {
         }
         text.push(c);
     }
-    Err(format!("unterminated {end}"))
+    Err(Rejection(format!("unterminated {end}")))
 }
 
 fn expand(segments: &[Segment], vars: &HashMap<String, Value>) -> Value {

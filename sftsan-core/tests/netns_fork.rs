@@ -1,0 +1,57 @@
+//! A command in a network namespace enters it between fork and exec, where only
+//! async-signal-safe calls are allowed: nothing may allocate there (another thread may have
+//! held the allocator's lock at the fork). This binary's allocator ends any forked child
+//! that allocates before it execs, so the test sees it. Needs no root: the namespace does
+//! not exist, and entering it must fail with its errno.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use sftsan_core::transport::{NetnsTransport, Transport};
+
+/// The test process's pid; 0 until the test starts.
+static PARENT: AtomicI32 = AtomicI32::new(0);
+
+/// Exit status of a forked child that allocated before exec.
+const ALLOCATED_AFTER_FORK: i32 = 99;
+
+struct ForkWatch;
+
+unsafe impl GlobalAlloc for ForkWatch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let parent = PARENT.load(Ordering::Relaxed);
+        // SAFETY: getpid and _exit are async-signal-safe and allocate nothing.
+        if parent != 0 && unsafe { libc::getpid() } != parent {
+            unsafe { libc::_exit(ALLOCATED_AFTER_FORK) };
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ForkWatch = ForkWatch;
+
+#[test]
+fn entering_a_missing_namespace_fails_without_allocating_after_fork() {
+    PARENT.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    let transport = NetnsTransport::new("sftsan-test-no-such-namespace");
+    let spawned = transport.command("true").spawn();
+    match spawned {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
+        Ok(mut child) => {
+            let status = child.wait().unwrap();
+            panic!(
+                "the command ran in no namespace ({status}){}",
+                if status.code() == Some(ALLOCATED_AFTER_FORK) {
+                    ": the child allocated between fork and exec"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
