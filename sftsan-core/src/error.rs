@@ -84,7 +84,10 @@ pub enum Error {
     #[error("{context}: {source}")]
     Context { context: String, source: Box<Error> },
     /// A step failed, and what the run had created was removed again (or not all of it).
-    #[error("{source}; rolled back what this run created{}", rollback_note(failures))]
+    #[error(
+        "{source}; rolled back what this run created{}",
+        rollback_note(failures)
+    )]
     RolledBack {
         source: Box<Error>,
         failures: Vec<Error>,
@@ -188,9 +191,9 @@ impl Error {
             Error::InUse { .. } => ErrorKind::InUse,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Context { source, .. } | Error::RolledBack { source, .. } => source.kind(),
-            Error::Incomplete { failures, .. } => failures
-                .first()
-                .map_or(ErrorKind::Command, Error::kind),
+            Error::Incomplete { failures, .. } => {
+                failures.first().map_or(ErrorKind::Command, Error::kind)
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -48,6 +48,19 @@ pub fn remove_file_if_exists(path: &Path) -> Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(path, e)),
         _ => Ok(()),
     }
+}
+
+/// Removes `dirs` in order where they are empty, so teardown leaves no empty directories.
+pub fn prune_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Removes a node's run directory, then `run/` itself once the last node is gone.
+pub fn prune_run_dir(run_dir: &Path) {
+    let dirs: Vec<PathBuf> = run_dir.ancestors().take(2).map(PathBuf::from).collect();
+    prune_dirs(&dirs);
 }
 
 #[cfg(test)]

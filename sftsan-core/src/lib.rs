@@ -5,6 +5,7 @@
 //! -> [`resources`] (typed create / teardown / observe) -> [`backends`] -> [`transport`].
 
 pub mod backends;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod fsutil;

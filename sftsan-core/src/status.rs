@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::backends::userspace::stats;
+use crate::plan::ResourceSpec;
 use crate::plan::{Plan, Role};
-use crate::resources::{Ctx, Observed, ResourceSpec, Tools};
+use crate::resources::{Ctx, Observed, Tools};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

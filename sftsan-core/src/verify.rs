@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::plan::Plan;
-use crate::resources::{Ctx, ResourceSpec, Tools};
+use crate::plan::ResourceSpec;
+use crate::resources::{Ctx, Tools};
 use crate::transport::run;
 
 #[derive(Debug, Clone, Serialize)]

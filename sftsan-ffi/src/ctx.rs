@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sftsan_core::engine::{Engine, Event, Progress};
+use sftsan_core::plan::ResourceSpec;
 use sftsan_core::plan::{self, NodePlan, Role};
-use sftsan_core::resources::{Ctx, Observed, ResourceSpec, Tools};
+use sftsan_core::resources::{Ctx, Observed, Tools};
 use sftsan_core::spec::{validate, ClusterSpec, ValidatedSpec};
 
 use crate::error::{sftsan_result, Error};
@@ -58,10 +59,9 @@ impl sftsan_ctx {
         spec_path: Option<&std::path::Path>,
     ) -> Result<sftsan_ctx, Error> {
         let spec = validate(ClusterSpec::from_toml(text)?)?;
-        let plan = plan::plan(&spec);
         let tools = Tools::from_env();
         let slot: Slot = Arc::new(Mutex::new(None));
-        let engine = Engine::new(&spec, plan, tools.clone(), progress(slot.clone()));
+        let engine = sftsan_core::cluster::engine(&spec, tools.clone(), progress(slot.clone()));
         Ok(sftsan_ctx {
             spec,
             spec_path: spec_path.map(std::path::Path::to_path_buf),

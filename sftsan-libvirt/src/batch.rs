@@ -1,12 +1,12 @@
 //! Batch operations on a cluster's VMs: define, start (with boot queueing), destroy,
 //! undefine, list. Each VM's outcome becomes a row of the result table.
 
+use sftsan_core::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use sftsan_core::error::{Error, Result};
 
 use crate::cluster::Snapshots;
 use crate::libvirt::{DomainState, Libvirt};
@@ -235,11 +235,7 @@ impl Batch<'_> {
         }
     }
 
-    fn parallel(
-        &self,
-        vms: &[Vm],
-        work: impl Fn(&Vm) -> Result<String> + Sync,
-    ) -> Vec<Row> {
+    fn parallel(&self, vms: &[Vm], work: impl Fn(&Vm) -> Result<String> + Sync) -> Vec<Row> {
         bounded(vms, self.options.concurrency, Duration::ZERO, work)
             .into_iter()
             .zip(vms)

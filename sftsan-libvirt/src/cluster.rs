@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sftsan_core::error::{Error, ErrorKind, Result};
 use sftsan_core::engine::Engine;
+use sftsan_core::error::{Error, ErrorKind, Result};
 use sftsan_core::names::Names;
-use sftsan_core::plan::{self, Plan};
+use sftsan_core::plan::Plan;
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{validate, ClusterSpec, ValidatedSpec};
 
@@ -36,9 +36,9 @@ impl Cluster {
     /// Loads and validates the spec; `tools` as the engine should run them.
     pub fn load(spec_path: &Path, tools: Tools) -> Result<Cluster> {
         let show = spec_path.display().to_string();
-        let spec = ClusterSpec::load(spec_path).map_err(|e| Error::from(e).context(show.clone()))?;
+        let spec =
+            ClusterSpec::load(spec_path).map_err(|e| Error::from(e).context(show.clone()))?;
         let spec = validate(spec).map_err(|e| Error::from(e).context(show))?;
-        let plan = plan::plan(&spec);
         let progress: sftsan_core::engine::Progress = Arc::new(|e| {
             tracing::info!(
                 "{}: {}{}",
@@ -49,7 +49,7 @@ impl Cluster {
         });
         Ok(Cluster {
             names: Names::new(spec.spec()),
-            engine: Engine::new(&spec, plan, tools, progress),
+            engine: sftsan_core::cluster::engine(&spec, tools, progress),
             spec,
             spec_path: spec_path.to_path_buf(),
         })

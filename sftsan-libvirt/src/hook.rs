@@ -13,8 +13,8 @@
 //! Everything else, and every other domain, returns at once. The hook never calls
 //! libvirt's API (libvirt holds the domain's lock while it runs hooks) and is idempotent.
 
-use std::path::{Path, PathBuf};
 use sftsan_core::error::{Error, Result};
+use std::path::{Path, PathBuf};
 
 use sftsan_core::resources::Tools;
 
@@ -106,7 +106,10 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome>
                     })
                     .collect();
                 return Err(Error::conflict(
-                    format!("no disk is {}/snapshot/{} ({want})", meta.node, meta.snapshot),
+                    format!(
+                        "no disk is {}/snapshot/{} ({want})",
+                        meta.node, meta.snapshot
+                    ),
                     format!(
                         "the domain has {}: redefine it with `sftsan vm define`",
                         if have.is_empty() {

@@ -1,8 +1,8 @@
 //! Names, UUIDs and MAC addresses of sftsan's domains, derived from (cluster, node, snapshot
 //! index) so that running the same batch again produces the same domains.
 
-use sha2::{Digest, Sha256};
 use sftsan_core::error::{Error, Result};
+use sha2::{Digest, Sha256};
 
 /// The default name pattern, in the spirit of the original sftsan's `test<node>x<n>`.
 pub const DEFAULT_NAME_PATTERN: &str = "{cluster}-{node}-{index}";

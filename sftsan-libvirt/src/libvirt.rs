@@ -117,10 +117,7 @@ impl Libvirt {
     pub fn uuid(&self, name: &str) -> Result<Option<String>> {
         match self.lookup(name)? {
             None => Ok(None),
-            Some(d) => d
-                .uuid_string()
-                .map(Some)
-                .map_err(|e| lv(name, e)),
+            Some(d) => d.uuid_string().map(Some).map_err(|e| lv(name, e)),
         }
     }
 
@@ -143,9 +140,7 @@ impl Libvirt {
     /// A domain's persistent definition, as libvirt's XML.
     pub fn inactive_xml(&self, name: &str) -> Result<String> {
         const INACTIVE: u32 = 2; // VIR_DOMAIN_XML_INACTIVE
-        self.get(name)?
-            .xml_desc(INACTIVE)
-            .map_err(|e| lv(name, e))
+        self.get(name)?.xml_desc(INACTIVE).map_err(|e| lv(name, e))
     }
 
     pub fn start(&self, name: &str) -> Result<()> {
@@ -186,11 +181,9 @@ impl Libvirt {
 
     /// libvirt's current XML of a domain, parsed.
     pub fn domain(&self, name: &str) -> Result<Domain> {
-        let xml = self
-            .get(name)?
-            .xml_desc(0)
-            .map_err(|e| lv(name, e))?;
-        Domain::from_xml(&xml).map_err(|e| Error::corrupt(format!("{name}: libvirt's domain XML"), e.to_string()))
+        let xml = self.get(name)?.xml_desc(0).map_err(|e| lv(name, e))?;
+        Domain::from_xml(&xml)
+            .map_err(|e| Error::corrupt(format!("{name}: libvirt's domain XML"), e.to_string()))
     }
 
     /// Every domain (running or not) that carries sftsan metadata.

@@ -1,8 +1,8 @@
 //! Which VMs a cluster has and what their domains look like: one VM per snapshot of each
 //! compute node, its domain built from a template (the user's or the built-in default).
 
-use std::path::{Path, PathBuf};
 use sftsan_core::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
 
 use sftsan_core::plan::{Plan, Role};
 use sftsan_core::spec::ValidatedSpec;

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use sftsan_core::backends::userspace::nbd_backing;
 use sftsan_core::engine::{Engine, Event};
-use sftsan_core::plan::{plan, Plan, Role};
-use sftsan_core::resources::{Ctx, ResourceSpec, Tools};
+use sftsan_core::plan::ResourceSpec;
+use sftsan_core::plan::{Plan, Role};
+use sftsan_core::resources::{Ctx, Tools};
 use sftsan_core::spec::{cache_needed, validate, ClusterSpec, DEFAULT_PORT};
 use sftsan_core::transport::{LocalTransport, TransportSpec};
 
@@ -82,7 +83,6 @@ impl Bed {
     /// The method's cluster, planned; nothing on the system is touched yet.
     pub fn new(p: &BedParams, tag: &str, degree: u32) -> Result<Bed> {
         let spec = validate(Self::spec(p, tag, degree)?).map_err(anyhow::Error::msg)?;
-        let plan = plan(&spec);
         let progress = Arc::new(|e: &Event| tracing::debug!("{e:?}"));
         let tools = Tools::from_env();
         let ctx = Ctx {
@@ -91,7 +91,7 @@ impl Bed {
         };
         Ok(Bed {
             state_dir: spec.spec().cluster.state_dir.clone(),
-            engine: Engine::new(&spec, plan, tools, progress),
+            engine: sftsan_core::cluster::engine(&spec, tools, progress),
             own_namespaces: Vec::new(),
             ctx,
             torn_down: false,

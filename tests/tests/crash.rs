@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use sftsan_core::engine::KILL_AFTER_ENV;
-use sftsan_core::resources::ResourceSpec;
+use sftsan_core::plan::ResourceSpec;
 use sftsan_tests::{can_run_clusters, eventually, process_gone, Cluster, TestCluster, MIB};
 
 #[test]

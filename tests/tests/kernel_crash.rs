@@ -19,7 +19,7 @@ struct Case {
 /// Every kernel resource kind, on the LIO relay; and tgtd's target (`origin-target`) for
 /// `kernel.relay = "tgt"`.
 fn cases() -> Vec<Case> {
-    use sftsan_core::resources::ResourceSpec;
+    use sftsan_core::plan::ResourceSpec;
     let mut cases: Vec<Case> = ResourceSpec::KERNEL_KINDS
         .iter()
         .map(|&kind| Case {

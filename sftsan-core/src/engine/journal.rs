@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
-use crate::resources::ResourceSpec;
+use crate::plan::ResourceSpec;
+use crate::resources::Params;
 use crate::transport::TransportSpec;
 
 const VERSION: u32 = 1;
@@ -91,10 +92,7 @@ impl Journal {
         match Self::load(path)? {
             Some(j) if j.data.cluster != cluster => Err(Error::conflict(
                 format!("journal {}", path.display()),
-                format!(
-                    "belongs to cluster {:?}, not {cluster:?}",
-                    j.data.cluster
-                ),
+                format!("belongs to cluster {:?}, not {cluster:?}", j.data.cluster),
             )),
             Some(j) => Ok(j),
             None => Ok(Journal {
@@ -130,16 +128,12 @@ impl Journal {
         node: Option<&str>,
         resource: &ResourceSpec,
         state: EntryState,
+        runtime: Params,
     ) -> Result<()> {
-        let runtime = match state {
-            EntryState::Created => resource
-                .as_resource()
-                .runtime()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            EntryState::Creating => BTreeMap::new(),
-        };
+        let runtime = runtime
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let entry = Entry {
             id: id.into(),
             node: node.map(String::from),
@@ -172,14 +166,14 @@ mod tests {
         let path = dir.path().join("journal.json");
         let mut j = Journal::open(&path, "c1").unwrap();
         let r = ResourceSpec::Bridge(Bridge { name: "b".into() });
-        j.record("cluster/bridge", None, &r, EntryState::Creating)
+        j.record("cluster/bridge", None, &r, EntryState::Creating, vec![])
             .unwrap();
         let j2 = Journal::load(&path).unwrap().unwrap();
         assert_eq!(
             j2.get("cluster/bridge").unwrap().state,
             EntryState::Creating
         );
-        j.record("cluster/bridge", None, &r, EntryState::Created)
+        j.record("cluster/bridge", None, &r, EntryState::Created, vec![])
             .unwrap();
         assert_eq!(Journal::load(&path).unwrap().unwrap().data.entries.len(), 1);
         j.forget("cluster/bridge").unwrap();

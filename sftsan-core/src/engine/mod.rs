@@ -13,12 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::names::Names;
-use crate::plan::{NodePlan, Plan, Role};
-use crate::resources::{first_difference, Ctx, Observed, ResourceSpec, Tools};
 use crate::error::{Error, Result};
-use crate::spec::ValidatedSpec;
-use crate::transport::{Transport, TransportSpec};
+use crate::names::Names;
+use crate::plan::{NodePlan, Plan, ResourceSpec, Role};
+use crate::resources::{first_difference, Backend, Item, Observed};
+use crate::transport::TransportSpec;
 
 /// Set to a resource kind to have `up` kill itself with SIGKILL right after creating the
 /// first resource of that kind, before journaling it as created: the crash tests use it.
@@ -100,19 +99,29 @@ struct Run {
     created: Mutex<Vec<Entry>>,
     summary: Mutex<Summary>,
     progress: Progress,
-    tools: Arc<Tools>,
-    transports: BTreeMap<String, Arc<dyn Transport>>,
+    backend: Arc<dyn Backend>,
+    transports: BTreeMap<String, TransportSpec>,
 }
 
+/// The host's own context, for what runs outside any node's.
+static HOST: TransportSpec = TransportSpec::Local;
+
 impl Run {
-    fn ctx(&self, node: Option<&str>, r: &ResourceSpec) -> Ctx {
-        let transport = node
-            .filter(|_| r.runs_on_node())
-            .and_then(|n| self.transports.get(n).cloned())
-            .unwrap_or_else(|| TransportSpec::Local.open());
-        Ctx {
-            transport,
-            tools: self.tools.clone(),
+    /// Where `r`'s commands run: its node's context, or the host's.
+    fn transport(&self, node: Option<&str>, r: &ResourceSpec) -> &TransportSpec {
+        node.filter(|_| r.runs_on_node())
+            .and_then(|n| self.transports.get(n))
+            .unwrap_or(&HOST)
+    }
+
+    /// `r` as the backend takes it.
+    fn item<'a>(&'a self, id: &'a str, node: Option<&'a str>, r: &'a ResourceSpec) -> Item<'a> {
+        Item {
+            id,
+            kind: r.kind(),
+            node,
+            transport: self.transport(node, r),
+            resource: r.as_resource(),
         }
     }
 
@@ -129,10 +138,12 @@ impl Run {
     fn ensure(&self, node: Option<&str>, r: &ResourceSpec) -> Result<()> {
         let id = r.id(node);
         let started = Instant::now();
-        let ctx = self.ctx(node, r);
+        let item = self.item(&id, node, r);
         let res = r.as_resource();
-        let step = |action: &'static str| move |cause: Error| cause.context(format!("{}: {action} failed", r.id(node)));
-        let observed = res.observe(&ctx).map_err(step("observe"))?;
+        let step = |action: &'static str| {
+            move |cause: Error| cause.context(format!("{}: {action} failed", r.id(node)))
+        };
+        let observed = self.backend.observe(&item).map_err(step("observe"))?;
         let made_before =
             self.journal.lock().unwrap().get(&id).map(|e| e.state) == Some(EntryState::Created);
         let action = match observed {
@@ -148,7 +159,8 @@ impl Run {
                 // Adopt it: it carries our name, so `down` must remove it too.
                 let mut journal = self.journal.lock().unwrap();
                 if journal.get(&id).map(|e| e.state) != Some(EntryState::Created) {
-                    journal.record(&id, node, r, EntryState::Created)?;
+                    let runtime = self.backend.runtime(&item);
+                    journal.record(&id, node, r, EntryState::Created, runtime)?;
                 }
                 drop(journal);
                 self.summary.lock().unwrap().unchanged += 1;
@@ -157,7 +169,7 @@ impl Run {
             }
             Observed::Partial(why) => {
                 tracing::info!("{id}: {why}; removing the remains before creating it");
-                res.teardown(&ctx).map_err(step("teardown"))?;
+                self.backend.teardown(&item).map_err(step("teardown"))?;
                 Action::Recreated
             }
             Observed::Absent if made_before => Action::Revived,
@@ -166,27 +178,30 @@ impl Run {
         let made = if action == Action::Revived {
             // It stays journaled as made and is never rolled back: its stores hold what
             // earlier runs kept (a VM's writes), which only `down` may discard.
-            res.revive(&ctx).map_err(step("revive"))
+            self.backend.revive(&item).map_err(step("revive"))
         } else {
             self.journal
                 .lock()
                 .unwrap()
-                .record(&id, node, r, EntryState::Creating)?;
+                .record(&id, node, r, EntryState::Creating, vec![])?;
             self.created
                 .lock()
                 .unwrap()
                 .push(planned_entry(id.clone(), node, r));
-            res.create(&ctx).map_err(step("create"))
+            self.backend.create(&item).map_err(step("create"))
         };
         if let Err(e) = made {
             self.report(&id, Action::Failed, started, false);
             return Err(e);
         }
         crash_point(r.kind());
-        self.journal
-            .lock()
-            .unwrap()
-            .record(&id, node, r, EntryState::Created)?;
+        self.journal.lock().unwrap().record(
+            &id,
+            node,
+            r,
+            EntryState::Created,
+            self.backend.runtime(&item),
+        )?;
         self.summary.lock().unwrap().created += 1;
         self.report(&id, action, started, false);
         Ok(())
@@ -195,10 +210,9 @@ impl Run {
     /// Tears down one journaled resource and forgets it.
     fn remove(&self, entry: &Entry, rollback: bool) -> Result<()> {
         let started = Instant::now();
-        let ctx = self.ctx(entry.node.as_deref(), &entry.resource);
-        let res = entry.resource.as_resource();
-        let absent = matches!(res.observe(&ctx), Ok(Observed::Absent));
-        match res.teardown(&ctx) {
+        let item = self.item(&entry.id, entry.node.as_deref(), &entry.resource);
+        let absent = matches!(self.backend.observe(&item), Ok(Observed::Absent));
+        match self.backend.teardown(&item) {
             Ok(()) => {
                 self.journal
                     .lock()
@@ -269,16 +283,17 @@ fn bounded<T: Sync>(
 pub struct Engine {
     plan: Plan,
     names: Names,
-    tools: Arc<Tools>,
+    backend: Arc<dyn Backend>,
     progress: Progress,
 }
 
 impl Engine {
-    pub fn new(spec: &ValidatedSpec, plan: Plan, tools: Tools, progress: Progress) -> Engine {
+    /// An engine that applies `plan` (whose names are `names`) through `backend`.
+    pub fn new(plan: Plan, names: Names, backend: Arc<dyn Backend>, progress: Progress) -> Engine {
         Engine {
             plan,
-            names: Names::new(spec.spec()),
-            tools: Arc::new(tools),
+            names,
+            backend,
             progress,
         }
     }
@@ -296,18 +311,13 @@ impl Engine {
                 .insert(n.name.clone(), n.transport.clone());
         }
         journal.data.levels = self.plan.setup_order();
-        let transports = journal
-            .data
-            .transports
-            .iter()
-            .map(|(k, v)| (k.clone(), v.open()))
-            .collect();
+        let transports = journal.data.transports.clone();
         Ok(Run {
             journal: Mutex::new(journal),
             created: Mutex::new(Vec::new()),
             summary: Mutex::new(Summary::default()),
             progress: self.progress.clone(),
-            tools: self.tools.clone(),
+            backend: self.backend.clone(),
             transports,
         })
     }
@@ -358,7 +368,8 @@ impl Engine {
         let run = self.open_run()?;
         let last = disk.last().expect("a VM disk has at least one resource");
         let existed = !matches!(
-            last.as_resource().observe(&run.ctx(Some(node), last)),
+            run.backend
+                .observe(&run.item(&last.id(Some(node)), Some(node), last)),
             Ok(Observed::Absent)
         );
         for r in disk.iter().rev() {
@@ -374,10 +385,7 @@ impl Engine {
     /// Tears down one node's stack. Refuses while a child still has anything up, since
     /// the child reads through this node.
     pub fn down_node(&self, node: &str) -> Result<Summary> {
-        let plan_node = self
-            .plan
-            .node(node)
-            .ok_or_else(|| no_such_node(node))?;
+        let plan_node = self.plan.node(node).ok_or_else(|| no_such_node(node))?;
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         {
@@ -438,9 +446,7 @@ impl Engine {
         }
         match self.plan.node(node) {
             None => return Err(no_such_node(node)),
-            Some(n) if n.role == Role::Origin => {
-                return Err(not_compute_node(node))
-            }
+            Some(n) if n.role == Role::Origin => return Err(not_compute_node(node)),
             Some(_) => {}
         }
         self.plan
@@ -448,30 +454,22 @@ impl Engine {
             .ok_or_else(|| no_such_snapshot(node, index))
     }
 
-    /// The kernel backend checks the running kernel before touching anything, and names
-    /// everything that is missing.
-    fn check_kernel(&self) -> Result<()> {
-        if self.plan.backend != crate::spec::Backend::Kernel {
-            return Ok(());
-        }
-        let wanted = crate::backends::kernel::probe::features_for(&self.plan);
-        match crate::backends::kernel::probe::report(&crate::backends::kernel::probe::missing(
-            &wanted,
-        )) {
-            None => Ok(()),
-            Some(why) => Err(Error::unsupported("this host's kernel", why)),
-        }
-    }
-
-    /// Block devices the spec names for `scope` must exist, be block devices and be large
-    /// enough on this host: checked before anything is touched.
-    fn check_devices(scope: &[&ResourceSpec]) -> Result<()> {
-        for r in scope {
-            if let ResourceSpec::BlockStore(b) = r {
-                b.preflight()?;
-            }
-        }
-        Ok(())
+    /// The backend's checks of everything `scope` may make, before anything is touched.
+    fn preflight(&self, scope: &[&ResourceSpec]) -> Result<()> {
+        let transport = TransportSpec::Local;
+        let ids: Vec<String> = scope.iter().map(|r| r.id(None)).collect();
+        let items: Vec<Item> = scope
+            .iter()
+            .zip(&ids)
+            .map(|(r, id)| Item {
+                id,
+                kind: r.kind(),
+                node: None,
+                transport: &transport,
+                resource: r.as_resource(),
+            })
+            .collect();
+        self.backend.preflight(&items)
     }
 
     /// Runs `work` under the state lock; on failure tears down what it created, in reverse.
@@ -481,8 +479,7 @@ impl Engine {
         scope: &[&ResourceSpec],
         work: impl FnOnce(&Run) -> Result<()>,
     ) -> Result<Summary> {
-        self.check_kernel()?;
-        Self::check_devices(scope)?;
+        self.preflight(scope)?;
         let lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
         run.journal.lock().unwrap().save()?;
@@ -497,7 +494,7 @@ impl Engine {
         // Nothing of the cluster exists (any more): leave no state behind either.
         let journal = run.journal.into_inner().unwrap();
         if journal.data.entries.is_empty() {
-            if let Err(e) = self.stop_iscsid() {
+            if let Err(e) = self.after_teardown() {
                 tracing::warn!("{e}");
             }
             journal.delete()?;
@@ -506,21 +503,12 @@ impl Engine {
         Err(cause)
     }
 
-    /// Stops the iscsid sftsan started for its sessions once the kernel has none left
-    /// (another cluster's may still need it), and never one sftsan did not start.
-    fn stop_iscsid(&self) -> Result<()> {
-        use crate::backends::kernel::initiator;
-        let sessions = self
-            .plan
-            .nodes
-            .iter()
-            .flat_map(|n| &n.stack)
-            .any(|r| matches!(r, ResourceSpec::IscsiSession(_)));
-        if sessions && initiator::sessions().is_empty() {
-            initiator::stop_started_iscsid(Duration::from_secs(10))
-                .map_err(|e| teardown_incomplete(vec![e.context("iscsid")]))?;
-        }
-        Ok(())
+    /// What the backend cleans up once the cluster's resources are gone.
+    fn after_teardown(&self) -> Result<()> {
+        let kinds = self.plan.kinds();
+        self.backend
+            .after_teardown(&kinds)
+            .map_err(|e| teardown_incomplete(vec![e]))
     }
 
     /// Once the journal is gone: the directories sftsan made, the lock file and (when
@@ -554,7 +542,7 @@ impl Engine {
         let run = self.open_run()?;
         add_planned_entries(&run, &self.plan, None);
         teardown_all(&run, self.plan.parallelism)?;
-        self.stop_iscsid()?;
+        self.after_teardown()?;
         run.journal.lock().unwrap().delete()?;
         self.remove_state(lock);
         Ok(run.summary.into_inner().unwrap())
@@ -674,3 +662,6 @@ fn remove_state_dirs<'a>(names: &Names, nodes: impl Iterator<Item = &'a str>) {
         let _ = std::fs::remove_dir(d);
     }
 }
+
+#[cfg(test)]
+mod tests;

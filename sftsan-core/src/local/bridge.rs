@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{disable_ipv6, ip, link_exists};
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::Result;
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bridge {

@@ -11,8 +11,8 @@ pub use bridge::Bridge;
 pub use namespace::Namespace;
 pub use subnet_guard::SubnetGuard;
 
-use crate::resources::{Ctx, Tools};
 use crate::error::{Error, Result};
+use crate::resources::{Ctx, Tools};
 use crate::transport::{run, run_stdout};
 
 /// Runs `ip ARGS...` in the context's network namespace.

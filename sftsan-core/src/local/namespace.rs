@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 
 use super::shaping::{egress_limit, limit_egress};
 use super::{disable_ipv6, ip, ip_json, link_exists};
+use crate::error::Result;
 use crate::names::NETNS_IFACE;
 use crate::resources::{Ctx, Observed, Params, Resource};
-use crate::error::Result;
 use crate::transport::NetnsTransport;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

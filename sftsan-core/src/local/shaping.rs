@@ -2,8 +2,8 @@
 //! veth, so a namespace "host" sends and receives no faster than a real NIC would and the
 //! emulated network has a real network's bottlenecks (the image server's link first).
 
-use crate::resources::{Ctx, Tools};
 use crate::error::Result;
+use crate::resources::{Ctx, Tools};
 use crate::transport::{run, run_stdout};
 
 /// Bytes a tbf may send at once: 10 ms at the link rate (the kernel's timer granularity
@@ -13,12 +13,7 @@ fn burst_bytes(mbit: u32) -> u64 {
 }
 
 /// `tc [-n NETNS] qdisc replace dev DEV root tbf ...`: limits what DEV sends to `mbit`.
-pub(crate) fn limit_egress(
-    ctx: &Ctx,
-    netns: Option<&str>,
-    dev: &str,
-    mbit: u32,
-) -> Result<()> {
+pub(crate) fn limit_egress(ctx: &Ctx, netns: Option<&str>, dev: &str, mbit: u32) -> Result<()> {
     let rate = format!("{mbit}mbit");
     let burst = burst_bytes(mbit).to_string();
     let mut args: Vec<&str> = Vec::new();
@@ -33,11 +28,7 @@ pub(crate) fn limit_egress(
 }
 
 /// The rate (Mbit/s) of DEV's root tbf, if it has one.
-pub(crate) fn egress_limit(
-    ctx: &Ctx,
-    netns: Option<&str>,
-    dev: &str,
-) -> Result<Option<u32>> {
+pub(crate) fn egress_limit(ctx: &Ctx, netns: Option<&str>, dev: &str) -> Result<Option<u32>> {
     let mut args: Vec<&str> = vec!["-j"];
     if let Some(ns) = netns {
         args.extend(["-n", ns]);

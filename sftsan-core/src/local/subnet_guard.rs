@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ip, ip_json};
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::Result;
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetGuard {

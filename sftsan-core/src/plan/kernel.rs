@@ -16,9 +16,9 @@ use crate::backends::kernel::dm_devices::{
 use crate::backends::kernel::initiator::{Chap, IscsiSession};
 use crate::backends::kernel::lio::{Acl, Backing, LioTarget};
 use crate::backends::kernel::loopback::LoopFile;
-use crate::backends::userspace::OriginTarget;
+use crate::backends::tgt::OriginTarget;
 use crate::names::Names;
-use crate::resources::ResourceSpec;
+use crate::plan::ResourceSpec;
 use crate::spec::{ClusterSpec, KernelCache, KernelSpec, NodeDevices, RelayTarget, SnapshotKind};
 use crate::topology::Tree;
 
@@ -398,7 +398,7 @@ pub fn vm_disk(stores: &Stores, kind: SnapshotKind, index: u32, size: u64) -> Ve
 #[cfg(test)]
 mod tests {
     use crate::plan::plan;
-    use crate::resources::ResourceSpec;
+    use crate::plan::ResourceSpec;
     use crate::spec::{validate, ClusterSpec};
 
     fn kernel_plan(kind: &str) -> (crate::plan::Plan, tempfile::NamedTempFile) {
@@ -595,7 +595,7 @@ mod tests {
     #[test]
     fn a_dm_clone_cache_builds_on_the_parents_lun_and_needs_the_clone_target() {
         use crate::backends::kernel::devref::DevRef;
-        use crate::backends::kernel::probe::{features_for, Feature};
+        use crate::backends::kernel::probe::Feature;
         let (p, _image) = kernel_plan_with("dm-snapshot", "dm-clone");
         let stack = &p.node("n1").unwrap().stack;
         let kinds: Vec<&str> = stack.iter().map(|r| r.kind()).collect();
@@ -621,13 +621,13 @@ mod tests {
         assert!(matches!(clone.source, DevRef::Iscsi { .. }), "{clone:?}");
         assert_eq!(clone.name, "sftsan-kc-n1-cache");
         assert_eq!(clone.sectors, (1 << 20) / 512);
-        let wanted = features_for(&p);
+        let wanted = p.kernel_features();
         assert!(wanted.contains(&Feature::DmTarget("clone")), "{wanted:?}");
         assert!(!wanted.contains(&Feature::DmTarget("cache")), "{wanted:?}");
         assert!(!wanted.contains(&Feature::DmTarget("thin")), "{wanted:?}");
 
         let (p, _image) = kernel_plan_with("dm-thin", "dm-cache");
-        let wanted = features_for(&p);
+        let wanted = p.kernel_features();
         for f in [
             Feature::DmTarget("cache"),
             Feature::DmTarget("snapshot"),

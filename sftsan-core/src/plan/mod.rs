@@ -7,12 +7,12 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use crate::backends::tgt::OriginTarget;
 use crate::backends::userspace::{
-    Cache, Daemon, IscsiLogin, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
+    Cache, Daemon, IscsiLogin, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
-use crate::resources::ResourceSpec;
 use crate::spec::{Backend, ClusterSpec, Mode, OriginProtocol, SnapshotKind, ValidatedSpec};
 use crate::topology::Tree;
 use crate::transport::TransportSpec;
@@ -104,6 +104,28 @@ impl Plan {
             )),
             Backend::Userspace => self.names.snapshot_file(node, index),
         }
+    }
+
+    /// Every resource kind the plan makes, including a VM disk made on demand.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let on_demand = self
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::Node)
+            .and_then(|n| self.vm_disk(&n.name, 1))
+            .unwrap_or_default();
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for r in self.nodes.iter().flat_map(|n| &n.stack).chain(&on_demand) {
+            if !kinds.contains(&r.kind()) {
+                kinds.push(r.kind());
+            }
+        }
+        kinds
+    }
+
+    /// What the plan needs of the kernel (nothing on the userspace backend).
+    pub fn kernel_features(&self) -> Vec<crate::backends::kernel::probe::Feature> {
+        crate::backends::kernel::probe::features_for(self.kinds())
     }
 
     /// Node names grouped by level, parents first.
@@ -388,6 +410,10 @@ fn ipv4(a: IpAddr) -> Ipv4Addr {
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     }
 }
+
+mod resource_spec;
+
+pub use resource_spec::ResourceSpec;
 
 #[cfg(test)]
 mod tree_properties;

@@ -5,22 +5,10 @@
 //! error naming the difference, and a partial one is torn down and created again.
 //! Tearing down an absent resource does nothing.
 
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::backends::kernel::blockdev::BlockStore;
-use crate::backends::kernel::dm_devices::{
-    DmCache, DmClone, DmLinear, DmSnapshot, ThinPool, ThinVolume,
-};
-use crate::backends::kernel::initiator::IscsiSession;
-use crate::backends::kernel::lio::LioTarget;
-use crate::backends::kernel::loopback::LoopFile;
-use crate::backends::userspace::{
-    Cache, Daemon, Keeper, OriginExport, OriginTarget, RelayExport, Snapshot, Upstream,
-};
-use crate::local::{Bridge, Namespace, SubnetGuard};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportSpec};
 
 /// The parameters that identify a resource, as (name, value) pairs in a fixed order.
 pub type Params = Vec<(&'static str, String)>;
@@ -99,144 +87,44 @@ pub trait Resource {
     fn runtime(&self) -> Params {
         vec![]
     }
+
+    /// Checks on the host that it can be made, before anything of a run is touched (a
+    /// named block device exists and is large enough).
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Every kind of resource sftsan manages, with the parameters it was planned with.
-/// Stored in the journal, so teardown needs nothing but the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum ResourceSpec {
-    SubnetGuard(SubnetGuard),
-    Bridge(Bridge),
-    Namespace(Namespace),
-    Daemon(Daemon),
-    OriginExport(OriginExport),
-    OriginTarget(OriginTarget),
-    Upstream(Upstream),
-    Cache(Cache),
-    RelayExport(RelayExport),
-    Keeper(Keeper),
-    Snapshot(Snapshot),
-    IscsiSession(IscsiSession),
-    LoopFile(LoopFile),
-    BlockStore(BlockStore),
-    DmCache(DmCache),
-    DmClone(DmClone),
-    DmLinear(DmLinear),
-    LioTarget(LioTarget),
-    DmSnapshot(DmSnapshot),
-    ThinPool(ThinPool),
-    ThinVolume(ThinVolume),
+/// One resource as the engine hands it to a [`Backend`]: its identity and the resource.
+pub struct Item<'a> {
+    /// Unique within a cluster: `<node>/<kind>`, `<node>/snapshot/<n>`, `cluster/<kind>`.
+    pub id: &'a str,
+    /// The kind, as journaled (`daemon`, `dm-cache`, ...).
+    pub kind: &'static str,
+    /// The node it belongs to; `None` for the cluster's own resources.
+    pub node: Option<&'a str>,
+    /// Where its commands run.
+    pub transport: &'a TransportSpec,
+    pub resource: &'a dyn Resource,
 }
 
-impl ResourceSpec {
-    pub fn as_resource(&self) -> &dyn Resource {
-        match self {
-            ResourceSpec::SubnetGuard(r) => r,
-            ResourceSpec::Bridge(r) => r,
-            ResourceSpec::Namespace(r) => r,
-            ResourceSpec::Daemon(r) => r,
-            ResourceSpec::OriginExport(r) => r,
-            ResourceSpec::OriginTarget(r) => r,
-            ResourceSpec::Upstream(r) => r,
-            ResourceSpec::Cache(r) => r,
-            ResourceSpec::RelayExport(r) => r,
-            ResourceSpec::Keeper(r) => r,
-            ResourceSpec::Snapshot(r) => r,
-            ResourceSpec::IscsiSession(r) => r,
-            ResourceSpec::LoopFile(r) => r,
-            ResourceSpec::BlockStore(r) => r,
-            ResourceSpec::DmCache(r) => r,
-            ResourceSpec::DmClone(r) => r,
-            ResourceSpec::DmLinear(r) => r,
-            ResourceSpec::LioTarget(r) => r,
-            ResourceSpec::DmSnapshot(r) => r,
-            ResourceSpec::ThinPool(r) => r,
-            ResourceSpec::ThinVolume(r) => r,
-        }
-    }
-
-    /// Whether its commands run in the node's network context (not the root namespace).
-    pub fn runs_on_node(&self) -> bool {
-        !matches!(
-            self,
-            ResourceSpec::SubnetGuard(_) | ResourceSpec::Bridge(_) | ResourceSpec::Namespace(_)
-        )
-    }
-
-    /// The kind as spelled in the journal and in `SFTSAN_TEST_KILL_AFTER`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ResourceSpec::SubnetGuard(_) => "subnet-guard",
-            ResourceSpec::Bridge(_) => "bridge",
-            ResourceSpec::Namespace(_) => "namespace",
-            ResourceSpec::Daemon(_) => "daemon",
-            ResourceSpec::OriginExport(_) => "origin-export",
-            ResourceSpec::OriginTarget(_) => "origin-target",
-            ResourceSpec::Upstream(_) => "upstream",
-            ResourceSpec::Cache(_) => "cache",
-            ResourceSpec::RelayExport(_) => "relay-export",
-            ResourceSpec::Keeper(_) => "keeper",
-            ResourceSpec::Snapshot(_) => "snapshot",
-            ResourceSpec::IscsiSession(_) => "iscsi-session",
-            ResourceSpec::LoopFile(_) => "loop-file",
-            ResourceSpec::BlockStore(_) => "block-device",
-            ResourceSpec::DmCache(_) => "dm-cache",
-            ResourceSpec::DmClone(_) => "dm-clone",
-            ResourceSpec::DmLinear(_) => "dm-linear",
-            ResourceSpec::LioTarget(_) => "lio-target",
-            ResourceSpec::DmSnapshot(_) => "dm-snapshot",
-            ResourceSpec::ThinPool(_) => "thin-pool",
-            ResourceSpec::ThinVolume(_) => "thin-volume",
-        }
-    }
-
-    /// The kernel backend's kinds, in the order a node's stack is built.
-    pub const KERNEL_KINDS: [&'static str; 10] = [
-        "iscsi-session",
-        "loop-file",
-        "block-device",
-        "dm-cache",
-        "dm-clone",
-        "dm-linear",
-        "lio-target",
-        "dm-snapshot",
-        "thin-pool",
-        "thin-volume",
-    ];
-
-    /// The userspace backend's kinds (and local mode's), in the order a node's stack is
-    /// built.
-    pub const KINDS: [&'static str; 11] = [
-        "subnet-guard",
-        "bridge",
-        "namespace",
-        "daemon",
-        "origin-export",
-        "origin-target",
-        "upstream",
-        "cache",
-        "relay-export",
-        "keeper",
-        "snapshot",
-    ];
-
-    /// A stable identifier: `<node>/<kind>` or `<node>/snapshot/<n>`, `cluster/<kind>`.
-    pub fn id(&self, node: Option<&str>) -> String {
-        let owner = node.unwrap_or("cluster");
-        match self {
-            ResourceSpec::Snapshot(s) => format!("{owner}/snapshot/{}", s.index),
-            ResourceSpec::DmSnapshot(s) => format!("{owner}/dm-snapshot/{}", s.index),
-            ResourceSpec::ThinVolume(s) => format!("{owner}/thin-volume/{}", s.index),
-            // A node has several loop-backed files: the file names them.
-            ResourceSpec::LoopFile(l) => format!(
-                "{owner}/loop-file/{}",
-                l.file.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            ResourceSpec::BlockStore(b) => format!("{owner}/block-device/{}", b.role),
-            other => format!("{owner}/{}", other.kind()),
-        }
-    }
+/// Where the engine makes resources: the real system (daemons, kernel objects) or a
+/// simulation for testing the engine. The engine decides order, journaling and rollback;
+/// a backend only makes, observes and removes one item at a time.
+pub trait Backend: Send + Sync {
+    fn observe(&self, item: &Item) -> Result<Observed>;
+    fn create(&self, item: &Item) -> Result<()>;
+    /// Makes again what the journal says was made but is gone (a reboot), over what its
+    /// stores kept.
+    fn revive(&self, item: &Item) -> Result<()>;
+    fn teardown(&self, item: &Item) -> Result<()>;
+    /// Facts of a made item worth journaling (pids, sockets).
+    fn runtime(&self, item: &Item) -> Params;
+    /// Checks that the host can make `items`, before anything is touched.
+    fn preflight(&self, items: &[Item]) -> Result<()>;
+    /// Cleans up after a cluster of these kinds was torn down (daemons sftsan started for
+    /// it that nothing uses any more).
+    fn after_teardown(&self, kinds: &[&str]) -> Result<()>;
 }
 
 /// The first parameter that differs between what is there and what is wanted.

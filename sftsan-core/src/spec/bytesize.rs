@@ -1,7 +1,7 @@
 //! Sizes as operators write them: `268435456`, `"256MiB"`, `"4G"` (binary units).
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::Rejection;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
@@ -20,13 +20,11 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let num: u64 = num
-            .parse()
-            .map_err(|_| {
-                Rejection(format!(
-                    "{s:?} is not a size (e.g. 268435456, \"256MiB\", \"4G\")"
-                ))
-            })?;
+        let num: u64 = num.parse().map_err(|_| {
+            Rejection(format!(
+                "{s:?} is not a size (e.g. 268435456, \"256MiB\", \"4G\")"
+            ))
+        })?;
         let shift = match unit.trim() {
             "" | "B" => 0,
             "K" | "KiB" | "k" => 10,

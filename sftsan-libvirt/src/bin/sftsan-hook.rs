@@ -38,7 +38,11 @@ fn main() {
     log(&format!("{line} ({:.1}s)", started.elapsed().as_secs_f64()));
     if let Err(e) = result {
         // One line: libvirt puts it in the error the start fails with.
-        let _ = writeln!(stderr, "sftsan-hook: {guest}: {}", e.to_string().replace('\n', " "));
+        let _ = writeln!(
+            stderr,
+            "sftsan-hook: {guest}: {}",
+            e.to_string().replace('\n', " ")
+        );
         std::process::exit(1);
     }
 }

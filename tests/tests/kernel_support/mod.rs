@@ -117,8 +117,8 @@ chap_secret = "a-secret-for-the-tests"
     let spec = validate(ClusterSpec::from_toml(&text).unwrap()).unwrap();
     let names = Names::new(spec.spec());
     let plan = plan::plan(&spec);
-    let features = probe::features_for(&plan);
-    let engine = Engine::new(&spec, plan, Tools::from_env(), Arc::new(|_| {}));
+    let features = plan.kernel_features();
+    let engine = sftsan_core::cluster::engine(&spec, Tools::from_env(), Arc::new(|_| {}));
     KernelCluster {
         engine,
         names,
@@ -270,7 +270,8 @@ pub fn assert_nothing_left(name: &str) {
 pub fn power_cut(c: &KernelCluster) {
     use sftsan_core::backends::kernel::{initiator, loopback};
     use sftsan_core::engine::Journal;
-    use sftsan_core::resources::{Ctx, ResourceSpec};
+    use sftsan_core::plan::ResourceSpec;
+    use sftsan_core::resources::Ctx;
     use sftsan_core::transport::LocalTransport;
     let journal = Journal::load(&c.names.journal())
         .unwrap()

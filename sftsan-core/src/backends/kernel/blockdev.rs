@@ -16,9 +16,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{dm, store};
+use crate::error::{Error, Rejection, Result};
 use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource};
-use crate::error::{Error, Rejection, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockStore {
@@ -95,7 +95,7 @@ impl BlockStore {
 
     /// Checks that the device exists, is a block device and is large enough (what can be
     /// checked before anything is touched); returns its (major, minor, size).
-    pub fn preflight(&self) -> Result<(u32, u32, u64)> {
+    fn inspect_store(&self) -> Result<(u32, u32, u64)> {
         let found = inspect(&self.device).map_err(|p| self.fail(p))?;
         if found.2 < self.min_bytes {
             return Err(self.fail(format!(
@@ -109,7 +109,7 @@ impl BlockStore {
     /// Checks the device can serve as this store; returns it opened exclusively, with
     /// what [`Self::preflight`] found.
     fn take(&self) -> Result<(File, (u32, u32, u64))> {
-        let found = self.preflight()?;
+        let found = self.inspect_store()?;
         let f = open_exclusive(&self.device).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => {
                 self.fail("is in use (mounted, or held by another device or program)")
@@ -127,6 +127,10 @@ impl BlockStore {
 }
 
 impl Resource for BlockStore {
+    fn preflight(&self) -> Result<()> {
+        self.inspect_store().map(drop)
+    }
+
     fn desired(&self) -> Params {
         let device = inspect(&self.device)
             .map(|(major, minor, _)| format!("{major}:{minor}"))

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::devref::DevRef;
 use super::dm;
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::{Error, Result};
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 /// What every dm resource observes: its first target's type and length.
 fn observe_table(name: &str) -> Result<Observed> {

@@ -27,7 +27,6 @@
 //! the transport must be the local one.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -37,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use super::target_probe::{probe_target, validate_chap_word, validate_iqn};
 use super::uevents::DeviceEvents;
+use crate::error::{Error, Result};
 use crate::process;
 use crate::resources::{first_difference, Ctx, Observed, Params, Resource};
-use crate::error::{Error, Result};
 
 /// The pid file of an iscsid that sftsan started (its argv names it, which tells it apart
 /// from a system iscsid and from a recycled pid).
@@ -57,21 +56,7 @@ static ISCSIADM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// How often iscsid's control socket is looked for after starting iscsid (no event tells).
 const POLL: Duration = Duration::from_millis(50);
 
-/// CHAP credentials an initiator logs in with. Debug output hides the secret.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chap {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Chap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chap")
-            .field("username", &self.username)
-            .field("password", &"********")
-            .finish()
-    }
-}
+pub use crate::backends::shared::Chap;
 
 /// A logged-in open-iscsi session to one LUN of the parent's target, as the node's initiator.
 /// One resource per (initiator, target, portal): teardown logs out every session of that
@@ -508,7 +493,10 @@ impl IscsiSession {
 
     fn validate(&self) -> Result<()> {
         let bad = |what: &str, value: &str, why: crate::error::Rejection| {
-            Error::invalid(format!("{}: {what}", self.node), format!("{value:?} is invalid: {why}"))
+            Error::invalid(
+                format!("{}: {what}", self.node),
+                format!("{value:?} is invalid: {why}"),
+            )
         };
         validate_iqn(&self.target).map_err(|why| bad("target name", &self.target, why))?;
         validate_iqn(&self.initiator).map_err(|why| bad("initiator name", &self.initiator, why))?;
@@ -589,9 +577,7 @@ impl IscsiSession {
     /// Writes the iface and node records this session logs in with.
     fn write_records(&self, ctx: &Ctx) -> Result<()> {
         let iface = self.iface();
-        let fail = |what: &str, e: AdmError| {
-            e.error().context(format!("{}: {what}", self.node))
-        };
+        let fail = |what: &str, e: AdmError| e.error().context(format!("{}: {what}", self.node));
         iscsiadm(ctx, &["-m", "iface", "-I", &iface, "-o", "new"])
             .map_err(|e| fail(&format!("creating iface record {iface}"), e))?;
         iscsiadm(
@@ -653,13 +639,16 @@ impl IscsiSession {
             Some(ERR_TRANS_TIMEOUT) => Error::timeout(who, detail("timed out".into())),
             Some(ERR_ISCSID_NOTCONN | ERR_ISCSID_COMM) => Error::unreachable(
                 who,
-                detail("iscsid does not answer (it must run in the initial network namespace)".into()),
+                detail(
+                    "iscsid does not answer (it must run in the initial network namespace)".into(),
+                ),
             ),
-            Some(ERR_TRANS_NOT_FOUND) => Error::unsupported(
-                who,
-                detail("the kernel has no iscsi_tcp transport".into()),
-            ),
-            Some(ERR_SESS_EXISTS) => Error::conflict(who, detail("a session already exists".into())),
+            Some(ERR_TRANS_NOT_FOUND) => {
+                Error::unsupported(who, detail("the kernel has no iscsi_tcp transport".into()))
+            }
+            Some(ERR_SESS_EXISTS) => {
+                Error::conflict(who, detail("a session already exists".into()))
+            }
             _ => Error::refused(who, detail("failed".into())),
         }
     }
@@ -681,7 +670,9 @@ impl IscsiSession {
             });
         if let Err(e) = &result {
             if let Err(cleanup) = self.remove(ctx) {
-                return Err(e.clone().context(format!("cleaning up failed ({cleanup}) after")));
+                return Err(e
+                    .clone()
+                    .context(format!("cleaning up failed ({cleanup}) after")));
             }
         }
         result
@@ -735,9 +726,11 @@ impl IscsiSession {
             Err(e) if matches!(e.code, Some(ERR_IDBM | ERR_NO_OBJS_FOUND)) => Ok(false),
             // Without open-iscsi there are no records to remove.
             Err(e) if e.not_installed => Ok(false),
-            Err(e) => Err(e
-                .error()
-                .context(format!("{}: reading iface record {}", self.node, self.iface()))),
+            Err(e) => Err(e.error().context(format!(
+                "{}: reading iface record {}",
+                self.node,
+                self.iface()
+            ))),
         }
     }
 }
@@ -897,9 +890,11 @@ impl IscsiSession {
                 Ok(_) => {}
                 Err(e) if matches!(e.code, Some(ERR_INVAL | ERR_NOMEM | ERR_NO_OBJS_FOUND)) => {}
                 Err(e) => {
-                    return Err(e
-                        .error()
-                        .context(format!("{}: deleting iface record {}", self.node, self.iface())))
+                    return Err(e.error().context(format!(
+                        "{}: deleting iface record {}",
+                        self.node,
+                        self.iface()
+                    )))
                 }
             }
         }
@@ -976,10 +971,18 @@ mod tests {
         assert!(session().validate().is_ok());
         let mut s = session();
         s.initiator = "iqn.2014-12.org.sftsan:N1".into();
-        assert!(s.validate().unwrap_err().to_string().contains("initiator name"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("initiator name"));
         let mut s = session();
         s.target = "iqn.x;reboot".into();
-        assert!(s.validate().unwrap_err().to_string().contains("target name"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("target name"));
         let mut s = session();
         s.chap.as_mut().unwrap().password = "two words".into();
         let e = s.validate().unwrap_err().to_string();
@@ -1031,7 +1034,8 @@ mod tests {
             status: "exit status: 24".into(),
         });
         assert!(
-            e.to_string().contains("authentication failed or not authorized (CHAP user \"n1\")"),
+            e.to_string()
+                .contains("authentication failed or not authorized (CHAP user \"n1\")"),
             "{e}"
         );
         assert!(!e.to_string().contains("s3cret"));

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use super::configfs::{self, ROOT};
 use super::dm;
 pub use super::initiator::Chap;
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::{Error, Result};
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -96,8 +96,9 @@ impl LioTarget {
                 path.clone(),
             ),
             Backing::Dm { name } => {
-                let dev = dm::device(name)?
-                    .ok_or_else(|| Error::not_found(format!("dm device {name}"), "nothing to export"))?;
+                let dev = dm::device(name)?.ok_or_else(|| {
+                    Error::not_found(format!("dm device {name}"), "nothing to export")
+                })?;
                 let path = dm::node_path(dev)?;
                 (format!("udev_path={},readonly=1", path.display()), path)
             }

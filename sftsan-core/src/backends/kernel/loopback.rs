@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::store;
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource};
-use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoopFile {
@@ -65,9 +65,9 @@ impl LoopFile {
     }
 
     fn attach(&self) -> Result<()> {
-        attach(&self.file).map(drop).map_err(|e| {
-            Error::io(&self.file, e).context("attaching to a loop device")
-        })
+        attach(&self.file)
+            .map(drop)
+            .map_err(|e| Error::io(&self.file, e).context("attaching to a loop device"))
     }
 }
 

@@ -4,7 +4,7 @@
 pub mod blockdev;
 pub mod configfs;
 pub mod devref;
-pub mod dm;
+pub use crate::backends::shared::dm;
 pub mod dm_devices;
 pub mod initiator;
 pub mod lio;
@@ -13,4 +13,4 @@ pub mod probe;
 pub mod store;
 pub mod target_probe;
 pub mod uevents;
-pub mod wait;
+pub use crate::backends::shared::wait;

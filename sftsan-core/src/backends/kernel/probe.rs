@@ -93,20 +93,12 @@ pub const NODE_FEATURES: &[Feature] = &[
     Feature::IscsiInitiator,
 ];
 
-/// What a kernel-backend cluster needs: the features of every resource its plan makes,
-/// including a VM disk made on demand. A dm-clone cache asks for the clone target, which
-/// many kernels (Debian's among them) lack.
-pub fn features_for(plan: &crate::plan::Plan) -> Vec<Feature> {
-    let on_demand = plan
-        .nodes
-        .iter()
-        .find(|n| n.role == crate::plan::Role::Node)
-        .and_then(|n| plan.vm_disk(&n.name, 1))
-        .unwrap_or_default();
+/// What resources of these kinds need of the kernel, each feature once. A dm-clone cache
+/// asks for the clone target, which many kernels (Debian's among them) lack.
+pub fn features_for<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Vec<Feature> {
     let mut wanted = Vec::new();
-    let resources = plan.nodes.iter().flat_map(|n| &n.stack);
-    for r in resources.chain(&on_demand) {
-        for f in resource_features(r) {
+    for kind in kinds {
+        for f in kind_features(kind) {
             if !wanted.contains(f) {
                 wanted.push(*f);
             }
@@ -115,20 +107,19 @@ pub fn features_for(plan: &crate::plan::Plan) -> Vec<Feature> {
     wanted
 }
 
-/// The kernel features one resource needs (none for userspace ones).
-fn resource_features(r: &crate::resources::ResourceSpec) -> &'static [Feature] {
-    use crate::resources::ResourceSpec as R;
+/// The kernel features a resource of `kind` needs (none for userspace ones).
+fn kind_features(kind: &str) -> &'static [Feature] {
     const DM: Feature = Feature::DeviceMapper;
-    match r {
-        R::IscsiSession(_) => &[Feature::IscsiInitiator],
-        R::LoopFile(_) => &[Feature::Loop],
-        R::DmCache(_) => &[DM, Feature::DmTarget("cache")],
-        R::DmClone(_) => &[DM, Feature::DmTarget("clone")],
-        R::DmLinear(_) => &[DM, Feature::DmTarget("linear")],
-        R::DmSnapshot(_) => &[DM, Feature::DmTarget("snapshot")],
-        R::ThinPool(_) => &[DM, Feature::DmTarget("thin-pool")],
-        R::ThinVolume(_) => &[DM, Feature::DmTarget("thin")],
-        R::LioTarget(_) => &[Feature::Configfs, Feature::LioIscsiTarget],
+    match kind {
+        "iscsi-session" => &[Feature::IscsiInitiator],
+        "loop-file" => &[Feature::Loop],
+        "dm-cache" => &[DM, Feature::DmTarget("cache")],
+        "dm-clone" => &[DM, Feature::DmTarget("clone")],
+        "dm-linear" => &[DM, Feature::DmTarget("linear")],
+        "dm-snapshot" => &[DM, Feature::DmTarget("snapshot")],
+        "thin-pool" => &[DM, Feature::DmTarget("thin-pool")],
+        "thin-volume" => &[DM, Feature::DmTarget("thin")],
+        "lio-target" => &[Feature::Configfs, Feature::LioIscsiTarget],
         _ => &[],
     }
 }
@@ -231,10 +222,13 @@ fn proc_lists(file: &str, word: &str) -> bool {
 pub fn dm_targets() -> crate::error::Result<Vec<String>> {
     use crate::error::Error;
     if !Path::new("/dev/mapper/control").exists() {
-        return Err(Error::unsupported("device-mapper", "no /dev/mapper/control"));
+        return Err(Error::unsupported(
+            "device-mapper",
+            "no /dev/mapper/control",
+        ));
     }
-    let dm = devicemapper::DM::new()
-        .map_err(|e| Error::unsupported("device-mapper", e.to_string()))?;
+    let dm =
+        devicemapper::DM::new().map_err(|e| Error::unsupported("device-mapper", e.to_string()))?;
     let versions = dm
         .list_versions()
         .map_err(|e| Error::refused("device-mapper: listing targets", e.to_string()))?;

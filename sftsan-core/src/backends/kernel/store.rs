@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::write_atomic;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 
 /// Bytes cleared at the start of a store that sftsan takes over or gives back: every dm
 /// target's metadata (dm-cache, dm-clone, thin pool superblocks; a persistent
@@ -27,9 +27,8 @@ pub fn stored_identity(sidecar: &Path) -> String {
 }
 
 pub fn record_identity(sidecar: &Path, identity: &str) -> Result<()> {
-    write_atomic(sidecar, identity.as_bytes()).map_err(|e| {
-        e.context("recording the image a store holds")
-    })
+    write_atomic(sidecar, identity.as_bytes())
+        .map_err(|e| e.context("recording the image a store holds"))
 }
 
 /// Refuses to use a kept store again unless it belongs to the image the plan serves.

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-use super::{block_nodes, connect, delete_nodes, find_node, graph, prune_dirs, require};
+use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::prune_dirs;
 use crate::fsutil::{remove_file_if_exists, write_atomic};
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
-use crate::error::{Error, IoContext, Result};
 use crate::transport::run;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,10 +5,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{connect, keeper_socket, prune_run_dir, qemu_opt_escape, qmp_socket};
+use super::{connect, keeper_socket, qemu_opt_escape, qmp_socket};
+use crate::error::{IoContext, Result};
+use crate::fsutil::prune_run_dir;
 use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
-use crate::error::{IoContext, Result};
 use crate::transport::run;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use super::cache::cache_node_options;
 use super::{daemon_pid, graph, keeper_socket, Qmp};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
 use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
-use crate::error::{Error, IoContext, Result};
 use crate::transport::run;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +73,10 @@ impl Resource for Keeper {
     fn create(&self, ctx: &Ctx) -> Result<()> {
         remove_file_if_exists(&self.pidfile())?;
         let daemon = daemon_pid(&self.run_dir).ok_or_else(|| {
-            Error::not_found(format!("the storage daemon of {}", self.node), "is not running")
+            Error::not_found(
+                format!("the storage daemon of {}", self.node),
+                "is not running",
+            )
         })?;
         let args = [
             "keeper".to_string(),

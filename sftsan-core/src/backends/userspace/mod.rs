@@ -13,7 +13,6 @@ mod qmp;
 mod relay;
 mod snapshot;
 pub mod stats;
-mod tgt;
 mod upstream;
 
 pub use cache::Cache;
@@ -23,7 +22,6 @@ pub use origin::OriginExport;
 pub use qmp::Qmp;
 pub use relay::RelayExport;
 pub use snapshot::Snapshot;
-pub use tgt::OriginTarget;
 pub use upstream::{IscsiLogin, Upstream};
 
 use serde_json::{json, Value};
@@ -110,19 +108,6 @@ pub(crate) fn delete_nodes(qmp: &mut Qmp, names: &[&str]) -> Result<()> {
 /// QEMU's option syntax splits at commas; a literal comma is written twice.
 pub(crate) fn qemu_opt_escape(s: &str) -> String {
     s.replace(',', ",,")
-}
-
-/// Removes `dirs` in order where they are empty, so teardown leaves no empty directories.
-pub(crate) fn prune_dirs(dirs: &[PathBuf]) {
-    for d in dirs {
-        let _ = std::fs::remove_dir(d);
-    }
-}
-
-/// Removes a node's run directory, then `run/` itself once the last node is gone.
-pub(crate) fn prune_run_dir(run_dir: &Path) {
-    let dirs: Vec<PathBuf> = run_dir.ancestors().take(2).map(PathBuf::from).collect();
-    prune_dirs(&dirs);
 }
 
 /// The pid of the node's live storage daemon, if one runs.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use super::{
     block_nodes, connect, delete_export, delete_nodes, export_exists, find_node, graph, require,
 };
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::Result;
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginExport {

@@ -80,9 +80,10 @@ impl Qmp {
         let what = || format!("QMP socket {}", self.path);
         match read {
             Ok(0) => Err(Error::unreachable(what(), "the daemon closed it")),
-            Ok(_) if !self.pending.ends_with('\n') => {
-                Err(Error::unreachable(what(), "the daemon closed it mid-message"))
-            }
+            Ok(_) if !self.pending.ends_with('\n') => Err(Error::unreachable(
+                what(),
+                "the daemon closed it mid-message",
+            )),
             Ok(_) => {
                 let line = std::mem::take(&mut self.pending);
                 serde_json::from_str(&line).map_err(|_| self.protocol(line.trim()))
@@ -105,9 +106,9 @@ impl Qmp {
         tracing::trace!(target: "sftsan::qmp", "-> {msg}");
         let mut text = msg.to_string();
         text.push('\n');
-        self.writer.write_all(text.as_bytes()).map_err(|e| {
-            Error::unreachable(format!("QMP socket {}", self.path), e.to_string())
-        })?;
+        self.writer
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::unreachable(format!("QMP socket {}", self.path), e.to_string()))?;
         loop {
             let reply = self.read_message()?;
             tracing::trace!(target: "sftsan::qmp", "<- {reply}");
@@ -221,7 +222,8 @@ mod tests {
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let (path, peer) = peer(dir.path(), move |s| {
             gate_rx.recv().unwrap();
-            s.write_all(b"{\"event\": \"OTHER\", \"data\": {}}\n").unwrap();
+            s.write_all(b"{\"event\": \"OTHER\", \"data\": {}}\n")
+                .unwrap();
             gate_rx.recv().unwrap();
         });
         let mut qmp = Qmp::connect(&path, Duration::from_secs(7)).unwrap();
@@ -272,7 +274,9 @@ mod tests {
         assert!(Qmp::try_connect(&missing, Duration::from_secs(1))
             .unwrap()
             .is_none());
-        let err = Qmp::connect(&missing, Duration::from_secs(1)).err().unwrap();
+        let err = Qmp::connect(&missing, Duration::from_secs(1))
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), crate::error::ErrorKind::Unreachable);
     }
 }

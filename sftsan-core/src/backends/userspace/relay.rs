@@ -5,8 +5,8 @@ use serde_json::json;
 use std::path::PathBuf;
 
 use super::{connect, delete_export, export_exists, graph, require};
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::Result;
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayExport {

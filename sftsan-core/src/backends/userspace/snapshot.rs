@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::{nbd_backing, prune_dirs};
+use super::nbd_backing;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::prune_dirs;
 use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
-use crate::error::{Error, IoContext, Result};
 use crate::transport::{run, run_stdout};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

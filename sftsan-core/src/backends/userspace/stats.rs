@@ -5,8 +5,8 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::resources::{Ctx, Tools};
 use crate::error::{Error, Result};
+use crate::resources::{Ctx, Tools};
 use crate::transport::run_stdout;
 
 /// Bytes of the image present in the cache file (fetched blocks, including zero blocks).
@@ -24,8 +24,8 @@ pub fn cache_fill(ctx: &Ctx, file: &Path) -> Result<u64> {
             file.as_os_str(),
         ],
     )?;
-    let map: serde_json::Value =
-        serde_json::from_str(&map).map_err(|e| Error::corrupt("qemu-img map's JSON", e.to_string()))?;
+    let map: serde_json::Value = serde_json::from_str(&map)
+        .map_err(|e| Error::corrupt("qemu-img map's JSON", e.to_string()))?;
     Ok(map
         .as_array()
         .map(|extents| {
@@ -48,11 +48,7 @@ pub struct Traffic {
 
 /// Sums the node's established TCP connections. Counters live as long as a connection:
 /// they restart when the daemon reconnects or restarts.
-pub fn traffic(
-    ctx: &Ctx,
-    listen: SocketAddr,
-    parent: Option<SocketAddr>,
-) -> Result<Traffic> {
+pub fn traffic(ctx: &Ctx, listen: SocketAddr, parent: Option<SocketAddr>) -> Result<Traffic> {
     let out = run_stdout(
         &*ctx.transport,
         "ss",

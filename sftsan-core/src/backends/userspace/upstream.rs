@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
-use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::error::{Error, Result};
+use crate::resources::{Ctx, Observed, Params, Resource};
 
 /// A lost parent fails reads after this many seconds (EIO) instead of hanging them, and the
 /// connection is re-established when the parent returns.
@@ -92,9 +92,8 @@ impl Resource for Upstream {
             )
         })?;
         let mut qmp = require(&self.run_dir, &self.node)?;
-        qmp.execute("blockdev-add", self.blockdev()).map_err(|e| {
-            e.context(format!("attaching to parent {} at {addr}", self.parent))
-        })?;
+        qmp.execute("blockdev-add", self.blockdev())
+            .map_err(|e| e.context(format!("attaching to parent {} at {addr}", self.parent)))?;
         Ok(())
     }
 

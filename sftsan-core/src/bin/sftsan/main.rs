@@ -162,8 +162,11 @@ fn progress() -> Progress {
 
 fn engine(path: &Path) -> Result<Engine> {
     let spec = load(path)?;
-    let plan = plan::plan(&spec);
-    Ok(Engine::new(&spec, plan, Tools::from_env(), progress()))
+    Ok(sftsan_core::cluster::engine(
+        &spec,
+        Tools::from_env(),
+        progress(),
+    ))
 }
 
 /// Replaces this process with `sftsan-NAME ARGS...`, found beside this executable first.

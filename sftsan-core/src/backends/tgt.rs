@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::prune_run_dir;
-use crate::fsutil::remove_file_if_exists;
+use crate::backends::shared::{dm, Chap};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{prune_run_dir, remove_file_if_exists};
 use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource};
-use crate::error::{Error, IoContext, Result};
 use crate::transport::{run, run_stdout, LocalTransport};
 
 /// tgtd's management sockets live here, named by control port.
@@ -33,7 +33,7 @@ pub struct OriginTarget {
     pub initiators: Vec<String>,
     /// CHAP credentials every initiator must log in with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chap: Option<crate::backends::kernel::initiator::Chap>,
+    pub chap: Option<Chap>,
     /// Export this device-mapper device (found when the target is made) instead of
     /// `source`: the kernel backend's relay of a node's cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,11 +66,10 @@ impl OriginTarget {
         match &self.source_dm {
             None => Ok(self.source.display().to_string()),
             Some(name) => {
-                let dev = crate::backends::kernel::dm::device(name)?
-                    .ok_or_else(|| Error::not_found(format!("dm device {name}"), "nothing to export"))?;
-                Ok(crate::backends::kernel::dm::node_path(dev)?
-                    .display()
-                    .to_string())
+                let dev = dm::device(name)?.ok_or_else(|| {
+                    Error::not_found(format!("dm device {name}"), "nothing to export")
+                })?;
+                Ok(dm::node_path(dev)?.display().to_string())
             }
         }
     }
@@ -150,7 +149,10 @@ impl OriginTarget {
             if Instant::now() > deadline {
                 return Err(Error::timeout(
                     "tgtd",
-                    format!("did not open {} within 10s", self.control_socket().display()),
+                    format!(
+                        "did not open {} within 10s",
+                        self.control_socket().display()
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -199,8 +201,7 @@ impl Resource for OriginTarget {
             "--pid-file".into(),
             self.pidfile().display().to_string(),
         ];
-        run(&*ctx.transport, "tgtd", &args)
-            .map_err(|e| e.context("starting tgtd"))?;
+        run(&*ctx.transport, "tgtd", &args).map_err(|e| e.context("starting tgtd"))?;
         let configured = self
             .wait_for_control_socket()
             .and_then(|()| self.configure());

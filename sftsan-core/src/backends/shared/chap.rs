@@ -1,0 +1,20 @@
+//! iSCSI CHAP credentials, which the kernel initiator, LIO and tgtd all take.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// CHAP credentials an initiator logs in with. Debug output hides the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chap {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Chap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chap")
+            .field("username", &self.username)
+            .field("password", &"********")
+            .finish()
+    }
+}

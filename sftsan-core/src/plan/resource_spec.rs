@@ -1,0 +1,157 @@
+//! The concrete resources a plan is made of: one enum over every kind the backends offer,
+//! with the parameters it was planned with. The engine journals these, so teardown needs
+//! nothing but the journal.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backends::kernel::blockdev::BlockStore;
+use crate::backends::kernel::dm_devices::{
+    DmCache, DmClone, DmLinear, DmSnapshot, ThinPool, ThinVolume,
+};
+use crate::backends::kernel::initiator::IscsiSession;
+use crate::backends::kernel::lio::LioTarget;
+use crate::backends::kernel::loopback::LoopFile;
+use crate::backends::tgt::OriginTarget;
+use crate::backends::userspace::{
+    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
+};
+use crate::local::{Bridge, Namespace, SubnetGuard};
+use crate::resources::Resource;
+
+/// Every kind of resource sftsan manages, with the parameters it was planned with.
+/// Stored in the journal, so teardown needs nothing but the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ResourceSpec {
+    SubnetGuard(SubnetGuard),
+    Bridge(Bridge),
+    Namespace(Namespace),
+    Daemon(Daemon),
+    OriginExport(OriginExport),
+    OriginTarget(OriginTarget),
+    Upstream(Upstream),
+    Cache(Cache),
+    RelayExport(RelayExport),
+    Keeper(Keeper),
+    Snapshot(Snapshot),
+    IscsiSession(IscsiSession),
+    LoopFile(LoopFile),
+    BlockStore(BlockStore),
+    DmCache(DmCache),
+    DmClone(DmClone),
+    DmLinear(DmLinear),
+    LioTarget(LioTarget),
+    DmSnapshot(DmSnapshot),
+    ThinPool(ThinPool),
+    ThinVolume(ThinVolume),
+}
+
+impl ResourceSpec {
+    pub fn as_resource(&self) -> &dyn Resource {
+        match self {
+            ResourceSpec::SubnetGuard(r) => r,
+            ResourceSpec::Bridge(r) => r,
+            ResourceSpec::Namespace(r) => r,
+            ResourceSpec::Daemon(r) => r,
+            ResourceSpec::OriginExport(r) => r,
+            ResourceSpec::OriginTarget(r) => r,
+            ResourceSpec::Upstream(r) => r,
+            ResourceSpec::Cache(r) => r,
+            ResourceSpec::RelayExport(r) => r,
+            ResourceSpec::Keeper(r) => r,
+            ResourceSpec::Snapshot(r) => r,
+            ResourceSpec::IscsiSession(r) => r,
+            ResourceSpec::LoopFile(r) => r,
+            ResourceSpec::BlockStore(r) => r,
+            ResourceSpec::DmCache(r) => r,
+            ResourceSpec::DmClone(r) => r,
+            ResourceSpec::DmLinear(r) => r,
+            ResourceSpec::LioTarget(r) => r,
+            ResourceSpec::DmSnapshot(r) => r,
+            ResourceSpec::ThinPool(r) => r,
+            ResourceSpec::ThinVolume(r) => r,
+        }
+    }
+
+    /// Whether its commands run in the node's network context (not the root namespace).
+    pub fn runs_on_node(&self) -> bool {
+        !matches!(
+            self,
+            ResourceSpec::SubnetGuard(_) | ResourceSpec::Bridge(_) | ResourceSpec::Namespace(_)
+        )
+    }
+
+    /// The kind as spelled in the journal and in `SFTSAN_TEST_KILL_AFTER`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResourceSpec::SubnetGuard(_) => "subnet-guard",
+            ResourceSpec::Bridge(_) => "bridge",
+            ResourceSpec::Namespace(_) => "namespace",
+            ResourceSpec::Daemon(_) => "daemon",
+            ResourceSpec::OriginExport(_) => "origin-export",
+            ResourceSpec::OriginTarget(_) => "origin-target",
+            ResourceSpec::Upstream(_) => "upstream",
+            ResourceSpec::Cache(_) => "cache",
+            ResourceSpec::RelayExport(_) => "relay-export",
+            ResourceSpec::Keeper(_) => "keeper",
+            ResourceSpec::Snapshot(_) => "snapshot",
+            ResourceSpec::IscsiSession(_) => "iscsi-session",
+            ResourceSpec::LoopFile(_) => "loop-file",
+            ResourceSpec::BlockStore(_) => "block-device",
+            ResourceSpec::DmCache(_) => "dm-cache",
+            ResourceSpec::DmClone(_) => "dm-clone",
+            ResourceSpec::DmLinear(_) => "dm-linear",
+            ResourceSpec::LioTarget(_) => "lio-target",
+            ResourceSpec::DmSnapshot(_) => "dm-snapshot",
+            ResourceSpec::ThinPool(_) => "thin-pool",
+            ResourceSpec::ThinVolume(_) => "thin-volume",
+        }
+    }
+
+    /// The kernel backend's kinds, in the order a node's stack is built.
+    pub const KERNEL_KINDS: [&'static str; 10] = [
+        "iscsi-session",
+        "loop-file",
+        "block-device",
+        "dm-cache",
+        "dm-clone",
+        "dm-linear",
+        "lio-target",
+        "dm-snapshot",
+        "thin-pool",
+        "thin-volume",
+    ];
+
+    /// The userspace backend's kinds (and local mode's), in the order a node's stack is
+    /// built.
+    pub const KINDS: [&'static str; 11] = [
+        "subnet-guard",
+        "bridge",
+        "namespace",
+        "daemon",
+        "origin-export",
+        "origin-target",
+        "upstream",
+        "cache",
+        "relay-export",
+        "keeper",
+        "snapshot",
+    ];
+
+    /// A stable identifier: `<node>/<kind>` or `<node>/snapshot/<n>`, `cluster/<kind>`.
+    pub fn id(&self, node: Option<&str>) -> String {
+        let owner = node.unwrap_or("cluster");
+        match self {
+            ResourceSpec::Snapshot(s) => format!("{owner}/snapshot/{}", s.index),
+            ResourceSpec::DmSnapshot(s) => format!("{owner}/dm-snapshot/{}", s.index),
+            ResourceSpec::ThinVolume(s) => format!("{owner}/thin-volume/{}", s.index),
+            // A node has several loop-backed files: the file names them.
+            ResourceSpec::LoopFile(l) => format!(
+                "{owner}/loop-file/{}",
+                l.file.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            ResourceSpec::BlockStore(b) => format!("{owner}/block-device/{}", b.role),
+            other => format!("{owner}/{}", other.kind()),
+        }
+    }
+}
