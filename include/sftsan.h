@@ -108,8 +108,9 @@ typedef uint32_t sftsan_result;
 typedef struct sftsan_ctx sftsan_ctx;
 
 // Called as `up`, `down` and the snapshot calls make progress: `id` names the resource
-// (e.g. `n1/cache`), `action` is one of "created", "unchanged", "recreated", "removed",
-// "absent", "FAILED"; `elapsed_seconds` is how long that step took; `rollback` is true
+// (e.g. `n1/cache`), `action` is one of "created", "unchanged", "recreated", "revived"
+// (made again over what its stores kept, after a reboot), "removed", "absent", "FAILED";
+// `elapsed_seconds` is how long that step took; `rollback` is true
 // while a failed call undoes what it created. Both strings are valid only during the
 // callback.
 typedef void (*sftsan_progress_cb)(void *userdata,

@@ -13,8 +13,9 @@ use sftsan_core::spec::{validate, ClusterSpec, ValidatedSpec};
 use crate::error::{sftsan_result, Error};
 
 /// Called as `up`, `down` and the snapshot calls make progress: `id` names the resource
-/// (e.g. `n1/cache`), `action` is one of "created", "unchanged", "recreated", "removed",
-/// "absent", "FAILED"; `elapsed_seconds` is how long that step took; `rollback` is true
+/// (e.g. `n1/cache`), `action` is one of "created", "unchanged", "recreated", "revived"
+/// (made again over what its stores kept, after a reboot), "removed", "absent", "FAILED";
+/// `elapsed_seconds` is how long that step took; `rollback` is true
 /// while a failed call undoes what it created. Both strings are valid only during the
 /// callback.
 #[allow(non_camel_case_types)]

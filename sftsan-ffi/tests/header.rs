@@ -28,3 +28,18 @@ fn header_is_up_to_date() {
         );
     }
 }
+
+/// The progress callback's documentation names every action the engine reports (it once
+/// left out "revived").
+#[test]
+fn the_header_names_every_progress_action() {
+    let doc: String = GENERATED
+        .lines()
+        .skip_while(|l| !l.contains("Called as `up`, `down`"))
+        .take_while(|l| l.starts_with("//"))
+        .collect();
+    for action in sftsan_core::engine::Action::ALL {
+        let quoted = format!("\"{}\"", action.as_str());
+        assert!(doc.contains(&quoted), "{quoted} is missing from: {doc}");
+    }
+}

@@ -40,6 +40,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, for the front ends that document them.
+    pub const ALL: [Action; 7] = [
+        Action::Created,
+        Action::Unchanged,
+        Action::Recreated,
+        Action::Revived,
+        Action::Removed,
+        Action::Absent,
+        Action::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Created => "created",
