@@ -50,9 +50,24 @@ step() { # step NAME COMMAND...
     fi
 }
 
+# The root tier: tests marked #[ignore = "root tier: ..."] need root and real daemons
+# (clusters, libvirtd, QEMU). Kernel-path tests (tests/tests/kernel*.rs) are the kernel
+# tier's, run inside its guest.
+root_tier() {
+    local targets=() f name
+    for f in tests/tests/*.rs; do
+        name=${f##*/}
+        name=${name%.rs}
+        [[ $name == kernel* ]] || targets+=(--test "$name")
+    done
+    cargo test --workspace --exclude sftsan-tests -- --ignored &&
+        cargo test -p sftsan-tests --lib --bins "${targets[@]}" -- --ignored
+}
+
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test cargo test --workspace
+step root-tier root_tier
 # Kernel-path tests skip above on a kernel without device-mapper, LIO or iSCSI; the
 # kernel tier runs them inside a QEMU guest booting a stock Debian kernel.
 step kernel-vm bash tests/kernel-vm/run
@@ -64,4 +79,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"
     exit 1
 fi
-log "all steps passed: fmt, clippy, test, kernel-vm, fuzz"
+log "all steps passed: fmt, clippy, test, root-tier, kernel-vm, fuzz"

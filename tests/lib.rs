@@ -119,31 +119,22 @@ fn checked(cmd: &mut Command) -> String {
     stdout(&out)
 }
 
-/// Whether this host can run clusters (root, qemu-storage-daemon, ip). When it cannot, says
-/// so on stderr with a visible SKIPPED and the caller returns early.
-pub fn can_run_clusters() -> bool {
-    can_run_with(&["qemu-storage-daemon", "ip"])
+/// Fails unless this host can run clusters (root, qemu-storage-daemon, ip): the root
+/// tier's tests need them, and a missing one is a failure, never a skip.
+pub fn require_clusters() {
+    require_root_with(&["qemu-storage-daemon", "ip"]);
 }
 
-/// Whether we are root and every program of `tools` is installed; otherwise prints a
-/// visible `SKIPPED: <test>: <reason>` line and returns false.
-pub fn can_run_with(tools: &[&str]) -> bool {
+/// Fails unless this process is root and every program of `tools` is installed.
+pub fn require_root_with(tools: &[&str]) {
     // SAFETY: geteuid cannot fail.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("not root".to_string())
-    } else {
-        tools
-            .iter()
-            .find(|tool| !on_path(tool))
-            .map(|tool| format!("{tool} is not installed (scripts/install-deps.sh installs it)"))
-    };
-    match reason {
-        Some(reason) => {
-            let test = std::thread::current().name().unwrap_or("test").to_string();
-            eprintln!("SKIPPED: {test}: {reason}");
-            false
-        }
-        None => true,
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (it is in the root tier: run it as root with --ignored)"
+    );
+    if let Some(tool) = tools.iter().find(|tool| !on_path(tool)) {
+        panic!("{tool} is not installed (scripts/install-deps.sh installs it)");
     }
 }
 
@@ -721,21 +712,14 @@ impl Cluster {
     }
 }
 
-/// Whether the running kernel has `features` (loading their modules if it can). Prints a
-/// visible SKIPPED line naming what is missing when it does not: such tests run in the
-/// kernel tier (tests/kernel-vm/run), which boots a kernel that has them.
-pub fn kernel_has(test: &str, features: &[sftsan_core::backends::kernel::probe::Feature]) -> bool {
+/// Fails unless this process is root on a kernel with every feature of `features`
+/// (named with its module when missing).
+pub fn require_kernel(features: &[sftsan_core::backends::kernel::probe::Feature]) {
     use sftsan_core::backends::kernel::probe;
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: {test}: needs root");
-        return false;
-    }
-    match probe::report(&probe::missing(features)) {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED: {test}: {why}");
-            false
-        }
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel-path tests need root");
+    if let Some(why) = probe::report(&probe::missing(features)) {
+        panic!("{why}");
     }
 }
 

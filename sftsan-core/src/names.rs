@@ -177,18 +177,22 @@ fn short_tag(name: &str) -> String {
 mod tests {
     use super::*;
 
+    fn names(cluster: &str) -> Names {
+        let text = crate::spec::test_spec_text("/s", "userspace", "qcow2", "")
+            .replace("name = \"c\"", &format!("name = {cluster:?}"));
+        Names::new(&crate::spec::ClusterSpec::from_toml(&text).unwrap())
+    }
+
     #[test]
     fn interface_names_fit_the_kernel_limit() {
-        let tag = short_tag("a-very-long-cluster-name");
-        assert_eq!(tag.len(), 6);
-        assert_eq!(tag, short_tag("a-very-long-cluster-name"));
-        assert_ne!(tag, short_tag("another"));
-        for name in [
-            format!("sft{tag}br"),
-            format!("sft{tag}h9999"),
-            format!("sft{tag}p9999"),
-        ] {
-            assert!(name.len() <= 15, "{name}");
+        let long = names("a-very-long-clus");
+        for name in [long.bridge(), long.veth_host(9999), long.veth_peer(9999)] {
+            assert!(name.len() <= 15, "{name} is longer than IFNAMSIZ allows");
+            assert!(name.starts_with("sft"), "{name}");
         }
+        // Stable for a name, different for another.
+        assert_eq!(long.bridge(), names("a-very-long-clus").bridge());
+        assert_ne!(long.bridge(), names("another").bridge());
+        assert_ne!(long.veth_host(1), long.veth_host(2));
     }
 }

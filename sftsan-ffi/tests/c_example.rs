@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::{artifacts, compile_c, Link};
 use serde_json::Value;
-use sftsan_tests::{can_run_clusters, Cluster, TestCluster};
+use sftsan_tests::{require_clusters, Cluster, TestCluster};
 
 /// The JSON document printed after the line `heading:`.
 fn section(stdout: &str, heading: &str) -> Value {
@@ -104,25 +104,25 @@ fn example(link: Link, dir: &Path) -> std::path::PathBuf {
     exe
 }
 
-fn can_run() -> bool {
-    can_run_clusters() && common::have_tools(&["gcc"])
+/// The root tier's preconditions: root, the storage tools and gcc.
+fn require() {
+    require_clusters();
+    common::require_tools(&["gcc"]);
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn c_example_shared_library() {
-    if !can_run() {
-        return;
-    }
+    require();
     let cluster = TestCluster::new("ffi-shared", 70).create();
     let exe = example(Link::Shared, cluster.work_dir());
     run_example(&cluster, &exe, false);
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn c_example_static_library() {
-    if !can_run() {
-        return;
-    }
+    require();
     let cluster = TestCluster::new("ffi-static", 71)
         .nodes(3)
         .degree(2)
@@ -137,10 +137,10 @@ fn c_example_static_library() {
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn c_example_under_valgrind() {
-    if !can_run() || !common::have_tools(&["valgrind"]) {
-        return;
-    }
+    require();
+    common::require_tools(&["valgrind"]);
     let cluster = TestCluster::new("ffi-valgrind", 72).create();
     let exe = example(Link::Shared, cluster.work_dir());
     run_example(&cluster, &exe, true);
@@ -149,9 +149,7 @@ fn c_example_under_valgrind() {
 /// examples/c/Makefile builds both programs (into a scratch directory here).
 #[test]
 fn c_example_makefile_builds_both() {
-    if !common::have_tools(&["make", "gcc"]) {
-        return;
-    }
+    common::require_tools(&["make", "gcc"]);
     let a = artifacts();
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new("make")

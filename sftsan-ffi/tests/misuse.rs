@@ -443,9 +443,7 @@ fn version_and_result_names_are_static() {
 /// The same misuse from C, against both libraries; the shared one also under valgrind.
 #[test]
 fn misuse_from_c() {
-    if !common::have_tools(&["gcc"]) {
-        return;
-    }
+    common::require_tools(&["gcc"]);
     let dir = tempfile::tempdir().unwrap();
     let spec = common::down_cluster_spec(dir.path());
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/misuse.c");
@@ -465,9 +463,7 @@ fn misuse_from_c() {
         );
         assert!(stdout.contains("misuse: all checks passed"), "{stdout}");
     }
-    if !common::have_tools(&["valgrind"]) {
-        return;
-    }
+    common::require_tools(&["valgrind"]);
     let exe = dir.path().join("misuse-Shared");
     let out = common::valgrind().arg(&exe).arg(&spec).output().unwrap();
     assert!(

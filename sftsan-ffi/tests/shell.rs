@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use sftsan_tests::{can_run_clusters, Cluster, TestCluster};
+use sftsan_tests::{require_clusters, Cluster, TestCluster};
 
 fn run_script(cluster: &Cluster, env: &[(&str, &str)]) -> Output {
     Command::new("bash")
@@ -20,15 +20,16 @@ fn run_script(cluster: &Cluster, env: &[(&str, &str)]) -> Output {
         .expect("cannot run bash")
 }
 
-fn can_run() -> bool {
-    can_run_clusters() && common::have_tools(&["bash", "python3"])
+/// The root tier's preconditions: root, the storage tools and bash, python3.
+fn require() {
+    require_clusters();
+    common::require_tools(&["bash", "python3"]);
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn shell_example_runs_the_whole_flow() {
-    if !can_run() {
-        return;
-    }
+    require();
     let cluster = TestCluster::new("ffi-shell", 74).create();
     let out = run_script(&cluster, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -55,10 +56,9 @@ fn shell_example_runs_the_whole_flow() {
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn shell_example_takes_the_cluster_down_when_a_step_fails() {
-    if !can_run() {
-        return;
-    }
+    require();
     let cluster = TestCluster::new("ffi-shtrap", 77).create();
     // `up` kills itself right after starting the first keeper.
     let out = run_script(&cluster, &[(sftsan_core::engine::KILL_AFTER_ENV, "keeper")]);

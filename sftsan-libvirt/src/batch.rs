@@ -579,16 +579,27 @@ mod tests {
             .collect()
     }
 
+    /// The first workers wait until three run at once (within a deadline), so three must
+    /// be able to; a fourth at any time would show in the peak. No sleeping for overlap.
     #[test]
     fn bounded_keeps_order_and_the_concurrency_limit() {
-        let running = AtomicUsize::new(0);
+        use std::sync::{Condvar, Mutex};
+        // (running now, whether three ran together yet)
+        let state = Mutex::new((0usize, false));
+        let changed = Condvar::new();
         let peak = AtomicUsize::new(0);
         let items: Vec<u32> = (0..12).collect();
         let out = bounded(&items, 3, Duration::ZERO, |i| {
-            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(20));
-            running.fetch_sub(1, Ordering::SeqCst);
+            let mut s = state.lock().unwrap();
+            s.0 += 1;
+            peak.fetch_max(s.0, Ordering::SeqCst);
+            s.1 |= s.0 == 3;
+            changed.notify_all();
+            let (mut s, _) = changed
+                .wait_timeout_while(s, Duration::from_secs(10), |s| !s.1)
+                .unwrap();
+            s.0 -= 1;
+            drop(s);
             i * 2
         });
         assert_eq!(

@@ -26,10 +26,9 @@ fn table_rows(out: &std::process::Output) -> Vec<String> {
 /// snapshot; libvirt's XML parses back with sftsan's metadata and the template's unknown
 /// elements intact; the pools show the snapshots; undefine removes everything.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn a_batch_of_six_vms_boots_from_the_cluster() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvbatch", 1, 3, 2, 2, &lvd.uri);
@@ -206,10 +205,9 @@ fn domain_for(
 /// starts: libvirt's prepare hook brings the node (and its parent) up and makes the
 /// snapshot, and the guest reads the image.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn the_hook_brings_up_a_node_for_a_starting_domain() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvhook", 2, 2, 1, 1, &lvd.uri);
@@ -248,10 +246,9 @@ fn the_hook_brings_up_a_node_for_a_starting_domain() {
 /// A stateless domain's writes are gone after a stop and a start: the release hook drops
 /// the snapshot, the prepare hook makes a fresh one.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn a_stateless_domain_forgets_its_writes() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvstateless", 3, 1, 1, 1, &lvd.uri);
@@ -293,10 +290,9 @@ fn a_stateless_domain_forgets_its_writes() {
 /// A prepare the hook cannot serve aborts the start, and libvirt's error carries the hook's
 /// one-line message.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn a_failing_prepare_aborts_the_start() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvfail", 4, 1, 1, 1, &lvd.uri);
@@ -317,10 +313,9 @@ fn a_failing_prepare_aborts_the_start() {
 
 /// Defines are fast: capabilities are probed once per daemon, not once per define.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn defines_do_not_reprobe_qemu() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvprobe", 5, 1, 1, 1, &lvd.uri);
@@ -384,10 +379,9 @@ fn sftsan_vm_runs_as_a_subcommand_of_sftsan() {
 /// libvirtd restarted under a running sftsan guest: its `reconnect begin` hook succeeds
 /// (the stack is healthy), the guest keeps running and still reads the image.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn a_libvirtd_restart_reconnects_running_guests() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvreconnect", 7, 1, 1, 1, &lvd.uri);
@@ -443,10 +437,9 @@ fn vm_commands_end_quietly_on_a_closed_pipe() {
 /// features, local-time clock, several disks on SATA, a USB tablet) and one with its own
 /// boot disk (virtio-scsi, boot order, driver options).
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn templates_from_the_field_define_in_libvirt() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvtmpl", 9, 1, 1, 1, &lvd.uri);
@@ -519,10 +512,9 @@ fn templates_from_the_field_define_in_libvirt() {
 /// device-mapper, so the engine's probe refuses the prepare here with its one line; the
 /// kernel tier (`kernel_hook`) runs the hook over the real dm stack.
 #[test]
+#[ignore = "root tier: needs root, libvirtd and QEMU (scripts/test.sh runs it)"]
 fn the_hook_serves_kernel_backend_domains() {
-    if !can_run() {
-        return;
-    }
+    require_libvirt();
     let h = Harness::get();
     let lvd = h.libvirtd();
     let c = TestCluster::create("lvkernel", 10, 1, 1, 1, &lvd.uri);

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sftsan_tests::{can_run_with, run_into_closed_pipe, sftsan_bin};
+use sftsan_tests::{require_root_with, run_into_closed_pipe, sftsan_bin};
 
 const SUBNET: &str = "198.18.90.0/24";
 
@@ -77,6 +77,7 @@ fn leftovers() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "root tier: needs root, QEMU and the boot image (scripts/test.sh runs it)"]
 fn sftsan_beats_central_and_sends_the_working_set_once_per_child() {
     let tools = [
         "qemu-storage-daemon",
@@ -87,9 +88,7 @@ fn sftsan_beats_central_and_sends_the_working_set_once_per_child() {
         "tc",
         "mkfs.ext4",
     ];
-    if !can_run_with(&tools) {
-        return;
-    }
+    require_root_with(&tools);
     let image = boot_image();
     let bench = bench_bin();
     let work = tempfile::Builder::new()

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use sftsan_core::engine::KILL_AFTER_ENV;
 use sftsan_core::plan::ResourceSpec;
-use sftsan_tests::{can_run_clusters, eventually, process_gone, Cluster, TestCluster, MIB};
+use sftsan_tests::{eventually, process_gone, require_clusters, Cluster, TestCluster, MIB};
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn up_resumes_after_a_crash_after_each_kind() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     let failed: Vec<&str> = ResourceSpec::KINDS
         .iter()
         .zip(30..)
@@ -79,10 +78,9 @@ fn kill_daemon(c: &Cluster, node: &str) {
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn a_killed_daemon_serves_its_flushed_cache() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     let c = TestCluster::new("durable", 40)
         .image_size(64 * MIB)
         .create();
@@ -105,10 +103,9 @@ fn a_killed_daemon_serves_its_flushed_cache() {
 /// After a daemon crash, `up` must leave the node with a keeper for its new daemon: the old
 /// keeper exits once it notices its daemon is gone, and the node must still be up then.
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn a_restarted_daemon_gets_a_keeper() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     let c = TestCluster::new("rekeep", 41).create();
     c.up();
     let leaf = c.leaf();
@@ -133,10 +130,9 @@ fn a_restarted_daemon_gets_a_keeper() {
 /// After a reboot `up` brings the cluster back over what its files kept: a VM's writes are
 /// still in its snapshot, and the leaf serves its flushed cache without fetching it again.
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn a_reboot_brings_the_cluster_back_over_its_files() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     let c = TestCluster::new("reboot", 42).image_size(64 * MIB).create();
     c.up();
     let leaf = fill_leaf_cache(&c);

@@ -3,7 +3,7 @@
 //! or `plan` on a cluster that is already up (nothing changes).
 
 use sftsan_core::spec::ClusterSpec;
-use sftsan_tests::{can_run_clusters, sftsan, stderr, stdout, Cluster, TestCluster};
+use sftsan_tests::{require_clusters, sftsan, stderr, stdout, Cluster, TestCluster};
 
 /// stderr without `up`'s progress lines (`[  0.1s] n1/daemon  created ...`).
 fn error_lines(stderr: &str) -> Vec<&str> {
@@ -11,10 +11,9 @@ fn error_lines(stderr: &str) -> Vec<&str> {
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn unreachable_upstream_is_rolled_back() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     // Nobody serves the image at the origin's address (198.18.50.1).
     let c = TestCluster::new("unreach", 50)
         .unmanaged_origin()
@@ -186,10 +185,9 @@ fn fingerprint(c: &Cluster) -> String {
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn up_and_plan_on_a_running_cluster_change_nothing() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     let c = TestCluster::new("rerun", 51).create();
     c.up();
     let before = fingerprint(&c);

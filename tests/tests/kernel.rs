@@ -8,16 +8,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use devicemapper::{DevId, DmName, DmOptions, DM};
 use loopdev::{LoopControl, LoopDevice};
 use sftsan_core::backends::kernel::probe::{self, Feature};
-use sftsan_tests::{block_device_path, in_kernel_tier, kernel_has, MIB};
+use sftsan_tests::{block_device_path, in_kernel_tier, require_kernel, MIB};
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn the_kernel_has_what_a_kernel_backend_node_needs() {
     let missing = probe::missing(probe::NODE_FEATURES);
-    if in_kernel_tier() {
-        assert_eq!(probe::report(&missing), None);
-    } else if let Some(why) = probe::report(&missing) {
-        eprintln!("SKIPPED: the_kernel_has_what_a_kernel_backend_node_needs: {why}");
-    }
+    assert_eq!(probe::report(&missing), None);
 }
 
 /// A loop device and a dm device, removed when dropped (also when the test fails).
@@ -39,22 +36,14 @@ impl Drop for Devices {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn dm_linear_over_a_loop_device_reads_and_writes_through() {
     let needs = [
         Feature::DeviceMapper,
         Feature::DmTarget("linear"),
         Feature::Loop,
     ];
-    if !kernel_has(
-        "dm_linear_over_a_loop_device_reads_and_writes_through",
-        &needs,
-    ) {
-        assert!(
-            !in_kernel_tier(),
-            "the kernel tier's kernel must have {needs:?}"
-        );
-        return;
-    }
+    require_kernel(&needs);
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("disk.img");
     fs::File::create(&backing)
@@ -118,18 +107,13 @@ fn dm_linear_over_a_loop_device_reads_and_writes_through() {
 /// (nothing there), then a loop device is attached, and the wait ends well within the
 /// re-check interval.
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn a_block_devices_event_wakes_a_waiter() {
     use sftsan_core::backends::kernel::loopback;
     use sftsan_core::backends::kernel::uevents::{DeviceEvents, Source, RECHECK};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
-    if !kernel_has("a_block_devices_event_wakes_a_waiter", &[Feature::Loop]) {
-        assert!(
-            !in_kernel_tier(),
-            "the kernel tier's kernel has loop devices"
-        );
-        return;
-    }
+    require_kernel(&[Feature::Loop]);
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("disk.img");
     fs::File::create(&backing).unwrap().set_len(MIB).unwrap();

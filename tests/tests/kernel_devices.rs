@@ -37,9 +37,7 @@ fn run_on_disks(
     disk_name: &str,
 ) {
     let c = cluster_with(name, kind, "lio", cache, nodes);
-    if !ready(&c, name) {
-        return;
-    }
+    require_ready(&c);
     // Bytes that are no signature, where sftsan writes its metadata: it clears them.
     for i in 0..disks.disks.len() {
         disks.write(i, 0, &[0x77; 4096]);
@@ -110,10 +108,9 @@ fn quoted(p: &Path) -> String {
 /// n1 keeps its dm-cache and one VM's COW on disks, n2 both VMs' COWs; n3 (below n1) uses
 /// files.
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn dm_cache_and_snapshots_on_named_devices() {
-    if !kernel_ready("dm_cache_and_snapshots_on_named_devices") {
-        return;
-    }
+    require_kernel_ready();
     let disks = TestDisks::new(&[IMAGE, 16 * MIB, 4 * MIB, 4 * MIB, 4 * MIB]);
     let n1 = devices_line(&[
         ("cache", quoted(&disks.path(0))),
@@ -137,10 +134,9 @@ fn dm_cache_and_snapshots_on_named_devices() {
 /// n1 keeps its dm-clone copy and thin pool on disks; n2 uses files. The copy on the disk
 /// ends up holding the image.
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn dm_clone_and_a_thin_pool_on_named_devices() {
-    if !kernel_ready("dm_clone_and_a_thin_pool_on_named_devices") {
-        return;
-    }
+    require_kernel_ready();
     let disks = TestDisks::new(&[IMAGE, 16 * MIB, 2 * IMAGE, 8 * MIB]);
     let n1 = devices_line(&[
         ("cache", quoted(&disks.path(0))),
@@ -174,10 +170,9 @@ fn refused(name: &str, cache: &Path, cache_metadata: &Path) -> String {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn devices_that_cannot_be_stores_are_refused_by_field() {
-    if !kernel_ready("devices_that_cannot_be_stores_are_refused_by_field") {
-        return;
-    }
+    require_kernel_ready();
     let disks = TestDisks::new(&[IMAGE, 16 * MIB, MIB]);
     let (cache, meta, small) = (disks.path(0), disks.path(1), disks.path(2));
 

@@ -55,11 +55,10 @@ fn dm_disk(mapper_path: &Path) -> Option<PathBuf> {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn the_hook_prepares_and_releases_a_kernel_backend_vm() {
     let c = cluster_of("khook", "dm-snapshot", "lio", "dm-cache", &["n1"]);
-    if !ready(&c, "the_hook_prepares_and_releases_a_kernel_backend_vm") {
-        return;
-    }
+    require_ready(&c);
     let spec = spec_file(&c);
     let out = Command::new(program("sftsan-vm"))
         .arg("xml")

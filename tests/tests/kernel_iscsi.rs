@@ -20,7 +20,7 @@ use sftsan_core::backends::kernel::probe::Feature;
 use sftsan_core::backends::kernel::target_probe::{probe_target, ProbeError};
 use sftsan_core::resources::{Ctx, Observed, Resource, Tools};
 use sftsan_core::transport::LocalTransport;
-use sftsan_tests::{in_kernel_tier, kernel_has, MIB};
+use sftsan_tests::{in_kernel_tier, require_kernel, MIB};
 
 const CONFIGFS: &str = "/sys/kernel/config/target";
 const PORTAL: &str = "127.0.0.1:3260";
@@ -37,37 +37,23 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
-/// Whether this kernel (and userland) can run the test: LIO always, the kernel initiator
-/// and open-iscsi's programs when `initiator`. Prints a visible SKIPPED line otherwise; in
-/// the kernel tier nothing may be missing.
-fn ready(test: &str, initiator: bool) -> bool {
+/// Fails unless this kernel (and userland) can run the test: LIO always, the kernel
+/// initiator and open-iscsi's programs when `initiator`.
+fn require_ready(initiator: bool) {
     let mut needs = vec![Feature::Configfs, Feature::LioIscsiTarget];
     if initiator {
         needs.push(Feature::IscsiInitiator);
     }
-    if !kernel_has(test, &needs) {
-        assert!(
-            !in_kernel_tier(),
-            "the kernel tier's kernel must have {needs:?}"
-        );
-        return false;
-    }
-    if !Path::new(CONFIGFS).is_dir() {
-        eprintln!("SKIPPED: {test}: configfs is not mounted at /sys/kernel/config");
-        assert!(!in_kernel_tier(), "the kernel tier must mount configfs");
-        return false;
-    }
+    require_kernel(&needs);
+    assert!(
+        Path::new(CONFIGFS).is_dir(),
+        "configfs is not mounted at {CONFIGFS}"
+    );
     if initiator {
         if let Some(tool) = ["iscsid", "iscsiadm"].into_iter().find(|t| !on_path(t)) {
-            eprintln!("SKIPPED: {test}: {tool} (open-iscsi) is not installed");
-            assert!(
-                !in_kernel_tier(),
-                "the kernel tier's guest must have {tool}"
-            );
-            return false;
+            panic!("{tool} (open-iscsi) is not installed");
         }
     }
-    true
 }
 
 fn ctx() -> Ctx {
@@ -308,10 +294,9 @@ fn assert_nothing_left(s: &IscsiSession) {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn probe_accepts_the_right_target_lun_size_and_chap() {
-    if !ready("probe_accepts_the_right_target_lun_size_and_chap", false) {
-        return;
-    }
+    require_ready(false);
     let _serial = serial();
     let n1 = admitted(1);
     let target = LioTarget::new("probe-ok", 8 * MIB, &[&n1]);
@@ -319,10 +304,9 @@ fn probe_accepts_the_right_target_lun_size_and_chap() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn probe_reports_an_unreachable_portal() {
-    if !ready("probe_reports_an_unreachable_portal", false) {
-        return;
-    }
+    require_ready(false);
     let _serial = serial();
     let n1 = admitted(1);
     let target = LioTarget::new("probe-port", 8 * MIB, &[&n1]);
@@ -348,10 +332,9 @@ fn probe_reports_an_unreachable_portal() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn probe_reports_a_missing_target() {
-    if !ready("probe_reports_a_missing_target", false) {
-        return;
-    }
+    require_ready(false);
     let _serial = serial();
     let n1 = admitted(1);
     let target = LioTarget::new("probe-iqn", 8 * MIB, &[&n1]);
@@ -379,10 +362,9 @@ fn probe_reports_a_missing_target() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn probe_reports_a_wrong_lun_size_with_both_sizes() {
-    if !ready("probe_reports_a_wrong_lun_size_with_both_sizes", false) {
-        return;
-    }
+    require_ready(false);
     let _serial = serial();
     let n1 = admitted(1);
     let target = LioTarget::new("probe-size", 8 * MIB, &[&n1]);
@@ -407,13 +389,9 @@ fn probe_reports_a_wrong_lun_size_with_both_sizes() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn probe_reports_a_wrong_chap_secret_as_an_authentication_failure() {
-    if !ready(
-        "probe_reports_a_wrong_chap_secret_as_an_authentication_failure",
-        false,
-    ) {
-        return;
-    }
+    require_ready(false);
     let _serial = serial();
     let n1 = admitted(1);
     let target = LioTarget::new("probe-chap", 8 * MIB, &[&n1]);
@@ -457,10 +435,9 @@ fn probe_reports_a_wrong_chap_secret_as_an_authentication_failure() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn probe_reports_an_initiator_outside_the_acl() {
-    if !ready("probe_reports_an_initiator_outside_the_acl", false) {
-        return;
-    }
+    require_ready(false);
     let _serial = serial();
     let (n1, stranger) = (admitted(1), admitted(9));
     let target = LioTarget::new("probe-acl", 8 * MIB, &[&n1]);
@@ -480,13 +457,9 @@ fn probe_reports_an_initiator_outside_the_acl() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn a_session_attaches_the_lun_as_a_read_only_disk_and_tears_down_cleanly() {
-    if !ready(
-        "a_session_attaches_the_lun_as_a_read_only_disk_and_tears_down_cleanly",
-        true,
-    ) {
-        return;
-    }
+    require_ready(true);
     let _serial = serial();
     let ctx = ctx();
     let n1 = admitted(1);
@@ -557,13 +530,9 @@ fn a_session_attaches_the_lun_as_a_read_only_disk_and_tears_down_cleanly() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn the_kernel_initiator_refuses_a_wrong_chap_secret_and_leaves_nothing() {
-    if !ready(
-        "the_kernel_initiator_refuses_a_wrong_chap_secret_and_leaves_nothing",
-        true,
-    ) {
-        return;
-    }
+    require_ready(true);
     let _serial = serial();
     let ctx = ctx();
     let n1 = admitted(1);
@@ -588,13 +557,9 @@ fn the_kernel_initiator_refuses_a_wrong_chap_secret_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn two_nodes_in_one_kernel_get_their_own_sessions_by_initiator_name() {
-    if !ready(
-        "two_nodes_in_one_kernel_get_their_own_sessions_by_initiator_name",
-        true,
-    ) {
-        return;
-    }
+    require_ready(true);
     let _serial = serial();
     let ctx = ctx();
     let (n1, n2) = (admitted(1), admitted(2));
@@ -636,13 +601,9 @@ fn two_nodes_in_one_kernel_get_their_own_sessions_by_initiator_name() {
 }
 
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn iscsid_is_started_once_and_only_the_one_sftsan_started_is_stopped() {
-    if !ready(
-        "iscsid_is_started_once_and_only_the_one_sftsan_started_is_stopped",
-        true,
-    ) {
-        return;
-    }
+    require_ready(true);
     let _serial = serial();
     let ctx = ctx();
     // An iscsid left by an earlier test of this process is sftsan's: stop it first.
@@ -690,24 +651,19 @@ impl Drop for Udevd {
 /// Where udevd runs, a login waits on udev's events and returns only once udev has
 /// initialized the disk (its database entry is there), as on a production host.
 #[test]
+#[ignore = "kernel tier: needs device-mapper, LIO and open-iscsi (bash tests/kernel-vm/run)"]
 fn with_udevd_a_login_returns_once_udev_has_initialized_the_disk() {
     use sftsan_core::backends::kernel::uevents::{DeviceEvents, Source};
     use std::time::Instant;
-    let test = "with_udevd_a_login_returns_once_udev_has_initialized_the_disk";
-    if !ready(test, true) {
-        return;
-    }
+    require_ready(true);
     let _serial = serial();
     let _udevd = if Path::new("/run/udev/control").exists() {
         None // this host runs udevd already: use it as it is
-    } else if !on_path("systemd-udevd") {
-        eprintln!("SKIPPED: {test}: systemd-udevd (udev) is not installed");
-        assert!(
-            !in_kernel_tier(),
-            "the kernel tier's guest must have systemd-udevd"
-        );
-        return;
     } else {
+        assert!(
+            on_path("systemd-udevd"),
+            "systemd-udevd (udev) is not installed"
+        );
         let child = Command::new("systemd-udevd")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

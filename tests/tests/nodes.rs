@@ -2,14 +2,13 @@
 //! made on demand (also beyond the planned count) and removed, and `down --node` refuses
 //! while a child still reads through the node.
 
-use sftsan_tests::{can_run_clusters, sftsan, stderr, stdout, TestCluster, MIB};
+use sftsan_tests::{require_clusters, sftsan, stderr, stdout, TestCluster, MIB};
 use std::time::Instant;
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn a_node_comes_up_with_its_ancestors_only() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     // origin + 4 nodes, binary: n1 and n2 below the origin, n3 and n4 below n1.
     let c = TestCluster::new("one-node", 60).nodes(4).degree(2).create();
     let leaf = c.leaf();
@@ -71,10 +70,9 @@ fn tbf_rate(netns: Option<&str>, dev: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn local_links_are_limited_to_link_mbit() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     // 32 Mbit/s is 4 MB/s: the node's 24 MiB take at least 6.3 s to arrive.
     let c = TestCluster::new("shaped", 61)
         .nodes(1)

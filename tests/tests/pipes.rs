@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use sftsan_tests::{
-    assert_quiet_on_closed_pipe, can_run_clusters, run_into_closed_pipe, sftsan_bin, TestCluster,
+    assert_quiet_on_closed_pipe, require_clusters, run_into_closed_pipe, sftsan_bin, TestCluster,
 };
 
 fn sftsan_into_closed_pipe(args: &[&str]) {
@@ -48,10 +48,9 @@ fn commands_that_need_no_cluster_end_quietly() {
 
 /// What prints about a running cluster: status, verify, a snapshot's file.
 #[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
 fn commands_on_a_running_cluster_end_quietly_and_finish_their_work() {
-    if !can_run_clusters() {
-        return;
-    }
+    require_clusters();
     let c = TestCluster::new("pipesup", 54)
         .nodes(1)
         .snapshots(1)

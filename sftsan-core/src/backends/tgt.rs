@@ -53,12 +53,24 @@ impl OriginTarget {
         Path::new(TGTD_RUN_DIR).join(format!("socket.{}", self.control_port))
     }
 
+    /// The lock file tgtd holds while it owns the control port.
+    fn control_lock(&self) -> PathBuf {
+        let mut lock = self.control_socket().into_os_string();
+        lock.push(".lock");
+        PathBuf::from(lock)
+    }
+
+    /// The tgtd that holds this control port now, if any (whoever's it is).
+    fn control_port_holder(&self) -> Option<i32> {
+        lock_holder(&self.control_lock())
+    }
+
     /// `tgtadm -C PORT --lld iscsi ARGS...`, from the root namespace (the socket is a file).
     fn tgtadm(&self, args: &[&str]) -> Result<String> {
         let control = self.control_port.to_string();
         let mut full = vec!["-C", &control, "--lld", "iscsi"];
         full.extend_from_slice(args);
-        Ok(run_stdout(&LocalTransport, "tgtadm", &full)?)
+        run_stdout(&LocalTransport, "tgtadm", &full)
     }
 
     /// What the LUN serves: the file or device, or the dm device's node.
@@ -161,6 +173,24 @@ impl OriginTarget {
     }
 }
 
+/// The pid holding a POSIX lock on `path` (tgtd locks its control port's lock file), if
+/// any process does.
+fn lock_holder(path: &Path) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: flock is plain data; F_GETLK only fills it in.
+    let mut query: libc::flock = unsafe { std::mem::zeroed() };
+    query.l_type = libc::F_WRLCK as libc::c_short;
+    query.l_whence = libc::SEEK_SET as libc::c_short;
+    query.l_start = 0;
+    query.l_len = 1;
+    // SAFETY: a valid fd and a valid flock for the call to fill in.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut query) } != 0 {
+        return None;
+    }
+    (query.l_type != libc::F_UNLCK as libc::c_short).then_some(query.l_pid)
+}
+
 impl Resource for OriginTarget {
     fn desired(&self) -> Params {
         // A dm device's node is only known while it exists.
@@ -191,6 +221,18 @@ impl Resource for OriginTarget {
     }
 
     fn create(&self, ctx: &Ctx) -> Result<()> {
+        // Control ports are derived per cluster and node; two clusters' can meet. Another
+        // tgtd on ours would take our target commands: refuse, and touch none of its files.
+        if let Some(pid) = self.control_port_holder() {
+            return Err(Error::in_use(
+                format!("tgt control port {}", self.control_port),
+                format!(
+                    "held by another tgtd (pid {pid}, not {}'s): another cluster on this host? \
+                     Give this one another iscsi_control_port",
+                    self.node
+                ),
+            ));
+        }
         std::fs::create_dir_all(&self.run_dir).at(&self.run_dir)?;
         remove_file_if_exists(&self.pidfile())?;
         let args = [
@@ -233,11 +275,13 @@ impl Resource for OriginTarget {
             let _ = self.tgtadm(&["--mode", "system", "--op", "delete"]);
             process::stop(pid, Duration::from_secs(10))?;
         }
-        let mut lock = self.control_socket().into_os_string();
-        lock.push(".lock");
-        for f in [self.control_socket(), PathBuf::from(lock), self.pidfile()] {
-            remove_file_if_exists(&f)?;
+        // The control files are ours to remove only when no other tgtd holds the port.
+        if self.control_port_holder().is_none() {
+            for f in [self.control_socket(), self.control_lock()] {
+                remove_file_if_exists(&f)?;
+            }
         }
+        remove_file_if_exists(&self.pidfile())?;
         let _ = std::fs::remove_dir(TGTD_RUN_DIR); // only when no other tgtd uses it
         prune_run_dir(&self.run_dir);
         Ok(())

@@ -934,15 +934,49 @@ mod tests {
         );
     }
 
+    /// An image this process may not read is refused at validation. Root reads every file,
+    /// so as root this test runs again in its own binary as `nobody` (setpriv), and the
+    /// run there makes the check.
     #[test]
     fn unreadable_image_source_is_rejected() {
         use std::os::unix::fs::PermissionsExt;
-        let image = image_file(MIB);
-        std::fs::set_permissions(image.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
-        if File::open(image.path()).is_ok() {
-            return; // privileged (e.g. root): permissions cannot make it unreadable
+        if let Some(image) = std::env::var_os(UNREADABLE_IMAGE_ENV) {
+            assert_unreadable_is_rejected(Path::new(&image));
+            return;
         }
-        let err = validate(spec_for(image.path())).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let image = dir.path().join("base.raw");
+        std::fs::write(&image, vec![0u8; MIB as usize]).unwrap();
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert_unreadable_is_rejected(&image);
+            return;
+        }
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spec::validate::tests::unreadable_image_source_is_rejected",
+            ])
+            .env(UNREADABLE_IMAGE_ENV, &image)
+            .output()
+            .expect("setpriv (util-linux) runs the check as nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "as nobody: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Set for the re-run as another user: the image to check.
+    const UNREADABLE_IMAGE_ENV: &str = "SFTSAN_TEST_UNREADABLE_IMAGE";
+
+    fn assert_unreadable_is_rejected(image: &Path) {
+        let err = validate(spec_for(image)).unwrap_err();
         assert_eq!(err.field, "image.source");
         assert!(err.problem.starts_with("cannot open"), "{err}");
     }

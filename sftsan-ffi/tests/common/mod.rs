@@ -110,20 +110,11 @@ pub fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
-/// Prints a visible SKIPPED line for the running test.
-pub fn skipped(reason: &str) {
-    let test = std::thread::current().name().unwrap_or("test").to_string();
-    eprintln!("SKIPPED: {test}: {reason}");
-}
-
-/// Whether every program is installed; says SKIPPED naming the first one missing.
-pub fn have_tools(tools: &[&str]) -> bool {
-    match tools.iter().find(|t| !on_path(t)) {
-        Some(t) => {
-            skipped(&format!("{t} is not installed"));
-            false
-        }
-        None => true,
+/// Fails unless every program is installed (scripts/install-deps.sh installs them): a
+/// missing tool is a failure, never a skip.
+pub fn require_tools(tools: &[&str]) {
+    if let Some(t) = tools.iter().find(|t| !on_path(t)) {
+        panic!("{t} is not installed (scripts/install-deps.sh installs it)");
     }
 }
 

@@ -53,16 +53,17 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Whether this host can run the libvirt tests; says SKIPPED with the reason when not.
-pub fn can_run() -> bool {
-    sftsan_tests::can_run_with(&[
+/// Fails unless this host can run the libvirt tests: root, libvirtd, QEMU and the storage
+/// tools (the root tier's).
+pub fn require_libvirt() {
+    sftsan_tests::require_root_with(&[
         "libvirtd",
         "virtlogd",
         "qemu-system-x86_64",
         "qemu-storage-daemon",
         "qemu-img",
         "unshare",
-    ])
+    ]);
 }
 
 /// The workspace's target directory for this build.

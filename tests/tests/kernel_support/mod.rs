@@ -16,7 +16,7 @@ use sftsan_core::names::Names;
 use sftsan_core::plan;
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{validate, ClusterSpec};
-use sftsan_tests::{in_kernel_tier, kernel_has, write_image, MIB};
+use sftsan_tests::{require_kernel, write_image, MIB};
 use sha2::{Digest, Sha256};
 
 pub const IMAGE: u64 = 16 * MIB;
@@ -146,35 +146,22 @@ pub fn sha256(path: &Path) -> String {
     format!("{:x}", Sha256::digest(&data))
 }
 
-/// Whether the kernel has every node feature and dm-clone: what any kernel-backend test
-/// cluster may need, checked before a test makes anything. It must inside the tier.
-pub fn kernel_ready(test: &str) -> bool {
+/// Fails unless the kernel has every node feature and dm-clone: what any kernel-backend
+/// test cluster may need, checked before a test makes anything.
+pub fn require_kernel_ready() {
     let mut needs = probe::NODE_FEATURES.to_vec();
     needs.push(Feature::DmTarget("clone"));
-    let ok = kernel_has(test, &needs);
-    assert!(
-        ok || !in_kernel_tier(),
-        "the kernel tier's kernel must have every node feature and dm-clone"
-    );
-    ok
+    require_kernel(&needs);
 }
 
-/// Whether the kernel has what cluster `c` needs; it must inside the kernel tier.
-pub fn ready(c: &KernelCluster, test: &str) -> bool {
-    let ok = kernel_has(test, &c.features);
-    assert!(
-        ok || !in_kernel_tier(),
-        "the kernel tier's kernel must have {:?}",
-        c.features
-    );
-    ok
+/// Fails unless the kernel has what cluster `c` needs.
+pub fn require_ready(c: &KernelCluster) {
+    require_kernel(&c.features);
 }
 
 pub fn check(name: &str, kind: &str, disk_name: &str, relay: &str, cache: &str) {
     let c = cluster(name, kind, relay, cache);
-    if !ready(&c, name) {
-        return;
-    }
+    require_ready(&c);
     c.engine.up().unwrap_or_else(|e| panic!("up: {e}"));
     for node in NODES {
         for i in 1..=2 {

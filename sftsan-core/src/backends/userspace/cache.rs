@@ -131,7 +131,7 @@ impl Resource for Cache {
         for args in steps {
             if let Err(e) = qmp.execute("blockdev-add", args) {
                 let _ = delete_nodes(&mut qmp, &[graph::COR, graph::CACHE, graph::CACHE_FILE]);
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(())

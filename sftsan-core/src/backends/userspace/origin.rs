@@ -67,7 +67,7 @@ impl Resource for OriginExport {
         for (cmd, args) in steps {
             if let Err(e) = qmp.execute(cmd, args) {
                 let _ = self.teardown(_ctx);
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(())
