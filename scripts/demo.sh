@@ -47,8 +47,8 @@ else
     bash scripts/install-deps.sh
 fi
 
-log "building: cargo build --release -p sftsan-core"
-cargo build --release -p sftsan-core
+log "building: cargo build --release -p sftsan-cli"
+cargo build --release -p sftsan-cli
 [ -x "$BIN" ] || die "$BIN not found after the build"
 
 if [ -f "$IMAGE" ]; then

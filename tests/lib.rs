@@ -31,7 +31,7 @@ pub fn sftsan_bin() -> &'static Path {
             .expect("the tests crate lives in the workspace");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "-p", "sftsan-core", "--bin", "sftsan"])
+            .args(["build", "-p", "sftsan-cli", "--bin", "sftsan"])
             .current_dir(workspace)
             .output()
             .expect("cannot run cargo");

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sftsan_core::engine::{Engine, Event, Progress};
-use sftsan_core::plan::ResourceSpec;
 use sftsan_core::plan::{self, NodePlan, Role};
-use sftsan_core::resources::{Ctx, Observed, Tools};
+use sftsan_core::resources::Tools;
 use sftsan_core::spec::{validate, ClusterSpec, ValidatedSpec};
 
 use crate::error::{sftsan_result, Error};
@@ -108,31 +107,7 @@ impl sftsan_ctx {
 
     /// Whether every resource of the node's stack other than its snapshots is present.
     pub(crate) fn node_up(&self, node: &NodePlan) -> Result<bool, Error> {
-        let on_node = Ctx {
-            transport: node.transport.open(),
-            tools: self.tools(),
-        };
-        let on_host = Ctx {
-            transport: sftsan_core::transport::TransportSpec::Local.open(),
-            tools: self.tools(),
-        };
-        for r in &node.stack {
-            if matches!(r, ResourceSpec::Snapshot(_)) {
-                continue;
-            }
-            let ctx = if r.runs_on_node() { &on_node } else { &on_host };
-            match r.as_resource().observe(ctx) {
-                Ok(Observed::Present(_)) => {}
-                Ok(_) => return Ok(false),
-                Err(e) => {
-                    return Err(Error::new(
-                        sftsan_result::EngineFailure,
-                        format!("{}: cannot observe: {e}", r.id(Some(&node.name))),
-                    ))
-                }
-            }
-        }
-        Ok(true)
+        Ok(self.engine.node_is_up(&node.name)?)
     }
 
     /// The file of an existing snapshot of an up node.
@@ -153,14 +128,9 @@ impl sftsan_ctx {
                 ),
             )
         };
-        let spec = match self
-            .plan()
-            .vm_disk(name, index)
-            .and_then(|d| d.last().cloned())
-        {
-            Some(spec) => spec,
-            None => return Err(no_such()),
-        };
+        if index == 0 || self.plan().vm_disk(name, index).is_none() {
+            return Err(no_such());
+        }
         if !self.node_up(node)? {
             return Err(Error::new(
                 sftsan_result::NotUp,
@@ -171,17 +141,10 @@ impl sftsan_ctx {
                 ),
             ));
         }
-        let ctx = Ctx {
-            transport: node.transport.open(),
-            tools: self.tools(),
-        };
-        match spec.as_resource().observe(&ctx) {
-            Ok(Observed::Present(_)) => Ok(self.plan().vm_disk_path(name, index)),
-            Ok(_) => Err(no_such()),
-            Err(e) => Err(Error::new(
-                sftsan_result::EngineFailure,
-                format!("{}: cannot observe: {e}", spec.id(Some(name))),
-            )),
+        if self.engine.snapshot_exists(name, index)? {
+            Ok(self.plan().vm_disk_path(name, index))
+        } else {
+            Err(no_such())
         }
     }
 

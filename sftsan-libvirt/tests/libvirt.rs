@@ -341,7 +341,7 @@ fn defines_do_not_reprobe_qemu() {
     }
 }
 
-/// `sftsan vm` reaches `sftsan-vm` through sftsan's external commands, here against
+/// `sftsan vm` is a subcommand of the one `sftsan` program, here against
 /// libvirt's test driver (no root, no libvirtd needed).
 #[test]
 fn sftsan_vm_runs_as_a_subcommand_of_sftsan() {
@@ -424,8 +424,8 @@ fn vm_commands_end_quietly_on_a_closed_pipe() {
         vec!["xml", spec, "--node", "n2"],
         vec!["--help"],
     ] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sftsan-vm"));
-        cmd.args(&args);
+        let mut cmd = std::process::Command::new(sftsan_bin());
+        cmd.arg("vm").args(&args);
         let out = sftsan_tests::run_into_closed_pipe(&mut cmd);
         sftsan_tests::assert_quiet_on_closed_pipe(&out, &format!("sftsan vm {}", args.join(" ")));
     }

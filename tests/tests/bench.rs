@@ -18,27 +18,10 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-fn bench_bin() -> PathBuf {
-    // sftsan-bench runs `sftsan keeper` from its own directory: both must be built.
-    let sftsan = sftsan_bin();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "-p", "sftsan-tests", "--bin", "sftsan-bench"])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    sftsan.with_file_name("sftsan-bench")
-}
-
 /// The guest image and its boot trace (built once, then cached).
 fn boot_image() -> PathBuf {
     let out = Command::new("bash")
-        .arg(workspace().join("tests/bench/boot-image/build"))
+        .arg(workspace().join("sftsan-bench/boot-image/build"))
         .output()
         .unwrap();
     assert!(
@@ -90,7 +73,7 @@ fn sftsan_beats_central_and_sends_the_working_set_once_per_child() {
     ];
     require_root_with(&tools);
     let image = boot_image();
-    let bench = bench_bin();
+    let sftsan = sftsan_bin();
     let work = tempfile::Builder::new()
         .prefix("sftsan-bench")
         .tempdir_in("/var/tmp")
@@ -99,8 +82,9 @@ fn sftsan_beats_central_and_sends_the_working_set_once_per_child() {
     // Its stdout is a pipe nobody reads (`sftsan bench ... | head -0`): the run must still
     // finish and write its results.
     let run = run_into_closed_pipe(
-        Command::new(&bench)
+        Command::new(sftsan)
             .args([
+                "bench",
                 "boot-storm",
                 "--mode",
                 "replay",

@@ -60,12 +60,12 @@ fn the_hook_prepares_and_releases_a_kernel_backend_vm() {
     let c = cluster_of("khook", "dm-snapshot", "lio", "dm-cache", &["n1"]);
     require_ready(&c);
     let spec = spec_file(&c);
-    let out = Command::new(program("sftsan-vm"))
-        .arg("xml")
+    let out = Command::new(program("sftsan"))
+        .args(["vm", "xml"])
         .arg(&spec)
         .args(["--node", "n1", "--mode", "stateless"])
         .output()
-        .expect("cannot run sftsan-vm");
+        .expect("cannot run sftsan");
     assert!(
         out.status.success(),
         "{}",

@@ -435,6 +435,63 @@ impl Engine {
         Ok(run.summary.into_inner().unwrap())
     }
 
+    /// Whether `node`'s stack, its VM disks aside, exists on the system.
+    pub fn node_is_up(&self, node: &str) -> Result<bool> {
+        let n = self.plan.node(node).ok_or_else(|| no_such_node(node))?;
+        let mut disks: Vec<String> = Vec::new();
+        for index in 1.. {
+            let ids: Vec<String> = self
+                .plan
+                .vm_disk(node, index)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r.id(Some(node)))
+                .filter(|id| n.stack.iter().any(|r| r.id(Some(node)) == *id))
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            disks.extend(ids);
+        }
+        for r in &n.stack {
+            if disks.contains(&r.id(Some(node))) {
+                continue;
+            }
+            if !matches!(self.observe(n, r)?, Observed::Present(_)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether VM disk `index` of `node` exists.
+    pub fn snapshot_exists(&self, node: &str, index: u32) -> Result<bool> {
+        let disk = self.vm_disk(node, index)?;
+        let n = self.plan.node(node).ok_or_else(|| no_such_node(node))?;
+        let last = disk.last().expect("a VM disk has at least one resource");
+        Ok(matches!(self.observe(n, last)?, Observed::Present(_)))
+    }
+
+    /// What the backend sees of one of `n`'s resources.
+    fn observe(&self, n: &NodePlan, r: &ResourceSpec) -> Result<Observed> {
+        let id = r.id(Some(&n.name));
+        let transport = if r.runs_on_node() {
+            &n.transport
+        } else {
+            &HOST
+        };
+        let item = Item {
+            id: &id,
+            kind: r.kind(),
+            node: Some(&n.name),
+            transport,
+            resource: r.as_resource(),
+        };
+        self.backend
+            .observe(&item)
+            .map_err(|e| e.context(format!("{id}: cannot observe")))
+    }
+
     /// Tree positions from the origin down to `node`.
     fn path_to(&self, node: &str) -> Result<Vec<usize>> {
         let mut at = self

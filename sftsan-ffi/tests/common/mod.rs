@@ -49,7 +49,7 @@ pub fn artifacts() -> &'static Artifacts {
         let target = dir.parent().expect("target/<profile>").to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "sftsan-ffi", "-p", "sftsan-core"])
+        cmd.args(["build", "-p", "sftsan-ffi", "-p", "sftsan-cli"])
             .args(["--message-format=json", "--target-dir"])
             .arg(&target)
             .current_dir(workspace());
@@ -59,7 +59,7 @@ pub fn artifacts() -> &'static Artifacts {
         let out = cmd.output().expect("cannot run cargo");
         assert!(
             out.status.success(),
-            "cargo build -p sftsan-ffi -p sftsan-core failed:\n{}",
+            "cargo build -p sftsan-ffi -p sftsan-cli failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         // Native libraries of -sys crates (e.g. devmapper), then Rust's std on Linux.

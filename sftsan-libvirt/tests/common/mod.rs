@@ -68,13 +68,13 @@ pub fn require_libvirt() {
 
 /// The workspace's target directory for this build.
 fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sftsan-vm"))
+    Path::new(env!("CARGO_BIN_EXE_sftsan-hook"))
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-/// `sftsan` (core's binary, which hosts the cache keeper) built beside sftsan-vm and
+/// `sftsan` (sftsan-cli's binary: the VM commands and the cache keeper) built beside
 /// sftsan-hook, so that the hook finds it beside its own real path.
 pub fn sftsan_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -82,7 +82,7 @@ pub fn sftsan_bin() -> &'static Path {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "-p", "sftsan-core", "--bin", "sftsan"])
+            .args(["build", "-p", "sftsan-cli", "--bin", "sftsan"])
             .current_dir(workspace)
             .output()
             .expect("cannot run cargo");
@@ -377,18 +377,19 @@ impl Harness {
     }
 }
 
-/// Runs `sftsan-vm ARGS...` to completion.
+/// Runs `sftsan vm ARGS...` to completion.
 pub fn sftsan_vm<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(env!("CARGO_BIN_EXE_sftsan-vm"))
+    Command::new(sftsan_bin())
+        .arg("vm")
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("LIBVIRT_DEFAULT_URI")
         .output()
-        .expect("cannot run sftsan-vm")
+        .expect("cannot run sftsan vm")
 }
 
 /// The fill byte of MiB `k` of the test image: every MiB reads as one pattern, none zero.
@@ -459,7 +460,7 @@ impl TestCluster {
         }
     }
 
-    /// `sftsan-vm OP SPEC --connect URI ARGS...`
+    /// `sftsan vm OP SPEC --connect URI ARGS...`
     pub fn vm(&self, op: &str, args: &[&str]) -> Output {
         let mut all: Vec<&OsStr> = vec![OsStr::new(op), self.spec_path.as_os_str()];
         all.extend([OsStr::new("--connect"), OsStr::new(&self.uri)]);

@@ -1,6 +1,6 @@
-//! `sftsan-bench` (run as `sftsan bench ...`): the boot-storm benchmark. Boots many VMs from
-//! one image through each method (central, full copy, sftsan trees) on the same emulated
-//! network, one method at a time, and writes a markdown table, the raw results and plots.
+//! The boot-storm benchmark (`sftsan bench boot-storm`): boots many VMs from one image
+//! through each method (central, full copy, sftsan trees) on the same emulated network, one
+//! method at a time, and writes a markdown table, the raw results and plots.
 
 mod bed;
 mod boot;
@@ -11,7 +11,7 @@ mod sampler;
 mod workload;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,22 +22,17 @@ use methods::{Method, MethodRun, Run};
 use report::{summarize, Context, Summary};
 use workload::Workload;
 
-#[derive(Parser)]
-#[command(name = "sftsan bench", about = "sftsan's benchmarks")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
+/// `sftsan bench ...`
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Boot NODES x VMS_PER_NODE VMs at once through each method; report makespan, boot
     /// times, origin egress, node ingress and cache hits, with plots.
     BootStorm(BootStorm),
 }
 
+/// The boot storm's parameters.
 #[derive(Args, Debug)]
-struct BootStorm {
+pub struct BootStorm {
     /// Compute nodes (network namespaces), besides the origin.
     #[arg(long, default_value_t = 8)]
     nodes: usize,
@@ -57,7 +52,7 @@ struct BootStorm {
     /// Every host's link rate, each way (Mbit/s).
     #[arg(long, default_value_t = 100)]
     link_mbit: u32,
-    /// The boot image (tests/bench/boot-image/build makes it).
+    /// The boot image (sftsan-bench/boot-image/build makes it).
     #[arg(long, default_value = "/var/cache/sftsan/bench/boot-image")]
     image_dir: PathBuf,
     /// The emulated network's subnet; an unreachable route guards it while the bench runs.
@@ -123,18 +118,10 @@ impl BootStorm {
     }
 }
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
+/// Runs one benchmark.
+pub fn run(command: Command) -> Result<()> {
+    match command {
         Command::BootStorm(args) => boot_storm(&args),
-    };
-    if let Err(e) = result {
-        sftsan_core::errln!("sftsan bench: {e:#}");
-        std::process::exit(1);
     }
 }
 

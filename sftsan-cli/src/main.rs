@@ -1,10 +1,11 @@
-//! `sftsan`: plan, bring up, inspect and tear down a cluster. A thin skin over sftsan-core.
+//! `sftsan`: plan, bring up, inspect and tear down a cluster, its VMs through libvirt, and
+//! the benchmark. A thin skin: it parses, calls the libraries and prints.
 
 mod output;
+mod vm;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,10 +81,12 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Any other command NAME runs the program `sftsan-NAME` (next to this one, or on
-    /// PATH): `sftsan vm ...` is sftsan-libvirt's `sftsan-vm`.
-    #[command(external_subcommand)]
-    External(Vec<OsString>),
+    /// A cluster's VMs as libvirt domains: one per snapshot of each compute node.
+    #[command(subcommand)]
+    Vm(vm::Command),
+    /// sftsan's benchmarks.
+    #[command(subcommand)]
+    Bench(sftsan_bench::Command),
     /// (internal) The per-node cache keeper, started by `up`.
     #[command(hide = true)]
     Keeper {
@@ -119,8 +122,14 @@ enum SnapshotCommand {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // `sftsan vm` has said "sftsan vm:" in front of its errors since it was its own program.
+    let prefix = match &cli.command {
+        Command::Vm(_) => "sftsan vm",
+        Command::Bench(_) => "sftsan bench",
+        _ => "sftsan",
+    };
     if let Err(e) = run(cli.command) {
-        errln!("sftsan: {}", one_line(&e));
+        errln!("{prefix}: {}", one_line(&e));
         std::process::exit(1);
     }
 }
@@ -167,23 +176,6 @@ fn engine(path: &Path) -> Result<Engine> {
         Tools::from_env(),
         progress(),
     ))
-}
-
-/// Replaces this process with `sftsan-NAME ARGS...`, found beside this executable first.
-fn external(args: &[OsString]) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let (name, rest) = args.split_first().context("no command given")?;
-    let program = format!("sftsan-{}", name.to_string_lossy());
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join(&program)))
-        .filter(|p| p.is_file());
-    let path = beside.unwrap_or_else(|| PathBuf::from(&program));
-    let err = std::process::Command::new(&path).args(rest).exec();
-    anyhow::bail!(
-        "unknown command {:?}: {program} not found ({err})",
-        name.to_string_lossy()
-    )
 }
 
 fn run(command: Command) -> Result<()> {
@@ -286,7 +278,12 @@ fn run(command: Command) -> Result<()> {
                 None => out(&text)?,
             }
         }
-        Command::External(args) => external(&args)?,
+        Command::Vm(command) => {
+            if !vm::run(command)? {
+                std::process::exit(1);
+            }
+        }
+        Command::Bench(command) => sftsan_bench::run(command)?,
         Command::Keeper {
             qmp,
             pidfile,

@@ -1,4 +1,4 @@
-//! The boot workload: the guest image that tests/bench/boot-image/build makes (kernel,
+//! The boot workload: the guest image that sftsan-bench/boot-image/build makes (kernel,
 //! initramfs, ext4 disk and its manifest) and the boot trace recorded from it.
 
 use anyhow::{bail, Context, Result};
@@ -130,7 +130,7 @@ impl Workload {
         let manifest_path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&manifest_path).with_context(|| {
             format!(
-                "--image-dir: no boot image in {} (build it with tests/bench/boot-image/build)",
+                "--image-dir: no boot image in {} (build it with sftsan-bench/boot-image/build)",
                 dir.display()
             )
         })?;

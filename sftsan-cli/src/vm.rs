@@ -1,8 +1,7 @@
 //! `sftsan vm`: a cluster's VMs as libvirt domains, one per snapshot of each compute node.
-//! Run as `sftsan vm ...` (sftsan runs `sftsan-vm` for an unknown command `vm`).
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,22 +14,9 @@ use sftsan_libvirt::libvirt::{Libvirt, DEFAULT_URI};
 use sftsan_libvirt::vms::{load_template, plan_vms, Vm, VmSettings};
 use sftsan_libvirt::xml::VmMode;
 
-#[derive(Parser)]
-#[command(
-    name = "sftsan vm",
-    version,
-    about = "A cluster's VMs as libvirt domains: one per snapshot of each compute node"
-)]
-struct Cli {
-    /// More log output (-v info, -vv debug); also honours RUST_LOG.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Command,
-}
-
+/// `sftsan vm ...`
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Make the snapshots and define a domain for each (all or nothing).
     Define(Common),
     /// Start the domains (snapshots made first), --concurrency at once, --interval apart.
@@ -46,7 +32,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct XmlArgs {
+pub struct XmlArgs {
     /// The cluster spec.
     spec: PathBuf,
     /// The VM's node.
@@ -61,7 +47,7 @@ struct XmlArgs {
 
 /// What the domains look like.
 #[derive(Args)]
-struct DomainArgs {
+pub struct DomainArgs {
     /// Domain template: libvirt domain XML; its boot disk, if it has one, becomes the VM's
     /// snapshot [default: built-in, QEMU/TCG, 128 MiB, 1 CPU, a user-mode NIC].
     #[arg(long, value_name = "FILE")]
@@ -76,7 +62,7 @@ struct DomainArgs {
 }
 
 #[derive(Args)]
-struct Common {
+pub struct Common {
     /// The cluster spec.
     spec: PathBuf,
     /// Only VMs of this node (repeatable; default: every compute node).
@@ -153,29 +139,8 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * scale))
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let level = ["warn", "info", "debug", "trace"][cli.verbose.min(3) as usize];
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-    match run(cli.command) {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            sftsan_core::errln!("sftsan vm: {}", chain.join(": ").replace('\n', " "));
-            std::process::exit(1);
-        }
-    }
-}
-
 /// Runs one batch and prints its table; Ok(false) when a VM failed.
-fn run(command: Command) -> Result<bool> {
+pub fn run(command: Command) -> Result<bool> {
     let (op, c) = match command {
         Command::Xml(x) => return print_xml(x).map(|()| true),
         Command::Define(c) => (Op::Define, c),
