@@ -7,7 +7,7 @@
  *   usage: cluster SPEC [NODE]      (NODE: where the extra snapshot goes; default: the
  *                                    first node after the origin)
  *
- * Build (from this directory, after `cargo build -p sftsan-ffi -p sftsan-core`), or `make`:
+ * Build (from this directory, after `cargo build -p sftsan-ffi -p sftsan-cli`), or `make`:
  *   shared: gcc -std=c11 -Wall -Wextra -Wpedantic -I../../include -o cluster cluster.c \
  *               -L../../target/debug -lsftsan -Wl,-rpath,$PWD/../../target/debug
  *   static: gcc -std=c11 -Wall -Wextra -Wpedantic -I../../include -o cluster-static \

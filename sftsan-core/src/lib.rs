@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
+pub mod hash;
 pub mod local;
 pub mod names;
 pub mod plan;

@@ -165,12 +165,7 @@ fn iqn_part(name: &str) -> String {
 
 /// Six hex digits of FNV-1a over the cluster name: stable across runs and builds.
 fn short_tag(name: &str) -> String {
-    let mut h: u32 = 0x811c9dc5;
-    for b in name.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x01000193);
-    }
-    format!("{:06x}", h & 0xff_ffff)
+    format!("{:06x}", crate::hash::fnv32(name.as_bytes()) & 0xff_ffff)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "backends::tgt",
             "backends::userspace",
             "error",
+            "hash",
             "local",
             "names",
             "resources",
@@ -94,13 +95,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The floor of the data path: traits, Ctx, Observed.
     ("resources", &["error", "transport"]),
     // Vocabulary.
-    ("names", &["spec"]),
+    ("names", &["hash", "spec"]),
     ("topology", &[]),
     ("spec", &["error"]),
     // Where commands run, daemons, files, errors.
     ("transport", &["error", "process"]),
     ("process", &["error", "fsutil"]),
     ("fsutil", &["error"]),
+    ("hash", &[]),
     ("stdio", &[]),
     ("error", &[]),
 ];
@@ -108,6 +110,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 const FAMILY: &[&str] = &[
     "backends::shared",
     "error",
+    "hash",
     "fsutil",
     "process",
     "resources",

@@ -148,7 +148,7 @@ impl Plan {
 pub fn image_identity(source: &Path, size: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;
-    let mut digest = 0xcbf29ce484222325u64; // FNV-1a, 64 bit
+    let mut digest = crate::hash::Fnv64::default();
     let mut mtime = 0;
     if let Ok(mut f) = std::fs::File::open(source) {
         mtime = f.metadata().map(|m| m.mtime()).unwrap_or(0);
@@ -156,13 +156,11 @@ pub fn image_identity(source: &Path, size: u64) -> String {
         let mut buf = vec![0u8; window as usize];
         for at in [0, size - window] {
             if f.seek(SeekFrom::Start(at)).is_ok() && f.read_exact(&mut buf).is_ok() {
-                for b in &buf {
-                    digest = (digest ^ *b as u64).wrapping_mul(0x100000001b3);
-                }
+                digest.update(&buf);
             }
         }
     }
-    format!("{size}-{mtime}-{digest:016x}")
+    format!("{size}-{mtime}-{:016x}", digest.finish())
 }
 
 /// Builds the plan for a validated spec.

@@ -464,18 +464,6 @@ fn iscsiadm(ctx: &Ctx, args: &[&str]) -> Result<String, AdmError> {
     })
 }
 
-/// FNV-1a, 64 bits: stable names across runs and builds.
-fn fnv64(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain([0]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    h
-}
-
 impl IscsiSession {
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(1))
@@ -487,7 +475,7 @@ impl IscsiSession {
         let portal = self.portal.to_string();
         format!(
             "sftsan-{:016x}",
-            fnv64(&[&self.initiator, &self.target, &portal])
+            crate::hash::fnv64_parts(&[&self.initiator, &self.target, &portal])
         )
     }
 
