@@ -55,6 +55,7 @@ seed_corpus() { # seed_corpus TARGET DIR
     cp -n "$repo/fuzz/seeds/$1"/* "$2"/ 2>/dev/null || true
     case $1 in
         spec_toml) cp -n "$repo"/examples/*.toml "$2"/ ;;
+        journal) cp -n "$repo"/sftsan-core/src/engine/journal/fixtures/*.json "$2"/ ;;
         legacy_import) # cfg.data, a NUL byte, the nodes file
             cat "$repo/examples/legacy/cfg.data" <(printf '\0') "$repo/examples/legacy/nodes" \
                 >"$2/examples-legacy" ;;

@@ -3,7 +3,8 @@
 //! marked "created" after, so a process killed at any point leaves a journal that names
 //! everything that may exist.
 
-use serde::{Deserialize, Serialize};
+mod records;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -13,16 +14,13 @@ use crate::plan::ResourceSpec;
 use crate::resources::Params;
 use crate::transport::TransportSpec;
 
-const VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
     Creating,
     Created,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub id: String,
     /// None for cluster-wide resources.
@@ -30,13 +28,12 @@ pub struct Entry {
     pub state: EntryState,
     pub resource: ResourceSpec,
     /// What the created resource reported about itself (pids, sockets), for operators.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runtime: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the journal knows, in memory; its file format is `records`' business.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalData {
-    pub version: u32,
     pub cluster: String,
     /// How to reach each node, so `down` needs no spec.
     pub transports: BTreeMap<String, TransportSpec>,
@@ -47,22 +44,15 @@ pub struct JournalData {
 }
 
 impl JournalData {
-    /// Reads a journal's text; says what is wrong with it otherwise.
+    /// Reads a journal's text (any version this sftsan knows); says what is wrong with it
+    /// otherwise.
     pub fn parse(text: &str) -> Result<JournalData> {
-        let corrupt = |detail: String| Error::corrupt("journal", format!("is damaged: {detail}"));
-        let data: JournalData = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-        if data.version != VERSION {
-            return Err(corrupt(format!(
-                "version {} (this sftsan reads {VERSION})",
-                data.version
-            )));
-        }
-        Ok(data)
+        records::parse(text)
     }
 
-    /// The journal's text, as `save` writes it.
+    /// The journal's text, in the current version, as `save` writes it.
     pub fn to_text(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a journal always serializes")
+        records::to_text(self)
     }
 }
 
@@ -98,7 +88,6 @@ impl Journal {
             None => Ok(Journal {
                 path: path.to_path_buf(),
                 data: JournalData {
-                    version: VERSION,
                     cluster: cluster.into(),
                     transports: BTreeMap::new(),
                     levels: Vec::new(),
@@ -185,6 +174,67 @@ mod tests {
             .is_empty());
         let err = Journal::open(&path, "c2").unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::Conflict, "{err}");
+    }
+
+    /// Journals written by the sftsan before versioned records (format 1): a userspace
+    /// cluster in host and in local mode, and a kernel-backend one.
+    const V1: [(&str, &str); 3] = [
+        (
+            "userspace-host",
+            include_str!("fixtures/v1-userspace-host.json"),
+        ),
+        (
+            "userspace-local",
+            include_str!("fixtures/v1-userspace-local.json"),
+        ),
+        ("kernel-host", include_str!("fixtures/v1-kernel-host.json")),
+    ];
+
+    #[test]
+    fn journals_of_the_previous_format_are_read_and_written_anew() {
+        for (name, text) in V1 {
+            let data = JournalData::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!data.entries.is_empty(), "{name}");
+            assert!(!data.transports.is_empty(), "{name}");
+            let written = data.to_text();
+            assert!(written.contains("\"version\": 2"), "{name}: {written}");
+            assert_eq!(JournalData::parse(&written).unwrap(), data, "{name}");
+        }
+    }
+
+    /// What this sftsan writes for those journals, committed. A change to what a resource
+    /// stores (a field renamed, removed, retyped) shows here: keep reading the old records
+    /// or add a version with its conversion before updating the files
+    /// (`SFTSAN_UPDATE_GOLDEN=1 cargo test -p sftsan-core journal`).
+    #[test]
+    fn the_current_format_stays_as_committed() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/journal/fixtures");
+        for (name, text) in V1 {
+            let written = JournalData::parse(text).unwrap().to_text();
+            let golden = dir.join(format!("v2-{name}.json"));
+            if std::env::var_os("SFTSAN_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+                std::fs::write(&golden, &written).unwrap();
+                continue;
+            }
+            let committed = std::fs::read_to_string(&golden).unwrap_or_default();
+            assert!(
+                committed == written,
+                "{} differs from what this sftsan writes: the journal format changed",
+                golden.display()
+            );
+            assert_eq!(
+                JournalData::parse(&committed).unwrap(),
+                JournalData::parse(text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_newer_journal_is_refused_with_its_version() {
+        let err = JournalData::parse("{\"version\": 9}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("version 9"), "{err}");
     }
 
     #[test]

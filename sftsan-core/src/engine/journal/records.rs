@@ -1,0 +1,229 @@
+//! The journal's on-disk format: record types of its own, separate from the engine's
+//! in-memory structs, with a version. Version 2 stores each resource as its kind and a map
+//! of parameters; version 1 (sftsan before typed records) stored the serialized resource
+//! itself, and is read and converted. A change to what a resource kind stores must either
+//! keep reading the old records or bump the version with a conversion: the golden test in
+//! this module's tests fails otherwise.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use super::{Entry, EntryState, JournalData};
+use crate::error::{Error, Result};
+use crate::plan::ResourceSpec;
+use crate::transport::TransportSpec;
+
+/// The version this sftsan writes.
+pub const CURRENT: u32 = 2;
+
+/// A journal file of version 2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileV2 {
+    version: u32,
+    cluster: String,
+    transports: BTreeMap<String, TransportRecord>,
+    levels: Vec<Vec<String>>,
+    entries: Vec<EntryRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryRecord {
+    id: String,
+    node: Option<String>,
+    state: StateRecord,
+    /// The resource kind, as the resource enum tags it (`daemon`, `block-store`).
+    kind: String,
+    /// The resource's parameters, without its kind.
+    params: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    runtime: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum StateRecord {
+    Creating,
+    Created,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+enum TransportRecord {
+    Local,
+    Netns { name: String },
+}
+
+/// A journal file of version 1: the in-memory structs as they were serialized then.
+#[derive(Debug, Clone, Deserialize)]
+struct FileV1 {
+    cluster: String,
+    transports: BTreeMap<String, TransportRecord>,
+    levels: Vec<Vec<String>>,
+    entries: Vec<EntryV1>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct EntryV1 {
+    id: String,
+    node: Option<String>,
+    state: StateRecord,
+    /// `{"kind": ..., ...parameters}`
+    resource: Map<String, Value>,
+    #[serde(default)]
+    runtime: BTreeMap<String, String>,
+}
+
+fn corrupt(detail: impl Into<String>) -> Error {
+    Error::corrupt("journal", format!("is damaged: {}", detail.into()))
+}
+
+/// Reads a journal of any version this sftsan knows.
+pub fn parse(text: &str) -> Result<JournalData> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let Version { version } = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    match version {
+        CURRENT => {
+            let file: FileV2 = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+            from_v2(file)
+        }
+        1 => {
+            let file: FileV1 = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+            from_v1(file)
+        }
+        other => Err(corrupt(format!(
+            "version {other} (this sftsan reads 1 to {CURRENT})"
+        ))),
+    }
+}
+
+/// The journal as this sftsan writes it.
+pub fn to_text(data: &JournalData) -> String {
+    let file = FileV2 {
+        version: CURRENT,
+        cluster: data.cluster.clone(),
+        transports: data
+            .transports
+            .iter()
+            .map(|(k, t)| (k.clone(), transport_record(t)))
+            .collect(),
+        levels: data.levels.clone(),
+        entries: data.entries.iter().map(entry_record).collect(),
+    };
+    serde_json::to_string_pretty(&file).expect("a journal always serializes")
+}
+
+fn transport_record(t: &TransportSpec) -> TransportRecord {
+    match t {
+        TransportSpec::Local => TransportRecord::Local,
+        TransportSpec::Netns { name } => TransportRecord::Netns { name: name.clone() },
+    }
+}
+
+fn transport_spec(t: TransportRecord) -> TransportSpec {
+    match t {
+        TransportRecord::Local => TransportSpec::Local,
+        TransportRecord::Netns { name } => TransportSpec::Netns { name },
+    }
+}
+
+fn entry_record(e: &Entry) -> EntryRecord {
+    let Value::Object(mut params) =
+        serde_json::to_value(&e.resource).expect("a resource always serializes")
+    else {
+        unreachable!("a resource serializes to an object");
+    };
+    // The kind as the resource enum tags it (`block-store`), which reads it back.
+    let kind = match params.remove("kind") {
+        Some(Value::String(kind)) => kind,
+        _ => unreachable!("a resource carries its kind"),
+    };
+    EntryRecord {
+        id: e.id.clone(),
+        node: e.node.clone(),
+        state: match e.state {
+            EntryState::Creating => StateRecord::Creating,
+            EntryState::Created => StateRecord::Created,
+        },
+        kind,
+        params,
+        runtime: e.runtime.clone(),
+    }
+}
+
+fn resource(kind: &str, mut params: Map<String, Value>, id: &str) -> Result<ResourceSpec> {
+    params.insert("kind".into(), Value::String(kind.into()));
+    serde_json::from_value(Value::Object(params))
+        .map_err(|e| corrupt(format!("entry {id:?} ({kind}): {e}")))
+}
+
+fn entry(
+    id: String,
+    node: Option<String>,
+    state: StateRecord,
+    resource: ResourceSpec,
+    runtime: BTreeMap<String, String>,
+) -> Entry {
+    Entry {
+        id,
+        node,
+        state: match state {
+            StateRecord::Creating => EntryState::Creating,
+            StateRecord::Created => EntryState::Created,
+        },
+        resource,
+        runtime,
+    }
+}
+
+fn from_v2(file: FileV2) -> Result<JournalData> {
+    let entries = file
+        .entries
+        .into_iter()
+        .map(|e| {
+            let r = resource(&e.kind, e.params, &e.id)?;
+            Ok(entry(e.id, e.node, e.state, r, e.runtime))
+        })
+        .collect::<Result<_>>()?;
+    Ok(JournalData {
+        cluster: file.cluster,
+        transports: file
+            .transports
+            .into_iter()
+            .map(|(k, t)| (k, transport_spec(t)))
+            .collect(),
+        levels: file.levels,
+        entries,
+    })
+}
+
+fn from_v1(file: FileV1) -> Result<JournalData> {
+    let entries = file
+        .entries
+        .into_iter()
+        .map(|e| {
+            let mut params = e.resource;
+            let kind = match params.remove("kind") {
+                Some(Value::String(k)) => k,
+                _ => return Err(corrupt(format!("entry {:?} has no resource kind", e.id))),
+            };
+            let r = resource(&kind, params, &e.id)?;
+            Ok(entry(e.id, e.node, e.state, r, e.runtime))
+        })
+        .collect::<Result<_>>()?;
+    Ok(JournalData {
+        cluster: file.cluster,
+        transports: file
+            .transports
+            .into_iter()
+            .map(|(k, t)| (k, transport_spec(t)))
+            .collect(),
+        levels: file.levels,
+        entries,
+    })
+}
