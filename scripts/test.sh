@@ -66,10 +66,12 @@ root_tier() {
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+step doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step test cargo test --workspace
 step root-tier root_tier
-# Kernel-path tests skip above on a kernel without device-mapper, LIO or iSCSI; the
-# kernel tier runs them inside a QEMU guest booting a stock Debian kernel.
+# Kernel-path tests are #[ignore = "kernel tier: ..."] above: this host's kernel has no
+# device-mapper, LIO or iSCSI, so the kernel tier runs them inside a QEMU guest booting a
+# stock Debian kernel.
 step kernel-vm bash tests/kernel-vm/run
 # Every parser of outside input, briefly, so that a regression shows (scripts/fuzz.sh 600
 # is the long run docs/fuzzing.md reports).
@@ -79,4 +81,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"
     exit 1
 fi
-log "all steps passed: fmt, clippy, test, root-tier, kernel-vm, fuzz"
+log "all steps passed: fmt, clippy, doc, test, root-tier, kernel-vm, fuzz"

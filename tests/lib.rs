@@ -20,6 +20,7 @@ use sftsan_core::spec::{cache_needed, ClusterSpec};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+/// One mebibyte, in bytes.
 pub const MIB: u64 = 1 << 20;
 
 /// The `sftsan` binary of this workspace, built once per test process.
@@ -104,10 +105,12 @@ pub fn assert_quiet_on_closed_pipe(out: &Output, what: &str) {
     assert!(other.is_empty(), "{what}: stderr must stay empty:\n{err}");
 }
 
+/// A finished command's stdout as text (invalid UTF-8 replaced).
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A finished command's stderr as text (invalid UTF-8 replaced).
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -127,8 +130,8 @@ pub fn require_clusters() {
 
 /// Fails unless this process is root and every program of `tools` is installed.
 pub fn require_root_with(tools: &[&str]) {
-    // SAFETY: geteuid cannot fail.
     assert_eq!(
+        // SAFETY: geteuid cannot fail.
         unsafe { libc::geteuid() },
         0,
         "this test needs root (it is in the root tier: run it as root with --ignored)"
@@ -161,6 +164,7 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+/// The sha256 of a file's contents, in lowercase hex; panics if it cannot be read.
 pub fn sha256_file(path: &Path) -> String {
     let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut hasher = Sha256::new();
@@ -234,16 +238,19 @@ impl TestCluster {
         }
     }
 
+    /// How many compute nodes (`n1` ... `n<nodes>`).
     pub fn nodes(mut self, nodes: usize) -> Self {
         self.nodes = nodes;
         self
     }
 
+    /// `[cluster] degree`: children per node (1 = chain, 2 = binary tree).
     pub fn degree(mut self, degree: u32) -> Self {
         self.degree = degree;
         self
     }
 
+    /// `[snapshots] per_node`: VM disks per node.
     pub fn snapshots(mut self, per_node: u32) -> Self {
         self.snapshots = per_node;
         self
@@ -267,6 +274,7 @@ impl TestCluster {
         self
     }
 
+    /// `[cluster] connect_timeout_ms`: how long a node waits for its parent.
     pub fn connect_timeout_ms(mut self, ms: u64) -> Self {
         self.connect_timeout_ms = ms;
         self
@@ -366,14 +374,19 @@ pub fn write_image(path: &Path, size: u64, seed: &str) -> String {
 
 /// A cluster's spec, image and directories; runs `sftsan down` when dropped.
 pub struct Cluster {
+    /// The spec file the harness wrote, in the work directory.
     pub spec_path: PathBuf,
+    /// The spec as loaded from that file.
     pub spec: ClusterSpec,
+    /// The names sftsan gives the cluster's resources on the system.
     pub names: Names,
     /// `198.18.<n>.0/24`
     pub subnet: String,
     /// The base image (a raw file) and what it holds.
     pub image: PathBuf,
+    /// The base image's size in bytes.
     pub image_size: u64,
+    /// The sha256 of the base image's contents (lowercase hex).
     pub base_sha256: String,
     work: TempDir,
     cache: TempDir,
@@ -390,10 +403,12 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// The cluster's name, as in the spec.
     pub fn name(&self) -> &str {
         &self.spec.cluster.name
     }
 
+    /// The spec's `state_dir`, inside the work directory.
     pub fn state_dir(&self) -> &Path {
         self.names.state_dir()
     }
@@ -408,6 +423,7 @@ impl Cluster {
         self.work.path()
     }
 
+    /// The origin's name (`origin`).
     pub fn origin(&self) -> &str {
         &self.spec.origin.name
     }
@@ -427,6 +443,7 @@ impl Cluster {
         self.cli_env(args, &[])
     }
 
+    /// [`Self::cli`] with extra environment variables.
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let spec = self.spec_path.as_os_str();
         sftsan_env(args.iter().map(OsStr::new).chain([spec]), env)
@@ -439,6 +456,7 @@ impl Cluster {
         stderr(&out)
     }
 
+    /// `sftsan down`, which must succeed.
     pub fn down(&self) {
         let out = self.cli(&["down"]);
         assert!(
@@ -448,6 +466,7 @@ impl Cluster {
         );
     }
 
+    /// `sftsan status --json`, which must succeed, parsed.
     pub fn status_json(&self) -> Value {
         let out = self.cli(&["status", "--json"]);
         assert!(
@@ -468,6 +487,7 @@ impl Cluster {
             .clone()
     }
 
+    /// Where snapshot `index` (1-based) of `node` is on disk.
     pub fn snapshot_file(&self, node: &str, index: u32) -> PathBuf {
         self.names.snapshot_file(node, index)
     }

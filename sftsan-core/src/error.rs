@@ -46,55 +46,132 @@ impl ErrorKind {
 /// A failure, with what a caller needs to act on it and one line to show.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
+    /// Input breaks a rule; see [`ErrorKind::Invalid`].
     #[error("{field}: {problem}")]
-    Invalid { field: String, problem: String },
+    Invalid {
+        /// Where the bad value is: a spec field, an argument, a file line.
+        field: String,
+        /// What rule the value breaks.
+        problem: String,
+    },
+    /// Someone else holds it right now (a lock); see [`ErrorKind::Busy`].
     #[error("{}", joined(what, detail))]
-    Busy { what: String, detail: String },
+    Busy {
+        /// What is busy, e.g. `cluster demo`.
+        what: String,
+        /// Who holds it or why; may be empty.
+        detail: String,
+    },
+    /// What was named does not exist.
     #[error("{}", joined(what, detail))]
-    NotFound { what: String, detail: String },
+    NotFound {
+        /// What was looked for.
+        what: String,
+        /// Where it was looked for or why it is missing; may be empty.
+        detail: String,
+    },
+    /// A peer (parent node, daemon, portal) did not answer.
     #[error("{what} is unreachable: {detail}")]
-    Unreachable { what: String, detail: String },
+    Unreachable {
+        /// The peer that did not answer.
+        what: String,
+        /// How reaching it failed.
+        detail: String,
+    },
+    /// Something did not happen within its deadline.
     #[error("{}", joined(what, detail))]
-    Timeout { what: String, detail: String },
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long was waited or what was last seen; may be empty.
+        detail: String,
+    },
     /// A program exited with failure: its argv (secrets masked), exit status and the last
     /// line it wrote on stderr.
     #[error("{} failed ({status}){}", argv.first().map(String::as_str).unwrap_or("command"), tail(stderr))]
     Command {
+        /// The program and its arguments, with secrets masked.
         argv: Vec<String>,
+        /// How it ended, as displayed, e.g. `exit status: 22`.
         status: String,
+        /// The last line it wrote on stderr; may be empty.
         stderr: String,
     },
     /// A daemon's or library's refusal that is not a program's exit (QMP, libiscsi, dm).
     #[error("{}", joined(what, detail))]
-    Refused { what: String, detail: String },
+    Refused {
+        /// Who refused, and what was asked of it.
+        what: String,
+        /// The refusal's own message; may be empty.
+        detail: String,
+    },
+    /// A file or device could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or device.
         path: PathBuf,
+        /// The operating system's error, shared so that the error stays `Clone`.
         source: Arc<std::io::Error>,
     },
+    /// Stored state is damaged or belongs to something else.
     #[error("{}", joined(what, detail))]
-    Corrupt { what: String, detail: String },
+    Corrupt {
+        /// The damaged or foreign state, e.g. a journal or a cache file.
+        what: String,
+        /// What is wrong with it; may be empty.
+        detail: String,
+    },
+    /// Something exists in another shape than wanted.
     #[error("{}", joined(what, detail))]
-    Conflict { what: String, detail: String },
+    Conflict {
+        /// The thing found.
+        what: String,
+        /// How it differs from what was wanted; may be empty.
+        detail: String,
+    },
+    /// Others still depend on it, so it cannot be removed now.
     #[error("{}", joined(what, detail))]
-    InUse { what: String, detail: String },
+    InUse {
+        /// The thing that was to be removed.
+        what: String,
+        /// Who still depends on it; may be empty.
+        detail: String,
+    },
+    /// This host lacks what is needed (a kernel feature, a program).
     #[error("{}", joined(what, detail))]
-    Unsupported { what: String, detail: String },
+    Unsupported {
+        /// What is missing.
+        what: String,
+        /// Why it is needed or how to get it; may be empty.
+        detail: String,
+    },
     /// `source` with where it happened in front: `n1/daemon: create failed: ...`.
     #[error("{context}: {source}")]
-    Context { context: String, source: Box<Error> },
+    Context {
+        /// Where it happened, e.g. `n1/daemon`.
+        context: String,
+        /// The error that happened there.
+        source: Box<Error>,
+    },
     /// A step failed, and what the run had created was removed again (or not all of it).
     #[error(
         "{source}; rolled back what this run created{}",
         rollback_note(failures)
     )]
     RolledBack {
+        /// The step's failure.
         source: Box<Error>,
+        /// The removals that failed during rollback; empty when rollback was complete.
         failures: Vec<Error>,
     },
     /// Some of what should have been removed is still there.
     #[error("{what} incomplete: {}", join(failures))]
-    Incomplete { what: String, failures: Vec<Error> },
+    Incomplete {
+        /// What was being removed, e.g. `teardown`.
+        what: String,
+        /// One error per part that could not be removed.
+        failures: Vec<Error>,
+    },
 }
 
 fn rollback_note(failures: &[Error]) -> String {
@@ -177,6 +254,7 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is; context and rollback wrappers take their source's kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid { .. } => ErrorKind::Invalid,
@@ -213,6 +291,7 @@ impl Error {
 pub struct Rejection(pub String);
 
 impl Rejection {
+    /// A rejection saying `why` the value is not acceptable.
     pub fn new(why: impl Into<String>) -> Rejection {
         Rejection(why.into())
     }
@@ -228,7 +307,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Adds context to a result's error: `.context("n1/daemon")`.
 pub trait ResultExt<T> {
+    /// Puts `context` in front of the error, if any.
     fn context(self, context: impl Into<String>) -> Result<T>;
+    /// Puts the context that `context` builds in front of the error; built only on error.
     fn with_context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T>;
 }
 
@@ -244,6 +325,7 @@ impl<T> ResultExt<T> for Result<T> {
 
 /// Names the file of an I/O result's error: `fs::metadata(&p).at(&p)?`.
 pub trait IoContext<T> {
+    /// Turns an I/O error into an [`Error::Io`] about `path`.
     fn at(self, path: impl AsRef<std::path::Path>) -> Result<T>;
 }
 

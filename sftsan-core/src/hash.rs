@@ -18,12 +18,14 @@ impl Default for Fnv64 {
 }
 
 impl Fnv64 {
+    /// Feeds `bytes` into the hash.
     pub fn update(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(PRIME_64);
         }
     }
 
+    /// The hash of everything fed in so far.
     pub fn finish(self) -> u64 {
         self.0
     }

@@ -20,6 +20,7 @@ pub struct Names {
 }
 
 impl Names {
+    /// The names of the cluster `spec` describes.
     pub fn new(spec: &ClusterSpec) -> Names {
         Names {
             cluster: spec.cluster.name.clone(),
@@ -30,18 +31,22 @@ impl Names {
         }
     }
 
+    /// The cluster's name (`cluster.name`).
     pub fn cluster(&self) -> &str {
         &self.cluster
     }
 
+    /// The cluster's state directory (`cluster.state_dir`).
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }
 
+    /// The journal file: `<state_dir>/journal.json`.
     pub fn journal(&self) -> PathBuf {
         self.state_dir.join("journal.json")
     }
 
+    /// The file locked while an sftsan works on the cluster: `<state_dir>/lock`.
     pub fn lock(&self) -> PathBuf {
         self.state_dir.join("lock")
     }
@@ -59,16 +64,18 @@ impl Names {
         }
     }
 
+    /// A node's qcow2 cache file (userspace backend): `<image>.cache.qcow2` in its cache dir.
     pub fn cache_file(&self, node: &str) -> PathBuf {
         self.cache_dir(node)
             .join(format!("{}.cache.qcow2", self.image))
     }
 
+    /// Directory holding a node's VM disks: `<state_dir>/nodes/<node>/snapshots`.
     pub fn snapshot_dir(&self, node: &str) -> PathBuf {
         self.state_dir.join("nodes").join(node).join("snapshots")
     }
 
-    /// The VM disk of snapshot `index` (1-based, as sftsan's snp-<image>_<n>).
+    /// The VM disk of snapshot `index` (1-based, as sftsan's `snp-<image>_<n>`).
     pub fn snapshot_file(&self, node: &str, index: u32) -> PathBuf {
         self.snapshot_dir(node)
             .join(format!("{}-{index}.qcow2", self.image))
@@ -135,6 +142,7 @@ impl Names {
         self.tgt_control_port() + index as u16
     }
 
+    /// A node's network namespace in local mode: `sftsan-<cluster>-<node>`.
     pub fn netns(&self, node: &str) -> String {
         format!("{PREFIX}-{}-{node}", self.cluster)
     }

@@ -55,6 +55,7 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` is a new, open pidfd that nothing else owns or will close.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
@@ -77,6 +78,7 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
         if n > 0 {
             // Readable pidfd: the process has exited. If it is our child it may linger as a
             // zombie; reap it without blocking so it does not stay in the process table.
+            // SAFETY: waitpid with a null status pointer writes nothing; WNOHANG never blocks.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             return true;
         }

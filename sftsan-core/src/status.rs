@@ -10,10 +10,13 @@ use crate::plan::ResourceSpec;
 use crate::plan::{Plan, Role};
 use crate::resources::{Ctx, Observed, Tools};
 
+/// Whether a node's planned stack exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
+    /// Every resource of its stack exists.
     Up,
+    /// No resource of its stack exists.
     Down,
     /// Some of its stack exists: `up` completes it, `down` removes it.
     Partial,
@@ -21,31 +24,50 @@ pub enum NodeState {
     External,
 }
 
+/// One node as observed now.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
+    /// The node's name from the spec, e.g. `n1`.
     pub name: String,
+    /// Whether it is the origin or a compute node.
     pub role: Role,
+    /// The parent's node name; `None` for the origin.
     pub parent: Option<String>,
+    /// Depth below the origin (the origin is level 0).
     pub level: usize,
+    /// Whether its stack is up, down or partly there.
     pub state: NodeState,
+    /// How many resources of its planned stack exist.
     pub resources_present: usize,
+    /// How many resources its planned stack has.
     pub resources_planned: usize,
+    /// Bytes of the image held in its cache; the whole image on the origin.
     pub cache_fill_bytes: u64,
+    /// The image's size in bytes, to set `cache_fill_bytes` against.
     pub image_bytes: u64,
+    /// Bytes received from the parent on the current connections.
     pub upstream_bytes: u64,
+    /// Bytes sent from its export (to children and local VMs) on the current connections.
     pub served_bytes: u64,
+    /// How many of its planned qcow2 snapshots (VM disks) exist.
     pub snapshots: usize,
     /// Problems met while looking (a resource that could not be observed).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
+/// The whole cluster as observed now.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
+    /// The cluster's name (`cluster.name`).
     pub cluster: String,
+    /// The image's name (`image.name`).
     pub image: String,
+    /// The image's size in bytes.
     pub image_bytes: u64,
+    /// Children per node (`cluster.degree`).
     pub degree: usize,
+    /// Every node, origin first, in tree order.
     pub nodes: Vec<NodeStatus>,
 }
 

@@ -11,10 +11,14 @@ use crate::plan::ResourceSpec;
 use crate::resources::{Ctx, Tools};
 use crate::transport::run;
 
+/// The result of reading one node's snapshot back and comparing it with the image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
+    /// The node's name, e.g. `n1`.
     pub node: String,
+    /// Which snapshot was read (1-based index).
     pub snapshot: u32,
+    /// How long the comparison took, in seconds.
     pub seconds: f64,
     /// None when the snapshot reads back the image; otherwise what went wrong.
     pub error: Option<String>,

@@ -17,17 +17,22 @@ const ALLOCATED_AFTER_FORK: i32 = 99;
 
 struct ForkWatch;
 
+// SAFETY: every allocation and deallocation is passed on to `System` unchanged; the check
+// before it only reads an atomic and calls getpid, and may end a forked child.
 unsafe impl GlobalAlloc for ForkWatch {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let parent = PARENT.load(Ordering::Relaxed);
         // SAFETY: getpid and _exit are async-signal-safe and allocate nothing.
         if parent != 0 && unsafe { libc::getpid() } != parent {
+            // SAFETY: _exit ends the forked child at once, running no destructors.
             unsafe { libc::_exit(ALLOCATED_AFTER_FORK) };
         }
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`; it is passed on as is.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above, i.e. from `System`, with this `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -37,6 +42,7 @@ static ALLOCATOR: ForkWatch = ForkWatch;
 
 #[test]
 fn entering_a_missing_namespace_fails_without_allocating_after_fork() {
+    // SAFETY: getpid has no preconditions and cannot fail.
     PARENT.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     let transport = NetnsTransport::new("sftsan-test-no-such-namespace");
     let spawned = transport.command("true").spawn();

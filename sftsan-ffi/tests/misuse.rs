@@ -99,7 +99,7 @@ fn null_arguments_are_refused_by_name() {
     let mut out = sentinel();
     let mut ctx: *mut sftsan_ctx = 0x5a5a as *mut sftsan_ctx;
     let n1 = c"n1";
-    // SAFETY (all calls below): every non-NULL pointer is valid; NULLs are what is tested.
+    // SAFETY: for all calls below, every non-NULL pointer is valid; NULLs are what is tested.
     unsafe {
         expect(
             sftsan_ctx_open_file(ptr::null(), &mut ctx),
@@ -203,7 +203,7 @@ fn invalid_utf8_is_refused() {
     let bad_later = c"n1\xc3\x28";
     let mut out = sentinel();
     let mut ctx: *mut sftsan_ctx = ptr::null_mut();
-    // SAFETY (all calls below): valid pointers; the strings' bytes are what is tested.
+    // SAFETY: for all calls below, valid pointers; the strings' bytes are what is tested.
     unsafe {
         expect(
             sftsan_ctx_open_file(bad.as_ptr(), &mut ctx),
@@ -282,7 +282,7 @@ fn invalid_specs_name_the_problem() {
 fn calls_that_need_the_cluster_up_say_it_is_down() {
     let down = Down::open();
     let mut out = sentinel();
-    // SAFETY (all calls below): valid pointers.
+    // SAFETY: for all calls below, valid pointers.
     unsafe {
         expect(
             sftsan_snapshot_path(down.ctx, c"n1".as_ptr(), 1, &mut out),

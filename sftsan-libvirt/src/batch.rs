@@ -13,16 +13,23 @@ use crate::libvirt::{DomainState, Libvirt};
 use crate::vms::Vm;
 use crate::xml::VmMode;
 
+/// The operation a batch applies to each of its VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// Make each VM's snapshot and (re)define its domain; any failure rolls back the batch.
     Define,
+    /// Start stopped domains (snapshots made first), spaced by the batch's interval.
     Start,
+    /// Stop running domains; a stateless VM's snapshot is discarded.
     Destroy,
+    /// Stop and remove the domains; snapshots go too if asked or if stateless.
     Undefine,
+    /// Report each VM's domain state, snapshot and mode; changes nothing.
     List,
 }
 
 impl Op {
+    /// The operation's lowercase name, as in `sftsan vm <op>` and the report's summary.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Define => "define",
@@ -34,6 +41,7 @@ impl Op {
     }
 }
 
+/// How a batch runs: its concurrency, start spacing and snapshot removal.
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
     /// At most this many libvirt operations at once.
@@ -57,31 +65,46 @@ impl Default for BatchOptions {
 /// The libvirt pool of one node's snapshot directory.
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
+    /// The cluster the node belongs to.
     pub cluster: String,
+    /// The compute node whose snapshots the pool shows.
     pub node: String,
+    /// The libvirt pool's name (`sftsan-<cluster>-<node>-<image>`).
     pub name: String,
+    /// The node's snapshot directory, the pool's target.
     pub dir: PathBuf,
 }
 
+/// One VM's line of a batch's result table.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// The VM's domain name.
     pub vm: String,
+    /// The compute node its snapshot is on.
     pub node: String,
+    /// Its snapshot's index on that node.
     pub index: u32,
+    /// What the operation did to the VM, in words, or why it failed.
     pub outcome: Result<String>,
+    /// How long the VM's part of the operation took.
     pub elapsed: Duration,
 }
 
+/// The result of one batch: a row per VM, in the order they were given.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The operation the batch ran.
     pub op: Op,
+    /// One row per VM.
     pub rows: Vec<Row>,
     /// Batch-level events: pools, rollback.
     pub notes: Vec<String>,
+    /// Wall-clock time of the whole batch.
     pub elapsed: Duration,
 }
 
 impl Report {
+    /// How many VMs' operation failed.
     pub fn failures(&self) -> usize {
         self.rows.iter().filter(|r| r.outcome.is_err()).count()
     }
@@ -190,10 +213,13 @@ type Previous = Option<String>;
 
 /// A batch over one cluster's VMs.
 pub struct Batch<'a> {
+    /// The libvirt connection the domains are defined on.
     pub libvirt: &'a Libvirt,
+    /// Makes and removes the VMs' snapshots (the cluster's engine, in production).
     pub snapshots: &'a dyn Snapshots,
     /// The pools of the nodes the VMs are on.
     pub pools: Vec<PoolSpec>,
+    /// Concurrency, start interval and snapshot removal.
     pub options: BatchOptions,
 }
 
@@ -208,6 +234,8 @@ fn row(vm: &Vm, outcome: Result<String>, elapsed: Duration) -> Row {
 }
 
 impl Batch<'_> {
+    /// Applies `op` to every VM, then creates, refreshes or removes the nodes' pools
+    /// (not for `List`); failures are reported per VM, not returned.
     pub fn run(&self, op: Op, vms: &[Vm]) -> Report {
         let started = Instant::now();
         let mut notes = Vec::new();

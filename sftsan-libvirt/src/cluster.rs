@@ -21,13 +21,17 @@ pub trait Snapshots: Sync {
     fn ensure(&self, node: &str, index: u32) -> Result<PathBuf>;
     /// Removes it; returns whether there was one.
     fn remove(&self, node: &str, index: u32) -> Result<bool>;
+    /// Whether the snapshot is there now (no lock taken, nothing brought up).
     fn exists(&self, node: &str, index: u32) -> bool;
 }
 
 /// A loaded cluster: its spec, plan and engine.
 pub struct Cluster {
+    /// The validated spec.
     pub spec: ValidatedSpec,
+    /// The file the spec was loaded from, as given (errors name it).
     pub spec_path: PathBuf,
+    /// The engine over the real host, logging its progress through `tracing`.
     pub engine: Engine,
     names: Names,
 }
@@ -55,6 +59,7 @@ impl Cluster {
         })
     }
 
+    /// The cluster's plan: its nodes and their stacks.
     pub fn plan(&self) -> &Plan {
         self.engine.plan()
     }
@@ -66,6 +71,7 @@ impl Cluster {
             .map_err(|e| e.context(self.spec_path.display().to_string()))
     }
 
+    /// The names sftsan gives this cluster's resources on the host.
     pub fn names(&self) -> &Names {
         &self.names
     }

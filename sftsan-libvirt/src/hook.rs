@@ -25,10 +25,12 @@ use crate::xml::{DiskInfo, Domain, SftsanMeta, VmMode};
 /// environment, so the place is fixed).
 pub const LOG_FILE: &str = "/var/log/libvirt/sftsan-hook.log";
 
+/// What a hook call did, for the hook's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Not one of sftsan's domains, or an event sftsan has nothing to do for.
     Ignored,
+    /// The event was handled; the text says what happened to the snapshot.
     Done(String),
 }
 
@@ -55,7 +57,9 @@ pub fn tools() -> Tools {
 /// What the hook needs of a domain's XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The domain's sftsan metadata: cluster, node, snapshot, mode, spec.
     pub meta: SftsanMeta,
+    /// The domain's disks, to check it boots from the snapshot.
     pub disks: Vec<DiskInfo>,
 }
 

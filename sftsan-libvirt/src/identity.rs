@@ -42,6 +42,7 @@ impl NamePattern {
         Ok(NamePattern(pattern.into()))
     }
 
+    /// The domain name of one VM: the placeholders replaced by these values.
     pub fn expand(&self, cluster: &str, image: &str, node: &str, index: u32) -> String {
         self.0
             .replace("{cluster}", cluster)
@@ -50,6 +51,7 @@ impl NamePattern {
             .replace("{index}", &index.to_string())
     }
 
+    /// The pattern as written, placeholders unexpanded.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -50,14 +50,19 @@ fn is_missing(e: &virt::error::Error) -> bool {
     })
 }
 
+/// Whether a domain is defined and whether it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomainState {
+    /// No domain by that name.
     Undefined,
+    /// Defined but not active.
     Stopped,
+    /// Active.
     Running,
 }
 
 impl DomainState {
+    /// The state in words, as `virsh` puts it.
     pub fn as_str(self) -> &'static str {
         match self {
             DomainState::Undefined => "undefined",
@@ -74,6 +79,7 @@ pub struct Libvirt {
 }
 
 impl Libvirt {
+    /// Connects to `uri` and turns off libvirt's printing of errors to stderr.
     pub fn open(uri: &str) -> Result<Libvirt> {
         static QUIET: Once = Once::new();
         // Without this libvirt prints every error to stderr as well.
@@ -85,6 +91,7 @@ impl Libvirt {
         })
     }
 
+    /// The URI this connection was opened with.
     pub fn uri(&self) -> &str {
         &self.uri
     }
@@ -102,6 +109,7 @@ impl Libvirt {
             .ok_or_else(|| Error::not_found(name, "not defined (run `sftsan vm define` first)"))
     }
 
+    /// The state of the domain named `name` (`Undefined` if there is none).
     pub fn state(&self, name: &str) -> Result<DomainState> {
         match self.lookup(name)? {
             None => Ok(DomainState::Undefined),
@@ -143,6 +151,7 @@ impl Libvirt {
         self.get(name)?.xml_desc(INACTIVE).map_err(|e| lv(name, e))
     }
 
+    /// Starts a defined domain.
     pub fn start(&self, name: &str) -> Result<()> {
         self.get(name)?
             .create()
@@ -173,6 +182,7 @@ impl Libvirt {
         })
     }
 
+    /// Removes a domain's persistent definition.
     pub fn undefine(&self, name: &str) -> Result<()> {
         self.get(name)?
             .undefine()

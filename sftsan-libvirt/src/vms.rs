@@ -13,7 +13,9 @@ use crate::xml::{Domain, SftsanMeta, VmDisk, VmMode};
 /// What the operator chose for a batch.
 #[derive(Debug, Clone)]
 pub struct VmSettings {
+    /// How the VMs' domains are named.
     pub name_pattern: NamePattern,
+    /// Whether the VMs keep their snapshots across stop and start.
     pub mode: VmMode,
     /// The user's template; `None`: [`default_template`].
     pub template: Option<Domain>,
@@ -38,11 +40,17 @@ impl Default for VmSettings {
 /// One VM: a snapshot of a node and the domain that boots from it.
 #[derive(Debug, Clone)]
 pub struct Vm {
+    /// The domain's name, from the name pattern.
     pub name: String,
+    /// The compute node the snapshot is on.
     pub node: String,
+    /// The snapshot's index on that node (from 1).
     pub index: u32,
+    /// The domain's UUID, derived from (cluster, node, index).
     pub uuid: String,
+    /// The disk the domain boots from: a qcow2 overlay, or the kernel backend's dm device.
     pub snapshot: PathBuf,
+    /// The domain as it is defined.
     pub domain: Domain,
 }
 
@@ -72,7 +80,7 @@ const DEFAULT_TEMPLATE: &str = "\
 </domain>
 ";
 
-/// The built-in template (see [`DEFAULT_TEMPLATE`]).
+/// The built-in template (`DEFAULT_TEMPLATE`).
 pub fn default_template() -> Domain {
     Domain::from_xml(DEFAULT_TEMPLATE).expect("the built-in template is a domain")
 }

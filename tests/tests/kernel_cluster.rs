@@ -51,6 +51,7 @@ fn a_tree_with_dm_clone_and_thin_volumes() {
 fn up_on_a_kernel_without_the_features_names_them_and_makes_nothing() {
     let c = cluster("kc-missing", "dm-thin", "lio", "dm-clone");
     let missing = probe::missing(&c.features);
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if missing.is_empty() || unsafe { libc::geteuid() } != 0 {
         return; // the tier's kernel has everything: the cluster tests above cover it
     }

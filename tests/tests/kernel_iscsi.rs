@@ -642,6 +642,7 @@ struct Udevd(std::process::Child);
 
 impl Drop for Udevd {
     fn drop(&mut self) {
+        // SAFETY: kill(2) takes no pointers; the pid is of our own child, not yet reaped.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
         let _ = fs::remove_dir_all("/run/udev");

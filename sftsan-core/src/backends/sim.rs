@@ -12,16 +12,22 @@ use crate::resources::{Backend, Item, Observed, Params};
 /// What the simulation did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// The item of this id was created.
     Create(String),
+    /// The item of this id was made again after it was lost.
     Revive(String),
+    /// The item of this id was torn down (logged only when it existed).
     Teardown(String),
 }
 
 /// A made item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimObject {
+    /// The item's kind, as journaled (`daemon`, `dm-cache`, ...).
     pub kind: &'static str,
+    /// The node it belongs to; `None` for the cluster's own resources.
     pub node: Option<String>,
+    /// The resource's desired parameters when it was made; observing returns them.
     pub params: Params,
 }
 
@@ -35,12 +41,14 @@ struct State {
     fail_preflight: Option<String>,
 }
 
+/// The simulated host: made items live in memory, and faults can be injected.
 #[derive(Debug, Default)]
 pub struct SimBackend {
     state: Mutex<State>,
 }
 
 impl SimBackend {
+    /// An empty simulation: nothing made, no faults.
     pub fn new() -> SimBackend {
         SimBackend::default()
     }
@@ -67,6 +75,7 @@ impl SimBackend {
         self.state().fail_preflight = Some(why.into());
     }
 
+    /// Removes every injected fault (failing create, crash, refused preflight).
     pub fn clear_faults(&self) {
         let mut s = self.state();
         s.fail_create = None;
@@ -85,6 +94,7 @@ impl SimBackend {
         self.state().objects.keys().cloned().collect()
     }
 
+    /// The object of this id, if it exists.
     pub fn object(&self, id: &str) -> Option<SimObject> {
         self.state().objects.get(id).cloned()
     }

@@ -9,11 +9,13 @@ use crate::backends::kernel::{initiator, probe};
 use crate::error::{Error, Result};
 use crate::resources::{Backend, Ctx, Item, Observed, Params, Tools};
 
+/// The real host as the engine's backend: each item's own resource code makes it.
 pub struct SystemBackend {
     tools: Arc<Tools>,
 }
 
 impl SystemBackend {
+    /// A backend whose resources run the external programs in `tools`.
     pub fn new(tools: Tools) -> SystemBackend {
         SystemBackend {
             tools: Arc::new(tools),

@@ -20,14 +20,22 @@ const TGTD_RUN_DIR: &str = "/var/run/tgtd";
 const TID: &str = "1";
 const LUN: &str = "1";
 
+/// A private tgtd exporting one file or dm device read-only as LUN 1 of one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginTarget {
+    /// Name of the node (from the spec) tgtd runs on.
     pub node: String,
+    /// The node's runtime directory, holding tgtd's pid file (`tgtd.pid`).
     pub run_dir: PathBuf,
+    /// Address the iSCSI portal listens on.
     pub address: IpAddr,
+    /// TCP port of the iSCSI portal (e.g. 3260).
     pub port: u16,
+    /// tgtd's management port, private to this tgtd so several can run side by side.
     pub control_port: u16,
+    /// The target's IQN.
     pub iqn: String,
+    /// The file exported (the image); unused when `source_dm` is set.
     pub source: PathBuf,
     /// Initiator names allowed to log in (the origin's children).
     pub initiators: Vec<String>,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use crate::error::{Error, IoContext, Result};
 use crate::names::Names;
 
+/// The held lock on a cluster's state directory; released when dropped.
 pub struct StateLock {
     file: File,
     path: PathBuf,

@@ -23,8 +23,10 @@ use crate::transport::TransportSpec;
 /// first resource of that kind, before journaling it as created: the crash tests use it.
 pub const KILL_AFTER_ENV: &str = "SFTSAN_TEST_KILL_AFTER";
 
+/// What the engine did with one resource, as reported in an [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Was absent and has been made.
     Created,
     /// Already there with the same parameters.
     Unchanged,
@@ -33,9 +35,11 @@ pub enum Action {
     /// The journal says it was made, but its kernel objects were gone (a reboot): made
     /// again over what its stores kept.
     Revived,
+    /// Was there and has been torn down.
     Removed,
     /// Teardown found nothing to remove.
     Absent,
+    /// The step failed; the run's error says why.
     Failed,
 }
 
@@ -51,6 +55,7 @@ impl Action {
         Action::Failed,
     ];
 
+    /// The word progress output shows, e.g. `created`; `FAILED` in capitals to stand out.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Created => "created",
@@ -67,12 +72,17 @@ impl Action {
 /// Progress, reported as it happens.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// The resource's id, e.g. `n1/daemon` or `n1/snapshot/2`.
     pub id: String,
+    /// What was done with it.
     pub action: Action,
+    /// How long the step took.
     pub elapsed: Duration,
+    /// Whether the step undoes what a failed run created.
     pub rollback: bool,
 }
 
+/// The callback the engine reports every [`Event`] to; called from worker threads.
 pub type Progress = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// The engine's failures are sftsan's [`Error`]s.
@@ -96,10 +106,14 @@ fn not_compute_node(node: &str) -> Error {
     )
 }
 
+/// How many resources a run changed.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Resources made: created, recreated or revived.
     pub created: usize,
+    /// Resources found already there with the planned parameters.
     pub unchanged: usize,
+    /// Resources torn down (ones already gone are not counted).
     pub removed: usize,
 }
 
@@ -291,6 +305,8 @@ fn bounded<T: Sync>(
     first_error.map_or(Ok(()), Err)
 }
 
+/// Applies a plan through a backend: brings the cluster up, adds and removes nodes and
+/// VM disks, and tears it all down again, journaling every step.
 pub struct Engine {
     plan: Plan,
     names: Names,
@@ -309,6 +325,7 @@ impl Engine {
         }
     }
 
+    /// The plan this engine applies.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

@@ -7,8 +7,10 @@ use super::{disable_ipv6, ip, link_exists};
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// The Linux bridge every node namespace's veth is attached to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bridge {
+    /// The bridge's interface name (at most 15 bytes), e.g. `sft1a2b3cbr`.
     pub name: String,
 }
 

@@ -12,14 +12,22 @@ use crate::names::NETNS_IFACE;
 use crate::resources::{Ctx, Observed, Params, Resource};
 use crate::transport::NetnsTransport;
 
+/// A node's network namespace, joined to the cluster bridge by a veth pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
+    /// Name of the node (from the spec) that lives in the namespace.
     pub node: String,
+    /// The namespace's name, e.g. `sftsan-demo-n1` (`/var/run/netns/<netns>`).
     pub netns: String,
+    /// The node's address, given to `eth0` inside the namespace, e.g. `10.0.0.2`.
     pub address: Ipv4Addr,
+    /// Prefix length of the cluster subnet (`local.subnet`), e.g. `24`.
     pub prefix_len: u8,
+    /// Name of the veth end that stays in the root namespace, on the bridge.
     pub veth_host: String,
+    /// Name of the veth end moved into the namespace, before it is renamed `eth0`.
     pub veth_peer: String,
+    /// Name of the cluster bridge the host end is attached to.
     pub bridge: String,
     /// Both directions of the node's link limited to this rate (`local.link_mbit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

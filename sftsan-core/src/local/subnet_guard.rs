@@ -6,8 +6,11 @@ use super::{ip, ip_json};
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// An `unreachable` route for the cluster subnet in the root namespace, so the cluster's
+/// traffic never leaves through the host's own routes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetGuard {
+    /// The cluster subnet (`local.subnet`), e.g. `10.0.0.0/24`.
     pub subnet: ipnet::Ipv4Net,
 }
 

@@ -17,37 +17,55 @@ use crate::spec::{Backend, ClusterSpec, Mode, OriginProtocol, SnapshotKind, Vali
 use crate::topology::Tree;
 use crate::transport::TransportSpec;
 
+/// What a node is in the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// The tree's root, which serves the image itself.
     Origin,
+    /// A compute node: caches the image from its parent and serves it on.
     Node,
 }
 
+/// One node of the plan: its place in the tree and the resources that make it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodePlan {
+    /// The node's name from the spec, e.g. `n1`.
     pub name: String,
     /// Position in the tree (the origin is 1).
     pub index: usize,
+    /// Whether the node is the origin or a compute node.
     pub role: Role,
+    /// The parent's node name; `None` for the origin.
     pub parent: Option<String>,
+    /// Depth below the origin (the origin is level 0).
     pub level: usize,
+    /// The node's IP address from the spec.
     pub address: IpAddr,
+    /// Where the node's commands run: the host or the node's network namespace.
     pub transport: TransportSpec,
+    /// The node's resources in creation order (empty for an origin someone else runs).
     pub stack: Vec<ResourceSpec>,
 }
 
+/// The whole plan: every resource the cluster needs, node by node, computed from a spec.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The cluster's name (`cluster.name`).
     pub cluster: String,
+    /// The image's name (`image.name`), also the name of every export.
     pub image: String,
+    /// The image's size in bytes, as measured during validation.
     pub image_size: u64,
+    /// Children per node (`cluster.degree`).
     pub degree: usize,
+    /// How many nodes of one tree level are set up at once (`cluster.parallelism`).
     pub parallelism: usize,
     /// Resources shared by the whole cluster (local mode's guard route and bridge).
     pub cluster_stack: Vec<ResourceSpec>,
     /// Indexed by tree position - 1: the origin first.
     pub nodes: Vec<NodePlan>,
+    /// The distribution tree the nodes are placed in.
     #[serde(skip)]
     pub tree: Tree,
     #[serde(skip)]
@@ -55,11 +73,14 @@ pub struct Plan {
     /// Where each compute node of the kernel backend keeps its stores.
     #[serde(skip)]
     stores: std::collections::BTreeMap<String, kernel::Stores>,
+    /// The storage stack the nodes are built from (`cluster.backend`).
     pub backend: Backend,
+    /// How VM disks are made (`snapshots.kind`).
     pub snapshot_kind: SnapshotKind,
 }
 
 impl Plan {
+    /// The plan of the node called `name` (the origin included), if there is one.
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
     }

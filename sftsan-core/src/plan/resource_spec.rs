@@ -23,30 +23,52 @@ use crate::resources::Resource;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ResourceSpec {
+    /// Local mode: an `unreachable` route for the subnet that guards the root namespace.
     SubnetGuard(SubnetGuard),
+    /// Local mode: the bridge every node's veth is attached to.
     Bridge(Bridge),
+    /// Local mode: a node's network namespace with its veth and address.
     Namespace(Namespace),
+    /// Userspace: a node's qemu-storage-daemon (QMP monitor and NBD server).
     Daemon(Daemon),
+    /// Userspace: the origin's read-only NBD export of the image.
     OriginExport(OriginExport),
+    /// A private tgtd serving one read-only iSCSI LUN (an iSCSI origin, or a `tgt` relay).
     OriginTarget(OriginTarget),
+    /// Userspace: a node's read-only attachment to its parent's export.
     Upstream(Upstream),
+    /// Userspace: a node's qcow2 cache, filled by copy-on-read from the upstream.
     Cache(Cache),
+    /// Userspace: a node's NBD export of its cached image, for children and VMs.
     RelayExport(RelayExport),
+    /// Userspace: the keeper process that flushes a node's cache so fetched blocks survive a crash.
     Keeper(Keeper),
+    /// Userspace: a VM disk, a qcow2 overlay backed by the node's relay export.
     Snapshot(Snapshot),
+    /// Kernel: an open-iscsi session from a node to its parent's target.
     IscsiSession(IscsiSession),
+    /// Kernel: a file attached to a loop device, as one of a node's stores.
     LoopFile(LoopFile),
+    /// Kernel: a block device from the spec, taken over as one of a node's stores.
     BlockStore(BlockStore),
+    /// Kernel: dm-cache keeping a node's reads of the upstream disk on a local store.
     DmCache(DmCache),
+    /// Kernel: dm-clone copying the whole image from the upstream disk to a local store.
     DmClone(DmClone),
+    /// Kernel: a dm-linear view of another device (e.g. the cache, for LIO to export).
     DmLinear(DmLinear),
+    /// Kernel: an iSCSI target in LIO that serves a node's image to its children.
     LioTarget(LioTarget),
+    /// Kernel: a VM disk as a persistent dm-snapshot with its own COW store.
     DmSnapshot(DmSnapshot),
+    /// Kernel: a node's thin pool that holds its VMs' thin volumes.
     ThinPool(ThinPool),
+    /// Kernel: a VM disk as a thin volume over the cached image as external origin.
     ThinVolume(ThinVolume),
 }
 
 impl ResourceSpec {
+    /// The resource itself, for the engine to observe, create, revive or tear down.
     pub fn as_resource(&self) -> &dyn Resource {
         match self {
             ResourceSpec::SubnetGuard(r) => r,

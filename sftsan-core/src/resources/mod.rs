@@ -13,9 +13,12 @@ use crate::transport::{Transport, TransportSpec};
 /// The parameters that identify a resource, as (name, value) pairs in a fixed order.
 pub type Params = Vec<(&'static str, String)>;
 
+/// What `observe` found of a resource on the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
+    /// Nothing of it exists.
     Absent,
+    /// It exists and works, with these parameters (compared with [`Resource::desired`]).
     Present(Params),
     /// Some of it exists, but not in a state that can be used or adopted.
     Partial(String),
@@ -26,8 +29,11 @@ pub use crate::error::{Error, Result};
 /// External programs resources run, resolved once.
 #[derive(Debug, Clone)]
 pub struct Tools {
+    /// `qemu-storage-daemon`, which runs a node's userspace storage stack.
     pub storage_daemon: PathBuf,
+    /// `qemu-img`, which makes and inspects qcow2 files.
     pub qemu_img: PathBuf,
+    /// iproute2's `ip`, which sets up local mode's namespaces, links and routes.
     pub ip: PathBuf,
     /// iproute2's `tc`, which shapes local-mode links (`local.link_mbit`).
     pub tc: PathBuf,
@@ -57,6 +63,7 @@ impl Tools {
         }
     }
 
+    /// A tool's path as an argv word; empty if it is not valid UTF-8.
     pub fn program(path: &std::path::Path) -> &str {
         path.to_str().unwrap_or("")
     }
@@ -65,15 +72,22 @@ impl Tools {
 /// What a resource operation needs: where its node's commands run, and which programs.
 #[derive(Clone, Debug)]
 pub struct Ctx {
+    /// Where the node's commands run (the host or the node's network namespace).
     pub transport: Arc<dyn Transport>,
+    /// The external programs to run.
     pub tools: Arc<Tools>,
 }
 
+/// Something sftsan makes on a system (a daemon, an export, a dm device, a namespace),
+/// with the parameters it was planned with.
 pub trait Resource {
     /// The parameters this resource is asked to have.
     fn desired(&self) -> Params;
+    /// Finds out whether the resource exists, and with which parameters.
     fn observe(&self, ctx: &Ctx) -> Result<Observed>;
+    /// Makes the resource, once `observe` found it absent (or partial and torn down).
     fn create(&self, ctx: &Ctx) -> Result<()>;
+    /// Removes the resource, or whatever part of it exists; nothing to do when it is absent.
     fn teardown(&self, ctx: &Ctx) -> Result<()>;
 
     /// Makes again a resource the journal says was made but whose system objects are gone
@@ -105,6 +119,7 @@ pub struct Item<'a> {
     pub node: Option<&'a str>,
     /// Where its commands run.
     pub transport: &'a TransportSpec,
+    /// The resource itself, with its planned parameters.
     pub resource: &'a dyn Resource,
 }
 
@@ -112,11 +127,14 @@ pub struct Item<'a> {
 /// simulation for testing the engine. The engine decides order, journaling and rollback;
 /// a backend only makes, observes and removes one item at a time.
 pub trait Backend: Send + Sync {
+    /// Finds out whether `item` exists, and with which parameters.
     fn observe(&self, item: &Item) -> Result<Observed>;
+    /// Makes `item`, which `observe` found absent (or partial and torn down).
     fn create(&self, item: &Item) -> Result<()>;
     /// Makes again what the journal says was made but is gone (a reboot), over what its
     /// stores kept.
     fn revive(&self, item: &Item) -> Result<()>;
+    /// Removes `item`, or whatever part of it exists; nothing to do when it is absent.
     fn teardown(&self, item: &Item) -> Result<()>;
     /// Facts of a made item worth journaling (pids, sockets).
     fn runtime(&self, item: &Item) -> Params;

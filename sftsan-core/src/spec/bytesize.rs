@@ -5,10 +5,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
+/// A size in bytes, read from a plain number or a string with a binary unit (`"256MiB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// The size in bytes.
     pub fn bytes(self) -> u64 {
         self.0
     }

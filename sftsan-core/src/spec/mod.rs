@@ -23,7 +23,9 @@ pub const DEFAULT_PORT: u16 = 10809;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
 pub struct SpecError {
+    /// Where the problem is: a field path such as `nodes[1].address`, or `spec line 7`.
     pub field: String,
+    /// What is wrong there, in one line.
     pub problem: String,
 }
 
@@ -34,6 +36,7 @@ impl From<SpecError> for crate::error::Error {
 }
 
 impl SpecError {
+    /// A failure of `field`, saying what the `problem` is.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         SpecError {
             field: field.into(),
@@ -42,15 +45,22 @@ impl SpecError {
     }
 }
 
+/// A whole cluster spec file, as parsed (not yet validated).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
+    /// `[cluster]`: name, state directory, backend, mode and tree shape.
     pub cluster: ClusterSection,
+    /// `[image]`: the image to distribute.
     pub image: ImageSpec,
+    /// `[origin]`: the node that serves the image to the tree's first level.
     pub origin: OriginSpec,
+    /// `[[nodes]]`: the nodes that receive the image; their order sets their place in the tree.
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    /// `[cache]`: where and how large each node's image cache is.
     pub cache: CacheSpec,
+    /// `[snapshots]`: the VM disks every node gets on top of its cache.
     pub snapshots: SnapshotSpec,
     /// Present when `cluster.mode = "local"`: every node is a network namespace on a bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +70,7 @@ pub struct ClusterSpec {
     pub kernel: Option<KernelSpec>,
 }
 
+/// The `[cluster]` section: settings that apply to the whole cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -67,8 +78,10 @@ pub struct ClusterSection {
     pub name: String,
     /// Journal, daemon sockets, pid files and (by default) caches and snapshots live here.
     pub state_dir: PathBuf,
+    /// Which storage stack every node runs; default `userspace`.
     #[serde(default)]
     pub backend: Backend,
+    /// Where the nodes run: this host's namespace (default) or local network namespaces.
     #[serde(default)]
     pub mode: Mode,
     /// Children per node: 1 = chain, 2 = binary tree, >= nodes = star.
@@ -84,6 +97,7 @@ pub struct ClusterSection {
     pub connect_timeout_ms: u64,
 }
 
+/// The storage stack a cluster's nodes are built from (`cluster.backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
@@ -94,6 +108,7 @@ pub enum Backend {
     Kernel,
 }
 
+/// Where a cluster's nodes run (`cluster.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -104,9 +119,11 @@ pub enum Mode {
     Host,
 }
 
+/// The `[image]` section: the image the cluster distributes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
+    /// Short name of the image; names its exports, caches and snapshot files.
     pub name: String,
     /// A raw image file or block device on the origin.
     pub source: PathBuf,
@@ -115,11 +132,14 @@ pub struct ImageSpec {
     pub size: Option<ByteSize>,
 }
 
+/// The `[origin]` section: the tree's root, which serves the image itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginSpec {
+    /// The origin's node name; default `origin`.
     #[serde(default = "default_origin_name")]
     pub name: String,
+    /// IP address the origin serves the image on, e.g. `10.0.0.1`.
     pub address: IpAddr,
     /// false: the image server is run by someone else at address:port, export = image name.
     #[serde(default = "default_true")]
@@ -139,6 +159,7 @@ pub struct OriginSpec {
     pub iscsi_control_port: Option<u16>,
 }
 
+/// The protocol the origin serves the image with (`origin.protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OriginProtocol {
@@ -149,10 +170,13 @@ pub enum OriginProtocol {
     Iscsi,
 }
 
+/// One `[[nodes]]` entry: a machine (or namespace) that receives the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
+    /// The node's name, unique in the cluster, e.g. `n1`.
     pub name: String,
+    /// IP address the node's export listens on, e.g. `10.0.0.2`; unique in the cluster.
     pub address: IpAddr,
     /// Block devices the kernel backend keeps this node's stores on, instead of
     /// loop-backed files in the cache directory.
@@ -185,6 +209,7 @@ pub struct NodeDevices {
 }
 
 impl NodeDevices {
+    /// Whether no device is named, so every store is a loop-backed file.
     pub fn is_empty(&self) -> bool {
         self.named().is_empty()
     }
@@ -212,6 +237,7 @@ impl NodeDevices {
     }
 }
 
+/// The `[cache]` section: every node's local copy of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
@@ -225,14 +251,18 @@ pub struct CacheSpec {
     pub flush_interval_ms: u64,
 }
 
+/// The `[snapshots]` section: the writable VM disks made on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSpec {
+    /// How many VM disks (snapshots of the image) each node gets, numbered from 1.
     pub per_node: u32,
+    /// How those disks are made; must suit `cluster.backend`. Default `qcow2`.
     #[serde(default)]
     pub kind: SnapshotKind,
 }
 
+/// How a node's VM disks are made (`snapshots.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SnapshotKind {
@@ -245,11 +275,14 @@ pub enum SnapshotKind {
     DmThin,
 }
 
+/// The `[kernel]` section: settings of the kernel backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelSpec {
+    /// The device-mapper target that caches the image on every node; default `dm-cache`.
     #[serde(default)]
     pub cache: KernelCache,
+    /// The iSCSI target every node serves its children with; default `lio`.
     #[serde(default)]
     pub relay: RelayTarget,
     /// iSCSI portal port of every node's target.
@@ -257,12 +290,14 @@ pub struct KernelSpec {
     pub iscsi_port: u16,
     /// CHAP credentials children log in with; every target requires them.
     pub chap_user: String,
+    /// CHAP password that goes with `chap_user`: 12 to 255 printable characters.
     pub chap_secret: String,
     /// Let any initiator log in (no ACLs). Off unless asked for: never for production.
     #[serde(default)]
     pub open_access: bool,
 }
 
+/// The device-mapper target that holds a node's copy of the image (`kernel.cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelCache {
@@ -274,6 +309,7 @@ pub enum KernelCache {
     DmClone,
 }
 
+/// The iSCSI target that serves a node's image to its children (`kernel.relay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RelayTarget {
@@ -284,6 +320,7 @@ pub enum RelayTarget {
     Tgt,
 }
 
+/// The `[local]` section: the emulated network of local mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalSpec {
@@ -339,6 +376,7 @@ impl ClusterSpec {
         Self::from_toml(&text)
     }
 
+    /// The spec as TOML text, which [`ClusterSpec::from_toml`] reads back.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a spec always serializes")
     }

@@ -32,6 +32,7 @@ pub struct ValidatedSpec {
 }
 
 impl ValidatedSpec {
+    /// The spec that passed validation.
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
     }
@@ -41,6 +42,7 @@ impl ValidatedSpec {
         self.image_size
     }
 
+    /// The spec that passed validation, dropping what was learned while validating.
     pub fn into_spec(self) -> ClusterSpec {
         self.spec
     }

@@ -6,6 +6,8 @@ use serde::Serialize;
 /// Position of a node in the tree; 1 is the origin.
 pub type NodeIndex = usize;
 
+/// The distribution tree: every node's parent and level, by position (origin 1, then the
+/// nodes in spec order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tree {
     degree: usize,
@@ -32,6 +34,7 @@ impl Tree {
         }
     }
 
+    /// Most children a node has (`cluster.degree`).
     pub fn degree(&self) -> usize {
         self.degree
     }
@@ -41,6 +44,7 @@ impl Tree {
         self.parents.len() - 1
     }
 
+    /// Whether the tree has no nodes; never true, as the origin is always in it.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -55,6 +59,7 @@ impl Tree {
         self.levels[node]
     }
 
+    /// The nodes whose parent is `node`, in spec order.
     pub fn children(&self, node: NodeIndex) -> Vec<NodeIndex> {
         (2..=self.len())
             .filter(|&c| self.parents[c] == node)

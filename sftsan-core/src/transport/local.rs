@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+/// Runs commands directly, in this process's own namespaces.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalTransport;
 

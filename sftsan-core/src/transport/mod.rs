@@ -32,11 +32,17 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum TransportSpec {
+    /// Commands run in this process's own namespaces ([`LocalTransport`]).
     Local,
-    Netns { name: String },
+    /// Commands run in a named network namespace ([`NetnsTransport`]).
+    Netns {
+        /// The namespace's name under `/var/run/netns`, e.g. `sftsan-demo-n3`.
+        name: String,
+    },
 }
 
 impl TransportSpec {
+    /// The transport this spec describes, ready to run commands.
     pub fn open(&self) -> Arc<dyn Transport> {
         match self {
             TransportSpec::Local => Arc::new(LocalTransport),

@@ -11,16 +11,19 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+/// Runs commands inside the network namespace `/var/run/netns/<name>`.
 #[derive(Debug, Clone)]
 pub struct NetnsTransport {
     name: String,
 }
 
 impl NetnsTransport {
+    /// A transport into the network namespace called `name` (which need not exist yet).
     pub fn new(name: &str) -> Self {
         NetnsTransport { name: name.into() }
     }
 
+    /// The bind mount that holds namespace `name`: `/var/run/netns/<name>`.
     pub fn path(name: &str) -> PathBuf {
         PathBuf::from("/var/run/netns").join(name)
     }

@@ -1,5 +1,5 @@
 //! libvirt domain XML, kept whole: a template or libvirt's own XML is read into a lossless
-//! tree ([`tree`]), sftsan changes only what it owns (name, UUID, MACs, the boot disk, its
+//! tree (`tree`), sftsan changes only what it owns (name, UUID, MACs, the boot disk, its
 //! own `<metadata>` element), and every other element, attribute, namespace, comment and
 //! text comes back out as it was.
 
@@ -17,6 +17,7 @@ pub const DEFAULT_DISK_TARGET: &str = "vda";
 /// Why a domain's XML cannot be read or used; one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XmlError {
+    /// Not well-formed XML (or nested too deep).
     #[error("{0}")]
     Parse(#[from] ParseError),
     /// Well-formed XML that is not a domain sftsan can work with.
@@ -39,6 +40,7 @@ pub enum VmMode {
 }
 
 impl VmMode {
+    /// The mode's name, as in the metadata's `mode` attribute and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             VmMode::Persistent => "persistent",
@@ -64,11 +66,15 @@ impl std::str::FromStr for VmMode {
 /// needs to serve the domain without asking libvirt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SftsanMeta {
+    /// The cluster the VM belongs to.
     pub cluster: String,
+    /// The cluster's image the snapshot is of.
     pub image: String,
+    /// The compute node the snapshot is on.
     pub node: String,
     /// The snapshot's index on its node (1-based).
     pub snapshot: u32,
+    /// Whether the snapshot outlives a stop.
     pub mode: VmMode,
     /// The cluster spec (absolute path).
     pub spec: String,
@@ -122,7 +128,9 @@ pub struct DiskInfo {
     pub device: String,
     /// `source file=` or `source dev=` (the path of a file or block disk).
     pub path: Option<String>,
+    /// `target dev=`: the device name the guest sees (`vda`, `sda`, ...).
     pub target: Option<String>,
+    /// `target bus=`: `virtio`, `sata`, `scsi`, ...
     pub bus: Option<String>,
     /// The driver's `type`: `raw`, `qcow2`, ...
     pub format: Option<String>,
@@ -131,12 +139,15 @@ pub struct DiskInfo {
 /// The disk sftsan gives a VM: its snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDisk {
+    /// The snapshot's path, as the disk's source.
     pub path: String,
     /// A block device (the kernel backend's dm snapshot, raw) rather than a qcow2 file.
     pub block: bool,
 }
 
 impl VmDisk {
+    /// The disk for a snapshot at `path`: a block device if it is under `/dev`, else a
+    /// qcow2 file.
     pub fn for_path(path: &std::path::Path) -> VmDisk {
         VmDisk {
             path: path.display().to_string(),
@@ -219,10 +230,12 @@ impl Domain {
         &self.doc.root
     }
 
+    /// The `<domain type=...>` attribute: `qemu`, `kvm`, ...
     pub fn kind(&self) -> &str {
         self.doc.root.attr("type").unwrap_or_default()
     }
 
+    /// The `<name>` text, trimmed; empty if there is none.
     pub fn name(&self) -> String {
         self.doc
             .root
@@ -231,6 +244,7 @@ impl Domain {
             .unwrap_or_default()
     }
 
+    /// Sets `<name>`, adding it as the first child if missing.
     pub fn set_name(&mut self, name: &str) {
         let root = &mut self.doc.root;
         if root.child("name").is_none() {
@@ -239,11 +253,13 @@ impl Domain {
         root.ensure_child("name").set_text(name);
     }
 
+    /// The `<uuid>` text, trimmed, if the domain has one.
     pub fn uuid(&self) -> Option<String> {
         let uuid = self.doc.root.child("uuid")?;
         Some(uuid.text().trim().to_string())
     }
 
+    /// Sets `<uuid>`, adding it after `<name>` if missing.
     pub fn set_uuid(&mut self, uuid: &str) {
         let root = &mut self.doc.root;
         if root.child("uuid").is_none() {
@@ -316,6 +332,7 @@ impl Domain {
         memory.set_text(&mib.to_string());
     }
 
+    /// Every `<disk>` under `<devices>`, in document order.
     pub fn disks(&self) -> Vec<DiskInfo> {
         let Some(devices) = self.doc.root.child("devices") else {
             return vec![];

@@ -15,7 +15,9 @@ pub const MAX_DEPTH: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {problem}")]
 pub struct ParseError {
+    /// The line the problem was found on.
     pub line: usize,
+    /// What is wrong there, in words.
     pub problem: String,
 }
 
@@ -24,22 +26,27 @@ pub struct ParseError {
 pub struct Document {
     /// Declaration, comments, processing instructions and doctype before the root, verbatim.
     pub prolog: Vec<String>,
+    /// The document element.
     pub root: Element,
     /// Comments and processing instructions after the root, verbatim.
     pub epilog: Vec<String>,
 }
 
+/// An element with its attributes and everything inside it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
     /// The qualified name as written (`disk`, `sftsan:vm`).
     pub name: String,
     /// Attributes in document order, values unescaped; `xmlns` declarations included.
     pub attrs: Vec<(String, String)>,
+    /// Child elements, text and markup, in document order.
     pub children: Vec<Node>,
 }
 
+/// One piece of an element's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
+    /// A child element.
     Element(Element),
     /// Character data, unescaped.
     Text(String),
@@ -48,6 +55,7 @@ pub enum Node {
 }
 
 impl Document {
+    /// Reads a document: one root element, nested at most [`MAX_DEPTH`] deep.
     pub fn parse(text: &str) -> Result<Document, ParseError> {
         // A byte order mark is no part of the document (positions below count without it).
         Parser::new(text.strip_prefix('\u{feff}').unwrap_or(text)).run()
@@ -70,6 +78,7 @@ impl Document {
 }
 
 impl Element {
+    /// An empty element without attributes.
     pub fn new(name: &str) -> Element {
         Element {
             name: name.into(),
@@ -77,16 +86,19 @@ impl Element {
         }
     }
 
+    /// The element with an attribute set (see [`Element::set_attr`]).
     pub fn with_attr(mut self, name: &str, value: &str) -> Element {
         self.set_attr(name, value);
         self
     }
 
+    /// The element with `child` appended as its last child.
     pub fn with_child(mut self, child: Element) -> Element {
         self.children.push(Node::Element(child));
         self
     }
 
+    /// The value of the attribute of that (qualified) name, if present.
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
@@ -102,6 +114,7 @@ impl Element {
         }
     }
 
+    /// The child elements, in order (text and markup skipped).
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
@@ -109,6 +122,7 @@ impl Element {
         })
     }
 
+    /// The child elements, in order, mutably.
     pub fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
         self.children.iter_mut().filter_map(|n| match n {
             Node::Element(e) => Some(e),
@@ -116,14 +130,17 @@ impl Element {
         })
     }
 
+    /// The first child element of that name.
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.elements().find(|e| e.name == name)
     }
 
+    /// The first child element of that name, mutably.
     pub fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
         self.elements_mut().find(|e| e.name == name)
     }
 
+    /// Every child element of that name, in order.
     pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> {
         self.elements().filter(move |e| e.name == name)
     }
@@ -146,6 +163,7 @@ impl Element {
             .collect()
     }
 
+    /// Replaces all the element's content with `text`.
     pub fn set_text(&mut self, text: &str) {
         self.children = vec![Node::Text(text.into())];
     }

@@ -20,19 +20,25 @@ use crate::error::{Error, Rejection, Result};
 use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// A block device named in the spec, taken over as one of a node's stores and claimed by a
+/// dm-linear device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockStore {
+    /// Name of the node (from the spec) whose store this is.
     pub node: String,
     /// What the node keeps on it: cache, cache-metadata, cow-N, thin-data, thin-metadata.
     pub role: String,
     /// The spec field that names the device (`nodes[0].devices.cache`), for errors.
     pub field: String,
+    /// Path of the block device, as the spec names it (e.g. `/dev/vg0/cache`).
     pub device: PathBuf,
     /// The dm-linear device claiming it.
     pub name: String,
     /// The smallest size that holds what the node keeps on it.
     pub min_bytes: u64,
+    /// The image the store's content belongs to: "size-mtime-digest", as the plan computes it.
     pub identity: String,
+    /// Sidecar file in the node's cache directory recording `identity` once taken over.
     pub identity_file: PathBuf,
 }
 

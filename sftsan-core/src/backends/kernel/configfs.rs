@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Where configfs is mounted; LIO's objects live under its `target` directory.
 pub const ROOT: &str = "/sys/kernel/config";
 
 /// Mounts configfs at its usual place if the kernel has it and it is not mounted yet.
@@ -61,10 +62,12 @@ pub fn rmdir(path: &Path) -> Result<()> {
     }
 }
 
+/// Sets an attribute: writes `value` to the configfs file `path`.
 pub fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).map_err(|e| err(path, &format!("writing {value:?} to"), e))
 }
 
+/// An attribute's value, trimmed; `None` when the file cannot be read.
 pub fn read(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
@@ -77,6 +80,7 @@ pub fn link(target: &Path, link: &Path) -> Result<()> {
     std::os::unix::fs::symlink(target, link).map_err(|e| err(link, "linking", e))
 }
 
+/// Removes association `link` if it exists.
 pub fn unlink(link: &Path) -> Result<()> {
     match fs::remove_file(link) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(link, "unlinking", e)),

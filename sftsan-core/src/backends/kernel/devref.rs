@@ -10,27 +10,34 @@ use super::initiator::IscsiSession;
 use super::{dm, loopback};
 use crate::error::{Error, Result};
 
+/// A block device a kernel resource builds on, named stably and resolved to its dev_t on use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum DevRef {
+    /// The device-mapper device of this name.
     Dm {
+        /// Name of the dm device (as in `/dev/mapper/<name>`).
         name: String,
     },
     /// The loop device attached to this file.
     Loop {
+        /// Path of the loop device's backing file.
         file: PathBuf,
     },
     /// A block device node.
     Path {
+        /// Path of the device node, e.g. `/dev/sdb`.
         path: PathBuf,
     },
     /// The disk of an iSCSI session (its sdX name is not stable across logins).
     Iscsi {
+        /// The session whose disk (LUN) is meant.
         session: Box<IscsiSession>,
     },
 }
 
 impl DevRef {
+    /// The device's current (major, minor); a not-found error when it is not there.
     pub fn resolve(&self) -> Result<Device> {
         let missing = |what: String| Error::not_found(what, "is not there");
         match self {
@@ -65,6 +72,7 @@ impl DevRef {
         Ok(format!("{}:{}", d.major, d.minor))
     }
 
+    /// The device's size in 512-byte sectors.
     pub fn sectors(&self) -> Result<u64> {
         let d = self.resolve()?;
         dm::sectors(d.major, d.minor)

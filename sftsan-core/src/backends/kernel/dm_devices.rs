@@ -30,9 +30,13 @@ fn desired(target: &str, sectors: u64) -> Params {
 /// while the VMs' disks build on the cache itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DmLinear {
+    /// Name of the node (from the spec) the device is made on.
     pub node: String,
+    /// The dm device's name, e.g. `sftsan-<cluster>-<node>-relay`.
     pub name: String,
+    /// The device the view maps, from its first sector.
     pub origin: DevRef,
+    /// Sectors of 512 bytes the view spans.
     pub sectors: u64,
 }
 
@@ -64,10 +68,15 @@ impl Resource for DmLinear {
 /// local cache device, with a small metadata device beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DmCache {
+    /// Name of the node (from the spec) the device is made on.
     pub node: String,
+    /// The dm device's name, e.g. `sftsan-<cluster>-<node>-cache`.
     pub name: String,
+    /// The slow device whose reads are cached (a read-only view of the parent's LUN).
     pub origin: DevRef,
+    /// The local fast device holding cached blocks (the image's size).
     pub cache: DevRef,
+    /// The local device holding dm-cache's metadata (which blocks are cached).
     pub metadata: DevRef,
     /// The origin's (the image's) length in sectors.
     pub sectors: u64,
@@ -114,10 +123,15 @@ impl Resource for DmCache {
 /// `no_hydration` would leave the local copy empty forever: background hydration stays on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DmClone {
+    /// Name of the node (from the spec) the device is made on.
     pub node: String,
+    /// The dm device's name, e.g. `sftsan-<cluster>-<node>-cache`.
     pub name: String,
+    /// The device copied from: the parent's LUN, via the node's iSCSI session.
     pub source: DevRef,
+    /// The local device the copy is written to (the image's size).
     pub destination: DevRef,
+    /// The local device holding dm-clone's metadata (which regions are copied).
     pub metadata: DevRef,
     /// The source's (the image's) length in sectors.
     pub sectors: u64,
@@ -158,7 +172,9 @@ impl Resource for DmClone {
 /// How far a dm-clone device has copied its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hydration {
+    /// Regions already copied to the destination.
     pub hydrated: u64,
+    /// Regions the device has in all.
     pub regions: u64,
     /// Regions being copied right now.
     pub in_flight: u64,
@@ -190,11 +206,17 @@ pub fn clone_hydration(name: &str) -> Result<Hydration> {
 /// a reboot (unlike the original sftsan's non-persistent snapshots).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DmSnapshot {
+    /// Name of the node (from the spec) the device is made on.
     pub node: String,
+    /// Number of the VM disk on the node, from 1; 0 for the cache's upstream view.
     pub index: u32,
+    /// The dm device's name, e.g. `sftsan-<cluster>-<node>-snap-1`.
     pub name: String,
+    /// The read-only device the snapshot is taken of (the node's cache, or the parent's LUN).
     pub origin: DevRef,
+    /// The device holding the snapshot's copied-on-write chunks.
     pub cow: DevRef,
+    /// Sectors of 512 bytes the snapshot spans (the origin's length).
     pub sectors: u64,
     /// COW chunk size in sectors (4 KiB = 8).
     pub chunk_sectors: u64,
@@ -241,9 +263,13 @@ impl Resource for DmSnapshot {
 /// One thin pool per node, holding the VMs' thin volumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThinPool {
+    /// Name of the node (from the spec) the device is made on.
     pub node: String,
+    /// The dm device's name, e.g. `sftsan-<cluster>-<node>-pool`.
     pub name: String,
+    /// The device holding the pool's metadata (volumes and their block mappings).
     pub metadata: DevRef,
+    /// The device holding the blocks the thin volumes have written.
     pub data: DevRef,
     /// The pool's length in sectors; None: all of the data device (a device the spec
     /// names, whose size is known only on its host).
@@ -294,12 +320,19 @@ impl Resource for ThinPool {
 /// A VM's disk as a thin volume whose unwritten blocks read from an external origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThinVolume {
+    /// Name of the node (from the spec) the device is made on.
     pub node: String,
+    /// Number of the VM disk on the node, from 1.
     pub index: u32,
+    /// The dm device's name, e.g. `sftsan-<cluster>-<node>-thin-1`.
     pub name: String,
+    /// Name of the dm thin pool holding the volume.
     pub pool: String,
+    /// The volume's id inside the pool (the VM disk's number).
     pub thin_id: u32,
+    /// The external origin unwritten blocks read from: the node's cache.
     pub origin: DevRef,
+    /// Sectors of 512 bytes the volume spans (the image's size).
     pub sectors: u64,
 }
 

@@ -65,12 +65,17 @@ pub use crate::backends::shared::Chap;
 pub struct IscsiSession {
     /// The node that logs in, and its parent (for messages).
     pub node: String,
+    /// Name of the parent node whose target is logged in to (for messages).
     pub parent: String,
+    /// The parent's iSCSI portal, address and port (e.g. 10.0.0.1:3260).
     pub portal: SocketAddr,
+    /// IQN of the parent's target.
     pub target: String,
+    /// The LUN that carries the image: 0 on LIO, 1 on tgt (whose LUN 0 is its controller).
     pub lun: u16,
     /// The node's own initiator name; the parent's ACL admits it.
     pub initiator: String,
+    /// CHAP credentials to log in with; `None`: no authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap: Option<Chap>,
     /// The LUN's size in bytes: a parent exporting anything else is refused.
@@ -84,7 +89,9 @@ pub struct IscsiSession {
 pub struct Disk {
     /// The kernel's name, e.g. `sdb`.
     pub name: String,
+    /// The device's major number.
     pub major: u32,
+    /// The device's minor number.
     pub minor: u32,
     /// Bytes.
     pub size: u64,
@@ -111,9 +118,13 @@ impl Disk {
 /// One iSCSI session of the kernel, from sysfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
+    /// The kernel's session id, N of `sessionN`.
     pub sid: u32,
+    /// IQN of the target the session is logged in to.
     pub target: String,
+    /// The initiator name the session logged in with.
     pub initiator: String,
+    /// Name of the open-iscsi iface record it was made through (`sftsan-<hash>` for sftsan's).
     pub iface: String,
     /// `LOGGED_IN`, `FAILED`, `FREE`.
     pub state: String,
@@ -124,6 +135,7 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
+    /// The session's disk of LUN `lun`, if the kernel has made one.
     pub fn disk(&self, lun: u64) -> Option<&Disk> {
         self.disks.iter().find(|(l, _)| *l == lun).map(|(_, d)| d)
     }
@@ -260,7 +272,10 @@ pub enum Iscsid {
     /// iscsid (or its systemd socket) was there already: not sftsan's to stop.
     AlreadyRunning,
     /// sftsan started it (pid file [`ISCSID_PIDFILE`]).
-    Started { pid: i32 },
+    Started {
+        /// Process id of the iscsid sftsan started.
+        pid: i32,
+    },
 }
 
 /// Makes sure iscsid answers: starts `iscsid -p` [`ISCSID_PIDFILE`] when nothing listens on

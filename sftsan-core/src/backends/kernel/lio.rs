@@ -13,31 +13,52 @@ pub use super::initiator::Chap;
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// What a LIO target's backstore exports as its LUN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Backing {
     /// A regular file (fileio backstore), e.g. the origin's image.
-    File { path: PathBuf, size: u64 },
+    File {
+        /// Path of the file.
+        path: PathBuf,
+        /// Bytes the LUN exports (the image's size).
+        size: u64,
+    },
     /// A block device node.
-    Block { path: PathBuf },
+    Block {
+        /// Path of the device node.
+        path: PathBuf,
+    },
     /// A device-mapper device by name, resolved to its node when the target is made.
-    Dm { name: String },
+    Dm {
+        /// Name of the dm device, e.g. `sftsan-<cluster>-<node>-relay`.
+        name: String,
+    },
 }
 
+/// One initiator a LIO target admits, with the CHAP credentials it must log in with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acl {
+    /// The admitted initiator's IQN (a child node's initiator name).
     pub initiator: String,
+    /// CHAP credentials the initiator must present; `None`: no authentication.
     pub chap: Option<Chap>,
 }
 
+/// A node's iSCSI target in LIO: one backstore exported read-only as LUN 0 at one portal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LioTarget {
+    /// Name of the node (from the spec) the target runs on.
     pub node: String,
+    /// The target's IQN.
     pub iqn: String,
     /// Name of the backstore object: unique per target.
     pub backstore: String,
+    /// What the target exports: the image file on the origin, a relay dm device elsewhere.
     pub backing: Backing,
+    /// Address and port the target listens on (e.g. 10.0.0.1:3260).
     pub portal: SocketAddr,
+    /// The initiators admitted: the node's children.
     pub acls: Vec<Acl>,
     /// Let any initiator in (generate_node_acls=1): never unless the spec says so.
     pub open_access: bool,

@@ -13,10 +13,14 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// A node's local store: a sparse file of a given size attached to a loop device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoopFile {
+    /// Name of the node (from the spec) whose store this is.
     pub node: String,
+    /// Path of the backing file, in the node's cache directory.
     pub file: PathBuf,
+    /// The file's size in bytes.
     pub size: u64,
     /// The image whose blocks (or whose VMs' writes) the file holds.
     #[serde(default)]

@@ -10,9 +10,11 @@ use std::process::{Command, Stdio};
 /// A kernel facility the kernel backend may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feature {
+    /// Device-mapper itself (`/dev/mapper/control`).
     DeviceMapper,
     /// A device-mapper target type, as `dmsetup targets` lists it.
     DmTarget(&'static str),
+    /// Loop devices, which back a node's store files.
     Loop,
     /// LIO is configured through configfs.
     Configfs,
@@ -61,7 +63,9 @@ impl fmt::Display for Feature {
 /// One missing feature and where sftsan looked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Missing {
+    /// The feature the kernel lacks.
     pub feature: Feature,
+    /// What sftsan found where it looked, e.g. "no /dev/mapper/control".
     pub detail: String,
 }
 

@@ -26,6 +26,7 @@ pub fn stored_identity(sidecar: &Path) -> String {
         .unwrap_or_else(|_| "(none)".into())
 }
 
+/// Writes `identity` to the sidecar (atomically): the store now holds that image's data.
 pub fn record_identity(sidecar: &Path, identity: &str) -> Result<()> {
     write_atomic(sidecar, identity.as_bytes())
         .map_err(|e| e.context("recording the image a store holds"))

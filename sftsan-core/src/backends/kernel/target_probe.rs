@@ -26,14 +26,24 @@ use crate::error::Rejection;
 /// Why a target cannot be used, in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
+    /// A target name, initiator name or CHAP word that iSCSI does not accept; nothing was sent.
     #[error("{what} {value:?} is invalid: {why}")]
     InvalidName {
+        /// Which value it is, e.g. "target name" or "CHAP user".
         what: &'static str,
+        /// The value as given ("(hidden)" for a CHAP secret).
         value: String,
+        /// What is wrong with it.
         why: String,
     },
+    /// No TCP connection to the portal could be made within the timeout.
     #[error("iSCSI portal {portal} is unreachable: {reason}")]
-    Unreachable { portal: SocketAddr, reason: String },
+    Unreachable {
+        /// The portal probed, address and port.
+        portal: SocketAddr,
+        /// Why the connection failed, e.g. "connection refused".
+        reason: String,
+    },
     /// The login was refused with "target not found" or "target removed", or with "service
     /// unavailable", which is what LIO answers for a target name it does not have.
     #[error(
@@ -41,56 +51,88 @@ pub enum ProbeError {
         offered_note(offered)
     )]
     TargetMissing {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// The refusal the target gave, e.g. "target not found".
         answer: String,
         /// What the portal's discovery offered, when discovery answered.
         offered: Option<Vec<String>>,
     },
+    /// The login was refused for its credentials (iSCSI login status 0x0201).
     #[error(
         "target {target} at {portal} refused the login of {initiator}: authentication failed ({})",
         match chap_user { Some(u) => format!("CHAP user {u:?}"), None => "no CHAP credentials given".to_string() }
     )]
     AuthenticationFailed {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// The initiator name the probe logged in as.
         initiator: String,
+        /// The CHAP user logged in with; `None` when no credentials were given.
         chap_user: Option<String>,
     },
+    /// The target does not admit the initiator: it is not in its ACL (login status 0x0202).
     #[error("target {target} at {portal} does not admit initiator {initiator} (authorization failure: not in its ACL)")]
     NotAuthorized {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// The initiator name the probe logged in as.
         initiator: String,
     },
+    /// The login worked but the LUN did not answer TEST UNIT READY or READ CAPACITY.
     #[error("LUN {lun} of target {target} at {portal} is not usable: {detail}")]
     LunUnavailable {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// The LUN probed.
         lun: u16,
+        /// What failed, on one line (libiscsi's error where it gave one).
         detail: String,
     },
+    /// The LUN's capacity is not the image's size.
     #[error(
         "LUN {lun} of target {target} at {portal} has {actual} bytes, expected {expected} bytes"
     )]
     WrongSize {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// The LUN probed.
         lun: u16,
+        /// Bytes the LUN should hold (the image's size).
         expected: u64,
+        /// Bytes the LUN holds, from READ CAPACITY (16).
         actual: u64,
     },
+    /// The target did not complete a stage of the probe before the deadline.
     #[error("target {target} at {portal} did not answer within {} ms ({stage})", after.as_millis())]
     Timeout {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// The stage that ran out of time, e.g. "logging in".
         stage: &'static str,
+        /// The timeout the probe was given.
         after: Duration,
     },
+    /// Any other failure of the probe (libiscsi's error or an unexpected login status).
     #[error("target {target} at {portal}: {detail}")]
     Failed {
+        /// The portal probed, address and port.
         portal: SocketAddr,
+        /// IQN of the target probed.
         target: String,
+        /// What went wrong, on one line.
         detail: String,
     },
 }
@@ -501,6 +543,8 @@ unsafe extern "C" fn on_discovery(
         // SAFETY: libiscsi's list, valid during this callback; each name NUL-terminated.
         while let Some(address) = unsafe { at.as_ref() } {
             if !address.target_name.is_null() {
+                // SAFETY: checked non-NULL above; libiscsi's NUL-terminated string, valid
+                // while this callback runs (the name is copied before it returns).
                 let name = unsafe { CStr::from_ptr(address.target_name) };
                 targets.push(name.to_string_lossy().into_owned());
             }

@@ -31,6 +31,7 @@ const UDEV_CONTROL: &str = "/run/udev/control";
 pub const RECHECK: Duration = Duration::from_secs(1);
 
 impl Source {
+    /// udev's events when udevd runs (its control socket exists), else the kernel's.
     pub fn detect() -> Source {
         Source::given_control(Path::new(UDEV_CONTROL))
     }
@@ -69,6 +70,7 @@ impl DeviceEvents {
         Ok(DeviceEvents { socket, source })
     }
 
+    /// Where this subscription's events come from.
     pub fn source(&self) -> Source {
         self.source
     }

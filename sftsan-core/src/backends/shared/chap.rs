@@ -6,7 +6,9 @@ use std::fmt;
 /// CHAP credentials an initiator logs in with. Debug output hides the secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chap {
+    /// The CHAP user name (the spec's `kernel.chap_user`).
     pub username: String,
+    /// The CHAP secret (the spec's `kernel.chap_secret`); never logged.
     pub password: String,
 }
 

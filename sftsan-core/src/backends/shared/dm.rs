@@ -36,7 +36,7 @@ pub fn device(name: &str) -> Result<Option<Device>> {
         .map(|(_, dev, _)| dev))
 }
 
-/// /dev/<name> of a block device, from its dev_t via sysfs.
+/// `/dev/<name>` of a block device, from its dev_t via sysfs.
 pub fn node_path(dev: Device) -> Result<PathBuf> {
     let uevent = format!("/sys/dev/block/{}:{}/uevent", dev.major, dev.minor);
     let text = std::fs::read_to_string(&uevent).map_err(|e| Error::io(&uevent, e))?;

@@ -37,6 +37,8 @@ pub fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     // Round up, so a wait of 0.4 ms does not become a busy loop of zero-length polls.
     let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     loop {
+        // SAFETY: `pfd` is one valid pollfd that outlives the call (nfds 1), and its fd is
+        // borrowed, so it stays open while poll runs.
         match unsafe { libc::poll(&mut pfd, 1, ms) } {
             n if n >= 0 => return Ok(n > 0),
             _ => {

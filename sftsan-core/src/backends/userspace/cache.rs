@@ -16,10 +16,14 @@ use crate::fsutil::{remove_file_if_exists, write_atomic};
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
 use crate::transport::run;
 
+/// A node's qcow2 cache of the image in its storage daemon, filled by copy-on-read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cache {
+    /// Name of the node (from the spec) whose cache this is.
     pub node: String,
+    /// The node's runtime directory, holding its daemon's QMP socket.
     pub run_dir: PathBuf,
+    /// Path of the qcow2 cache file, e.g. `<cache dir>/<image>.cache.qcow2`.
     pub file: PathBuf,
     /// The image's size: the cache's virtual size.
     pub size: u64,

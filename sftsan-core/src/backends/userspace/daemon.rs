@@ -12,11 +12,16 @@ use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
 use crate::transport::run;
 
+/// A node's qemu-storage-daemon, with its QMP monitors and NBD server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Daemon {
+    /// Name of the node (from the spec) the daemon runs on.
     pub node: String,
+    /// Address the NBD server listens on (the node's address).
     pub address: IpAddr,
+    /// TCP port of the NBD server (the spec's `cluster.port`, e.g. 10809).
     pub port: u16,
+    /// The node's runtime directory: QMP sockets, pid file, log.
     pub run_dir: PathBuf,
 }
 

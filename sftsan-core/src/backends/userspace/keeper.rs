@@ -21,10 +21,14 @@ use crate::process;
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
 use crate::transport::run;
 
+/// A node's cache keeper process (`sftsan keeper`), which flushes the cache as it grows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Keeper {
+    /// Name of the node (from the spec) whose cache is kept.
     pub node: String,
+    /// The node's runtime directory: the daemon's keeper QMP socket, the keeper's pid file.
     pub run_dir: PathBuf,
+    /// Least time between two flushes, in milliseconds (the spec's `cache.flush_interval_ms`).
     pub interval_ms: u64,
     /// The cache's virtual size (its node options depend on it).
     pub cache_size: u64,
@@ -114,9 +118,13 @@ impl Resource for Keeper {
 /// Arguments of `sftsan keeper`.
 #[derive(Debug, Clone)]
 pub struct KeeperArgs {
+    /// The daemon's QMP socket reserved for the keeper (`keeper.sock`).
     pub qmp: PathBuf,
+    /// Where the keeper's pid is written once it runs in the background.
     pub pidfile: PathBuf,
+    /// Least time between two flushes.
     pub interval: Duration,
+    /// The cache's virtual size in bytes (its node options depend on it).
     pub cache_size: u64,
     /// The daemon served: the keeper exits as soon as it does.
     pub daemon_pid: i32,

@@ -10,11 +10,16 @@ use super::{
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// The origin's NBD export of the base image, read-only, in its storage daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginExport {
+    /// Name of the node (from the spec) of the origin.
     pub node: String,
+    /// The node's runtime directory, holding its daemon's QMP socket.
     pub run_dir: PathBuf,
+    /// Path of the base image file (the spec's `image.source`).
     pub source: PathBuf,
+    /// Name of the NBD export (the image's name).
     pub export: String,
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// A connection to a QMP monitor, past capabilities negotiation; events are kept for waits.
 pub struct Qmp {
     path: String,
     reader: BufReader<UnixStream>,

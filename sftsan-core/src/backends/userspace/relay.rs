@@ -8,10 +8,14 @@ use super::{connect, delete_export, export_exists, graph, require};
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
+/// A node's read-only NBD export of its cached image, for its children and its VMs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayExport {
+    /// Name of the node (from the spec) that relays.
     pub node: String,
+    /// The node's runtime directory, holding its daemon's QMP socket.
     pub run_dir: PathBuf,
+    /// Name of the NBD export (the image's name, as on every node).
     pub export: String,
 }
 

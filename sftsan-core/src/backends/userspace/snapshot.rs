@@ -12,14 +12,22 @@ use crate::fsutil::remove_file_if_exists;
 use crate::resources::{Ctx, Observed, Params, Resource, Tools};
 use crate::transport::{run, run_stdout};
 
+/// A VM's disk: a qcow2 overlay file backed by its node's relay export over NBD.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Name of the node (from the spec) whose VM disk this is.
     pub node: String,
+    /// Number of the VM disk on the node, from 1.
     pub index: u32,
+    /// Path of the overlay file, e.g. `<state>/nodes/<node>/snapshots/<image>-1.qcow2`.
     pub file: PathBuf,
+    /// Address of the NBD server of the backing export (the node's own).
     pub host: IpAddr,
+    /// TCP port of that NBD server.
     pub port: u16,
+    /// Name of the backing NBD export (the image's name).
     pub export: String,
+    /// The overlay's virtual size in bytes (the image's size).
     pub size: u64,
     /// Directories sftsan made for snapshots, removed on teardown when empty.
     pub prune: Vec<PathBuf>,

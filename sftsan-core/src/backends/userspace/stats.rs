@@ -38,6 +38,7 @@ pub fn cache_fill(ctx: &Ctx, file: &Path) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// Bytes a node's open TCP connections moved, from `ss -i`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Traffic {
     /// Received on connections to the parent's export.

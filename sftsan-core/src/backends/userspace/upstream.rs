@@ -14,23 +14,34 @@ use crate::resources::{Ctx, Observed, Params, Resource};
 /// connection is re-established when the parent returns.
 const RECONNECT_DELAY_S: u64 = 5;
 
+/// A node's read-only block node of its parent's export (NBD, or iSCSI from an iSCSI origin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
+    /// Name of the node (from the spec) that attaches.
     pub node: String,
+    /// The node's runtime directory, holding its daemon's QMP socket.
     pub run_dir: PathBuf,
+    /// Name of the parent node (for messages).
     pub parent: String,
+    /// The parent's address.
     pub host: IpAddr,
+    /// TCP port of the parent's NBD server, or of its iSCSI portal.
     pub port: u16,
+    /// Name of the parent's NBD export (the image's name); unused over iSCSI.
     pub export: String,
+    /// How long opening the connection to the parent may take, in milliseconds.
     pub connect_timeout_ms: u64,
     /// Set when the parent is an iSCSI origin: its target (LUN 1) and our initiator name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<IscsiLogin>,
 }
 
+/// How a node logs in to an iSCSI origin's target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IscsiLogin {
+    /// IQN of the origin's target.
     pub target: String,
+    /// The node's own initiator name, which the origin's ACL admits.
     pub initiator: String,
 }
 

@@ -14,18 +14,25 @@ use crate::plan::ResourceSpec;
 use crate::resources::Params;
 use crate::transport::TransportSpec;
 
+/// How far a journaled resource got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
+    /// Creation started but was not confirmed: the resource may exist in part or not at all.
     Creating,
+    /// The resource was made (or found and adopted) with its planned parameters.
     Created,
 }
 
+/// One journaled resource: what it is, whose it is and how far its creation got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The resource's id, e.g. `n1/daemon` or `cluster/bridge`.
     pub id: String,
     /// None for cluster-wide resources.
     pub node: Option<String>,
+    /// Whether its creation was confirmed.
     pub state: EntryState,
+    /// The resource with the parameters it was planned with: all teardown needs.
     pub resource: ResourceSpec,
     /// What the created resource reported about itself (pids, sockets), for operators.
     pub runtime: BTreeMap<String, String>,
@@ -34,6 +41,7 @@ pub struct Entry {
 /// What the journal knows, in memory; its file format is `records`' business.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalData {
+    /// Name of the cluster the journal belongs to (`cluster.name`).
     pub cluster: String,
     /// How to reach each node, so `down` needs no spec.
     pub transports: BTreeMap<String, TransportSpec>,
@@ -56,9 +64,11 @@ impl JournalData {
     }
 }
 
+/// A cluster's journal: its contents and the file they are saved to.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    /// The contents; [`Journal::record`], [`Journal::forget`] and [`Journal::save`] write them out.
     pub data: JournalData,
 }
 
@@ -97,6 +107,7 @@ impl Journal {
         }
     }
 
+    /// Writes the contents to the journal file atomically.
     pub fn save(&self) -> Result<()> {
         write_atomic(&self.path, self.data.to_text().as_bytes()).map_err(|e| e.context("journal"))
     }
@@ -106,6 +117,7 @@ impl Journal {
         remove_file_if_exists(&self.path).map_err(|e| e.context("journal"))
     }
 
+    /// The entry of the resource with id `id`, if journaled.
     pub fn get(&self, id: &str) -> Option<&Entry> {
         self.data.entries.iter().find(|e| e.id == id)
     }

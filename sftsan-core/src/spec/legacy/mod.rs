@@ -21,18 +21,39 @@ use shell::{Assignment, Value};
 /// Why a legacy configuration could not be imported; one line naming file, line and key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LegacyError {
+    /// A line of `cfg.data` is not a shell assignment sftsan can read.
     #[error("cfg.data line {line}: {problem}")]
-    Syntax { line: usize, problem: String },
-    #[error("cfg.data: required key {key:?} is missing")]
-    MissingKey { key: &'static str },
-    #[error("cfg.data line {line}: {key}: {problem}")]
-    BadValue {
+    Syntax {
+        /// 1-based line number in `cfg.data`.
         line: usize,
-        key: &'static str,
+        /// What is wrong with the line.
         problem: String,
     },
+    /// `cfg.data` does not assign a key the import needs.
+    #[error("cfg.data: required key {key:?} is missing")]
+    MissingKey {
+        /// The missing key, e.g. `imagename`.
+        key: &'static str,
+    },
+    /// A key of `cfg.data` has a value the spec cannot take.
+    #[error("cfg.data line {line}: {key}: {problem}")]
+    BadValue {
+        /// 1-based line number of the key's last assignment in `cfg.data`.
+        line: usize,
+        /// The key, e.g. `cachesize`.
+        key: &'static str,
+        /// What is wrong with the value.
+        problem: String,
+    },
+    /// A word of the `nodes` file is not a usable compute node address.
     #[error("nodes line {line}: {problem}")]
-    BadNode { line: usize, problem: String },
+    BadNode {
+        /// 1-based line number in the `nodes` file.
+        line: usize,
+        /// What is wrong with the address: not an IP, the origin's, or listed twice.
+        problem: String,
+    },
+    /// The `nodes` file lists no address at all.
     #[error("nodes: no compute node (one IP address per line)")]
     NoNodes,
 }
@@ -42,7 +63,9 @@ pub enum LegacyError {
 pub struct LegacyWarning {
     /// The line of the key's first assignment.
     pub line: usize,
+    /// The `cfg.data` key, e.g. `vgname`.
     pub key: String,
+    /// Why the spec leaves it out, and what sftsan does instead.
     pub reason: String,
 }
 
@@ -59,7 +82,9 @@ impl std::fmt::Display for LegacyWarning {
 /// The spec made of a legacy configuration, and what it left out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Imported {
+    /// The spec built from the legacy files; not validated yet.
     pub spec: ClusterSpec,
+    /// One warning per `cfg.data` key the spec does not carry over.
     pub warnings: Vec<LegacyWarning>,
 }
 
