@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use devicemapper::Sectors;
 use sftsan_core::backends::kernel::devref::DevRef;
 use sftsan_core::backends::kernel::dm;
 use sftsan_core::backends::kernel::dm_devices::{DmCache, DmSnapshot, ThinPool, ThinVolume};
@@ -21,7 +22,7 @@ use sftsan_tests::{require_kernel, write_image, MIB};
 use sha2::{Digest, Sha256};
 
 const IMAGE: u64 = 16 * MIB;
-const SECTORS: u64 = IMAGE / 512;
+const SECTORS: Sectors = Sectors(IMAGE / 512);
 
 fn ctx() -> Ctx {
     Ctx {
@@ -124,7 +125,7 @@ fn cache(stack: &mut Stack, dir: &Path, origin: DevRef, tag: &str) -> DevRef {
         cache,
         metadata,
         sectors: SECTORS,
-        block_sectors: 128,
+        block_sectors: Sectors(128),
     });
     DevRef::Dm { name }
 }
@@ -163,7 +164,7 @@ fn dm_snapshots_over_a_dm_cache_read_the_image_and_keep_writes_apart() {
                 origin: cache.clone(),
                 cow,
                 sectors: SECTORS,
-                chunk_sectors: 8,
+                chunk_sectors: Sectors(8),
                 persistent: true,
             });
             DevRef::Dm { name }
@@ -203,8 +204,8 @@ fn thin_volumes_with_the_cache_as_external_origin() {
         name: pool.clone(),
         metadata,
         data,
-        sectors: Some(2 * SECTORS),
-        block_sectors: 128,
+        sectors: Some(Sectors(2 * *SECTORS)),
+        block_sectors: Sectors(128),
     });
     let vols: Vec<DevRef> = (1..=2)
         .map(|i| {

@@ -21,11 +21,12 @@ use crate::names::Names;
 use crate::plan::ResourceSpec;
 use crate::spec::{ClusterSpec, KernelCache, KernelSpec, NodeDevices, RelayTarget, SnapshotKind};
 use crate::topology::Tree;
+use devicemapper::Sectors;
 
 /// dm-cache, dm-clone region and thin-pool block size: 64 KiB.
-const BLOCK_SECTORS: u64 = 128;
+const BLOCK_SECTORS: Sectors = Sectors(128);
 /// dm-snapshot chunk: 4 KiB.
-const CHUNK_SECTORS: u64 = 8;
+const CHUNK_SECTORS: Sectors = Sectors(8);
 /// COW store of the never-written upstream view.
 const UPSTREAM_COW: u64 = 1 << 20;
 
@@ -228,7 +229,7 @@ pub fn stack(
     };
     let stores = stores.expect("a node's stack needs its stores");
     let (parent_name, parent_address) = &all[parent - 1];
-    let sectors = size / 512;
+    let sectors = Sectors(size / 512);
     let session = IscsiSession {
         node: name.clone(),
         parent: parent_name.clone(),
@@ -332,7 +333,7 @@ pub fn stack(
                     name: pool.clone(),
                     metadata: meta_dev,
                     data: data_dev,
-                    sectors: (!on_device).then_some(data / 512),
+                    sectors: (!on_device).then_some(Sectors(data / 512)),
                     block_sectors: BLOCK_SECTORS,
                 }),
             ]);
@@ -374,7 +375,7 @@ pub fn vm_disk(stores: &Stores, kind: SnapshotKind, index: u32, size: u64) -> Ve
             pool: names.dm_name(node, "pool"),
             thin_id: index,
             origin: cache,
-            sectors: size / 512,
+            sectors: Sectors(size / 512),
         })],
         _ => {
             let (cow_store, cow) = stores.cow(index, size);
@@ -386,7 +387,7 @@ pub fn vm_disk(stores: &Stores, kind: SnapshotKind, index: u32, size: u64) -> Ve
                     name,
                     origin: cache,
                     cow,
-                    sectors: size / 512,
+                    sectors: Sectors(size / 512),
                     chunk_sectors: CHUNK_SECTORS,
                     persistent: true,
                 }),
@@ -397,6 +398,8 @@ pub fn vm_disk(stores: &Stores, kind: SnapshotKind, index: u32, size: u64) -> Ve
 
 #[cfg(test)]
 mod tests {
+    use devicemapper::Sectors;
+
     use crate::plan::plan;
     use crate::plan::ResourceSpec;
     use crate::spec::{validate, ClusterSpec};
@@ -544,7 +547,7 @@ mod tests {
             ResourceSpec::ThinPool(t) => Some(t.sectors),
             _ => None,
         });
-        assert_eq!(pool, Some(Some(2 * (1 << 20) / 512)));
+        assert_eq!(pool, Some(Some(Sectors(2 * (1 << 20) / 512))));
     }
 
     #[test]
@@ -620,7 +623,7 @@ mod tests {
             .unwrap();
         assert!(matches!(clone.source, DevRef::Iscsi { .. }), "{clone:?}");
         assert_eq!(clone.name, "sftsan-kc-n1-cache");
-        assert_eq!(clone.sectors, (1 << 20) / 512);
+        assert_eq!(clone.sectors, Sectors((1 << 20) / 512));
         let wanted = p.kernel_features();
         assert!(wanted.contains(&Feature::DmTarget("clone")), "{wanted:?}");
         assert!(!wanted.contains(&Feature::DmTarget("cache")), "{wanted:?}");

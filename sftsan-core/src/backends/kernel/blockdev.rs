@@ -9,6 +9,7 @@
 //! a reboot the claim is made again over the device as it is. Teardown clears the first
 //! MiB again: the device is left as blank as it came, apart from the data blocks.
 
+use devicemapper::{Device, LinearTargetParams, Sectors, TargetLine};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -127,8 +128,9 @@ impl BlockStore {
 
     /// The dm-linear device over all of device `major:minor` of `size` bytes.
     fn claim(&self, (major, minor, size): (u32, u32, u64)) -> Result<()> {
-        let table = vec![(0, size / 512, "linear".into(), format!("{major}:{minor} 0"))];
-        dm::create(&self.name, &table, false).map(drop)
+        let whole = LinearTargetParams::new(Device { major, minor }, Sectors(0));
+        let line = TargetLine::new(Sectors(0), Sectors(size / 512), whole);
+        dm::create(&self.name, &line, false).map(drop)
     }
 }
 

@@ -1,7 +1,7 @@
 //! How a kernel resource names a block device it builds on: by something stable (a dm
 //! name, a loop's backing file, a path), resolved to its dev_t when it is needed.
 
-use devicemapper::Device;
+use devicemapper::{Device, Sectors};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -66,15 +66,9 @@ impl DevRef {
         }
     }
 
-    /// `major:minor`, as device-mapper tables name devices.
-    pub fn table_arg(&self) -> Result<String> {
+    /// The device's size.
+    pub fn sectors(&self) -> Result<Sectors> {
         let d = self.resolve()?;
-        Ok(format!("{}:{}", d.major, d.minor))
-    }
-
-    /// The device's size in 512-byte sectors.
-    pub fn sectors(&self) -> Result<u64> {
-        let d = self.resolve()?;
-        dm::sectors(d.major, d.minor)
+        dm::sectors(d.major, d.minor).map(Sectors)
     }
 }

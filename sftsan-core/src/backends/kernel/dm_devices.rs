@@ -2,10 +2,15 @@
 //! (dm-cache or dm-clone), and per VM either a persistent dm-snapshot or a thin volume with the cache as its
 //! external origin (one thin pool per node).
 
+use devicemapper::{
+    CacheTargetParams, LinearTargetParams, Sectors, TargetLine, ThinDevId, ThinPoolTargetParams,
+    ThinTargetParams,
+};
 use serde::{Deserialize, Serialize};
 
 use super::devref::DevRef;
 use super::dm;
+use super::dm_targets::{CloneTargetParams, PoolMessage, SnapshotTargetParams};
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
 
@@ -14,15 +19,24 @@ fn observe_table(name: &str) -> Result<Observed> {
     Ok(match dm::table(name)? {
         None => Observed::Absent,
         Some(t) if t.is_empty() => Observed::Partial(format!("{name} has no table")),
-        Some(t) => Observed::Present(vec![
-            ("target", t[0].2.clone()),
-            ("sectors", t[0].1.to_string()),
-        ]),
+        Some(t) => Observed::Present(table_params(&t[0].2, t[0].1)),
     })
 }
 
-fn desired(target: &str, sectors: u64) -> Params {
+/// What is compared between the desired and the observed device: one function makes both,
+/// so they cannot drift apart in format (`Sectors` displays with a unit, the kernel's table
+/// without).
+fn table_params(target: &str, sectors: u64) -> Params {
     vec![("target", target.into()), ("sectors", sectors.to_string())]
+}
+
+fn desired(target: &str, sectors: Sectors) -> Params {
+    table_params(target, *sectors)
+}
+
+/// Every sftsan dm device is one target over its whole length.
+fn whole<T: devicemapper::TargetParams>(sectors: Sectors, params: T) -> TargetLine<T> {
+    TargetLine::new(Sectors(0), sectors, params)
 }
 
 /// A plain linear view of another device. LIO claims the device it exports exclusively,
@@ -36,8 +50,8 @@ pub struct DmLinear {
     pub name: String,
     /// The device the view maps, from its first sector.
     pub origin: DevRef,
-    /// Sectors of 512 bytes the view spans.
-    pub sectors: u64,
+    /// The view's length.
+    pub sectors: Sectors,
 }
 
 impl Resource for DmLinear {
@@ -50,13 +64,8 @@ impl Resource for DmLinear {
     }
 
     fn create(&self, _ctx: &Ctx) -> Result<()> {
-        let params = format!("{} 0", self.origin.table_arg()?);
-        dm::create(
-            &self.name,
-            &vec![(0, self.sectors, "linear".into(), params)],
-            false,
-        )
-        .map(drop)
+        let params = LinearTargetParams::new(self.origin.resolve()?, Sectors(0));
+        dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
@@ -78,10 +87,10 @@ pub struct DmCache {
     pub cache: DevRef,
     /// The local device holding dm-cache's metadata (which blocks are cached).
     pub metadata: DevRef,
-    /// The origin's (the image's) length in sectors.
-    pub sectors: u64,
-    /// Cache block size in sectors (64 KiB = 128).
-    pub block_sectors: u64,
+    /// The origin's (the image's) length.
+    pub sectors: Sectors,
+    /// Cache block size (64 KiB = 128 sectors).
+    pub block_sectors: Sectors,
 }
 
 impl Resource for DmCache {
@@ -94,19 +103,16 @@ impl Resource for DmCache {
     }
 
     fn create(&self, _ctx: &Ctx) -> Result<()> {
-        let params = format!(
-            "{} {} {} {} 1 writethrough smq 0",
-            self.metadata.table_arg()?,
-            self.cache.table_arg()?,
-            self.origin.table_arg()?,
-            self.block_sectors
+        let params = CacheTargetParams::new(
+            self.metadata.resolve()?,
+            self.cache.resolve()?,
+            self.origin.resolve()?,
+            self.block_sectors,
+            vec!["writethrough".into()],
+            "smq".into(),
+            vec![],
         );
-        dm::create(
-            &self.name,
-            &vec![(0, self.sectors, "cache".into(), params)],
-            false,
-        )
-        .map(drop)
+        dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
@@ -133,10 +139,10 @@ pub struct DmClone {
     pub destination: DevRef,
     /// The local device holding dm-clone's metadata (which regions are copied).
     pub metadata: DevRef,
-    /// The source's (the image's) length in sectors.
-    pub sectors: u64,
-    /// Region size in sectors (64 KiB = 128), a power of two.
-    pub region_sectors: u64,
+    /// The source's (the image's) length.
+    pub sectors: Sectors,
+    /// Region size (64 KiB = 128 sectors), a power of two.
+    pub region_sectors: Sectors,
 }
 
 impl Resource for DmClone {
@@ -149,19 +155,13 @@ impl Resource for DmClone {
     }
 
     fn create(&self, _ctx: &Ctx) -> Result<()> {
-        let params = format!(
-            "{} {} {} {}",
-            self.metadata.table_arg()?,
-            self.destination.table_arg()?,
-            self.source.table_arg()?,
-            self.region_sectors
-        );
-        dm::create(
-            &self.name,
-            &vec![(0, self.sectors, "clone".into(), params)],
-            false,
-        )
-        .map(drop)
+        let params = CloneTargetParams {
+            metadata: self.metadata.resolve()?,
+            destination: self.destination.resolve()?,
+            source: self.source.resolve()?,
+            region_size: self.region_sectors,
+        };
+        dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
@@ -216,10 +216,10 @@ pub struct DmSnapshot {
     pub origin: DevRef,
     /// The device holding the snapshot's copied-on-write chunks.
     pub cow: DevRef,
-    /// Sectors of 512 bytes the snapshot spans (the origin's length).
-    pub sectors: u64,
-    /// COW chunk size in sectors (4 KiB = 8).
-    pub chunk_sectors: u64,
+    /// The snapshot's length (the origin's).
+    pub sectors: Sectors,
+    /// COW chunk size (4 KiB = 8 sectors).
+    pub chunk_sectors: Sectors,
     /// A persistent COW store survives a reboot; a transient one is for views that are
     /// never written.
     #[serde(default = "persistent")]
@@ -240,19 +240,13 @@ impl Resource for DmSnapshot {
     }
 
     fn create(&self, _ctx: &Ctx) -> Result<()> {
-        let params = format!(
-            "{} {} {} {}",
-            self.origin.table_arg()?,
-            self.cow.table_arg()?,
-            if self.persistent { "P" } else { "N" },
-            self.chunk_sectors
-        );
-        dm::create(
-            &self.name,
-            &vec![(0, self.sectors, "snapshot".into(), params)],
-            false,
-        )
-        .map(drop)
+        let params = SnapshotTargetParams {
+            origin: self.origin.resolve()?,
+            cow: self.cow.resolve()?,
+            persistent: self.persistent,
+            chunk_size: self.chunk_sectors,
+        };
+        dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
@@ -271,11 +265,11 @@ pub struct ThinPool {
     pub metadata: DevRef,
     /// The device holding the blocks the thin volumes have written.
     pub data: DevRef,
-    /// The pool's length in sectors; None: all of the data device (a device the spec
-    /// names, whose size is known only on its host).
-    pub sectors: Option<u64>,
-    /// Pool block size in sectors (64 KiB = 128).
-    pub block_sectors: u64,
+    /// The pool's length; None: all of the data device (a device the spec names, whose
+    /// size is known only on its host).
+    pub sectors: Option<Sectors>,
+    /// Pool block size (64 KiB = 128 sectors).
+    pub block_sectors: Sectors,
 }
 
 impl Resource for ThinPool {
@@ -293,23 +287,19 @@ impl Resource for ThinPool {
     fn create(&self, _ctx: &Ctx) -> Result<()> {
         // Blocks a thin volume has not written come from its external origin, so zeroing
         // new blocks would be wasted work.
-        let params = format!(
-            "{} {} {} 0 1 skip_block_zeroing",
-            self.metadata.table_arg()?,
-            self.data.table_arg()?,
-            self.block_sectors
+        let params = ThinPoolTargetParams::new(
+            self.metadata.resolve()?,
+            self.data.resolve()?,
+            self.block_sectors,
+            devicemapper::DataBlocks(0),
+            vec!["skip_block_zeroing".into()],
         );
         let sectors = match self.sectors {
             Some(sectors) => sectors,
             // Whole pool blocks: the target refuses a partial last block.
-            None => self.data.sectors()? / self.block_sectors * self.block_sectors,
+            None => Sectors(*self.data.sectors()? / *self.block_sectors * *self.block_sectors),
         };
-        dm::create(
-            &self.name,
-            &vec![(0, sectors, "thin-pool".into(), params)],
-            false,
-        )
-        .map(drop)
+        dm::create(&self.name, &whole(sectors, params), false).map(drop)
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
@@ -332,24 +322,25 @@ pub struct ThinVolume {
     pub thin_id: u32,
     /// The external origin unwritten blocks read from: the node's cache.
     pub origin: DevRef,
-    /// Sectors of 512 bytes the volume spans (the image's size).
-    pub sectors: u64,
+    /// The volume's length (the image's size).
+    pub sectors: Sectors,
 }
 
 impl ThinVolume {
+    /// The volume's id as the pool's messages and table take it.
+    fn id(&self) -> Result<ThinDevId> {
+        ThinDevId::new_u64(self.thin_id.into())
+            .map_err(|e| Error::invalid(format!("thin volume {}", self.name), e.to_string()))
+    }
+
     /// The dm device of thin id `thin_id` in the pool, over the external origin.
     fn activate(&self) -> Result<()> {
         let pool = DevRef::Dm {
             name: self.pool.clone(),
         }
-        .table_arg()?;
-        let params = format!("{pool} {} {}", self.thin_id, self.origin.table_arg()?);
-        dm::create(
-            &self.name,
-            &vec![(0, self.sectors, "thin".into(), params)],
-            false,
-        )
-        .map(drop)
+        .resolve()?;
+        let params = ThinTargetParams::new(pool, self.id()?, Some(self.origin.resolve()?));
+        dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 }
 
@@ -365,10 +356,11 @@ impl Resource for ThinVolume {
     fn create(&self, _ctx: &Ctx) -> Result<()> {
         // A volume id left in the pool's metadata by an interrupted run may hold writes of
         // an earlier VM: delete it first so the VM starts from the origin's content.
-        let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
-        dm::message(&self.pool, &format!("create_thin {}", self.thin_id))?;
+        let id = self.id()?;
+        let _ = dm::message(&self.pool, &PoolMessage::Delete(id));
+        dm::message(&self.pool, &PoolMessage::CreateThin(id))?;
         self.activate().inspect_err(|_| {
-            let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
+            let _ = dm::message(&self.pool, &PoolMessage::Delete(id));
         })
     }
 
@@ -385,7 +377,7 @@ impl Resource for ThinVolume {
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         dm::remove(&self.name)?;
         if dm::device(&self.pool)?.is_some() {
-            let _ = dm::message(&self.pool, &format!("delete {}", self.thin_id));
+            let _ = dm::message(&self.pool, &PoolMessage::Delete(self.id()?));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod configfs;
 pub mod devref;
 pub use crate::backends::shared::dm;
 pub mod dm_devices;
+pub mod dm_targets;
 pub mod initiator;
 pub mod lio;
 pub mod loopback;

@@ -2,12 +2,13 @@
 //! Device nodes are found from dev_t through sysfs: /dev/mapper/NAME may not exist where
 //! no udev runs.
 
-use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DM};
+use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, TargetLine, TargetParams, DM};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
-/// A table: (start sector, length, target type, parameters) per line.
+/// A table as the kernel reports it: (start sector, length, target type, parameters) per
+/// line. Tables sftsan loads are typed (`TargetLine`); only what it reads back is raw.
 pub type Table = Vec<(u64, u64, String, String)>;
 
 fn dm_err(what: &str, name: &str, e: impl std::fmt::Display) -> Error {
@@ -56,8 +57,19 @@ pub fn sectors(major: u32, minor: u32) -> Result<u64> {
         .ok_or_else(|| Error::not_found(path, "cannot read the size"))
 }
 
-/// Creates `name` with `table` and activates it; on any failure nothing is left behind.
-pub fn create(name: &str, table: &Table, read_only: bool) -> Result<Device> {
+/// Creates `name` with the one-line table `line` and activates it; on any failure nothing
+/// is left behind.
+pub fn create<T: TargetParams>(
+    name: &str,
+    line: &TargetLine<T>,
+    read_only: bool,
+) -> Result<Device> {
+    let table: Table = vec![(
+        *line.start,
+        *line.length,
+        line.params.target_type().to_string(),
+        line.params.param_str(),
+    )];
     let dm = open()?;
     let id = DevId::Name(dm_name(name)?);
     let mut options = DmOptions::default();
@@ -68,7 +80,7 @@ pub fn create(name: &str, table: &Table, read_only: bool) -> Result<Device> {
         .device_create(dm_name(name)?, None, options)
         .map_err(|e| dm_err("create", name, e))?;
     let loaded = dm
-        .table_load(&id, table, options)
+        .table_load(&id, &table, options)
         .and_then(|_| dm.device_suspend(&id, DmOptions::default()));
     if let Err(e) = loaded {
         let _ = dm.device_remove(&id, DmOptions::default());
@@ -133,10 +145,11 @@ pub fn wait_for_status<T>(
 }
 
 /// Sends a message to a target (e.g. `create_thin 1` to a thin pool).
-pub fn message(name: &str, text: &str) -> Result<()> {
+pub fn message(name: &str, message: &impl std::fmt::Display) -> Result<()> {
+    let text = message.to_string();
     let dm = open()?;
     let id = DevId::Name(dm_name(name)?);
-    dm.target_msg(&id, None, text)
+    dm.target_msg(&id, None, &text)
         .map(drop)
         .map_err(|e| dm_err(&format!("message {text:?} to"), name, e))
 }
