@@ -10,6 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sftsan_core::backends::userspace::qapi::{QueryBlockstats, Quit, Shutdown};
 use sftsan_core::backends::userspace::Qmp;
 use sftsan_core::transport::{NetnsTransport, Transport};
 
@@ -171,17 +172,15 @@ fn guest(vm: &Vm, w: &Workload, t0: Instant, timeout: Duration) -> Result<Boot> 
             }
         }
     };
-    qmp.wait_event("SHUTDOWN", Duration::from_secs(60), |_| true)?;
-    let stats = qmp.execute("query-blockstats", serde_json::json!({}))?;
+    qmp.wait_event(Duration::from_secs(60), |_: &Shutdown| true)?;
+    let stats = qmp.run(&QueryBlockstats { query_nodes: false })?;
     let read_bytes = stats
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["qdev"].as_str().is_some_and(|q| q.contains("vda")))
-        .and_then(|s| s["stats"]["rd_bytes"].as_u64())
+        .iter()
+        .find(|s| s.qdev.as_deref().is_some_and(|q| q.contains("vda")))
+        .map(|s| s.stats.rd_bytes)
         .context("query-blockstats has no entry for the VM's disk")?;
     // QEMU may close the monitor before it answers `quit`: its exit is what counts.
-    let _ = qmp.execute("quit", serde_json::json!({}));
+    let _ = qmp.run(&Quit {});
     child.wait(Duration::from_secs(30))?;
     let _ = std::fs::remove_file(&qmp_path);
     Ok(Boot {

@@ -6,9 +6,9 @@
 //! image is never served.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
+use super::qapi::{BlockdevAdd, BlockdevOptions, Driver};
 use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::prune_dirs;
@@ -34,11 +34,18 @@ pub struct Cache {
 }
 
 /// The qcow2 node's options. The keeper reopens the node with exactly these to flush it.
-pub fn cache_node_options(size: u64) -> Value {
+pub fn cache_node_options(size: u64) -> BlockdevOptions {
     // One L2 entry (8 bytes) maps a 64 KiB cluster: keep the whole map in memory.
     let l2 = (size / 8192).next_multiple_of(65536).max(1 << 20);
-    json!({"driver": "qcow2", "node-name": graph::CACHE, "file": graph::CACHE_FILE,
-           "backing": graph::UPSTREAM, "l2-cache-size": l2})
+    BlockdevOptions {
+        node_name: graph::CACHE.into(),
+        read_only: false,
+        driver: Driver::Qcow2 {
+            file: graph::CACHE_FILE.into(),
+            backing: Some(graph::UPSTREAM.into()),
+            l2_cache_size: Some(l2),
+        },
+    }
 }
 
 impl Cache {
@@ -128,12 +135,24 @@ impl Resource for Cache {
         }
         let mut qmp = require(&self.run_dir, &self.node)?;
         let steps = [
-            json!({"driver": "file", "node-name": graph::CACHE_FILE, "filename": self.file}),
+            BlockdevOptions {
+                node_name: graph::CACHE_FILE.into(),
+                read_only: false,
+                driver: Driver::File {
+                    filename: self.file.clone(),
+                },
+            },
             cache_node_options(self.size),
-            json!({"driver": "copy-on-read", "node-name": graph::COR, "file": graph::CACHE}),
+            BlockdevOptions {
+                node_name: graph::COR.into(),
+                read_only: false,
+                driver: Driver::CopyOnRead {
+                    file: graph::CACHE.into(),
+                },
+            },
         ];
-        for args in steps {
-            if let Err(e) = qmp.execute("blockdev-add", args) {
+        for options in steps {
+            if let Err(e) = qmp.run(&BlockdevAdd(options)) {
                 let _ = delete_nodes(&mut qmp, &[graph::COR, graph::CACHE, graph::CACHE_FILE]);
                 return Err(e);
             }

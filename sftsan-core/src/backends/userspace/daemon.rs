@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::qapi::Quit;
 use super::{connect, keeper_socket, qemu_opt_escape, qmp_socket};
 use crate::error::{IoContext, Result};
 use crate::fsutil::prune_run_dir;
@@ -139,7 +140,7 @@ impl Resource for Daemon {
             let asked = connect(&self.run_dir)
                 .ok()
                 .flatten()
-                .map(|mut q| q.execute("quit", serde_json::json!({})).is_ok())
+                .map(|mut q| q.run(&Quit {}).is_ok())
                 .unwrap_or(false);
             if !asked || !process::wait_exit(pid, Duration::from_secs(20)) {
                 process::stop(pid, Duration::from_secs(10))?;

@@ -7,13 +7,13 @@
 //! SIGTERM. It exits by itself when its daemon goes away.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::cache::cache_node_options;
+use super::qapi::{BlockdevOptions, BlockdevReopen, QueryBlockstats};
 use super::{daemon_pid, graph, keeper_socket, Qmp};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
@@ -172,17 +172,18 @@ fn detach() {
 }
 
 fn written_up_to(qmp: &mut Qmp) -> Result<u64> {
-    let stats = qmp.execute("query-blockstats", json!({"query-nodes": true}))?;
+    let stats = qmp.run(&QueryBlockstats { query_nodes: true })?;
     Ok(stats
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["node-name"] == graph::CACHE_FILE))
-        .and_then(|s| s["stats"]["wr_highest_offset"].as_u64())
-        .unwrap_or(0))
+        .iter()
+        .find(|s| s.node_name.as_deref() == Some(graph::CACHE_FILE))
+        .map_or(0, |s| s.stats.wr_highest_offset))
 }
 
-fn flush(qmp: &mut Qmp, options: &Value) -> Result<()> {
-    qmp.execute("blockdev-reopen", json!({"options": [options]}))
-        .map(drop)
+fn flush(qmp: &mut Qmp, options: &BlockdevOptions) -> Result<()> {
+    qmp.run(&BlockdevReopen {
+        options: vec![options.clone()],
+    })
+    .map(drop)
 }
 
 fn flush_loop(mut qmp: Qmp, daemon: &OwnedFd, args: &KeeperArgs) -> i32 {

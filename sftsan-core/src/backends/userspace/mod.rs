@@ -9,6 +9,7 @@ mod cache;
 mod daemon;
 mod keeper;
 mod origin;
+pub mod qapi;
 mod qmp;
 mod relay;
 mod snapshot;
@@ -24,11 +25,14 @@ pub use relay::RelayExport;
 pub use snapshot::Snapshot;
 pub use upstream::{IscsiLogin, Upstream};
 
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use qapi::{
+    BlockDeviceInfo, BlockExportDel, BlockExportDeleted, BlockdevDel, Driver, ExportRemoveMode,
+    QueryBlockExports, QueryNamedBlockNodes, SocketAddress,
+};
 
 /// Block graph node names inside a node's daemon.
 pub(crate) mod graph {
@@ -65,21 +69,21 @@ pub(crate) fn require(run_dir: &Path, node: &str) -> Result<Qmp> {
         .ok_or_else(|| Error::not_found(format!("the storage daemon of {node}"), "is not running"))
 }
 
-/// Block nodes of the daemon by name, with their QMP descriptions.
-pub(crate) fn block_nodes(qmp: &mut Qmp) -> Result<Vec<Value>> {
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
-    Ok(nodes.as_array().cloned().unwrap_or_default())
+/// Every block node of the daemon.
+pub(crate) fn block_nodes(qmp: &mut Qmp) -> Result<Vec<BlockDeviceInfo>> {
+    qmp.run(&QueryNamedBlockNodes { flat: true })
 }
 
-pub(crate) fn find_node<'a>(nodes: &'a [Value], name: &str) -> Option<&'a Value> {
-    nodes.iter().find(|n| n["node-name"] == name)
+pub(crate) fn find_node<'a>(
+    nodes: &'a [BlockDeviceInfo],
+    name: &str,
+) -> Option<&'a BlockDeviceInfo> {
+    nodes.iter().find(|n| n.node_name == name)
 }
 
 pub(crate) fn export_exists(qmp: &mut Qmp, id: &str) -> Result<bool> {
-    let exports = qmp.execute("query-block-exports", json!({}))?;
-    Ok(exports
-        .as_array()
-        .is_some_and(|a| a.iter().any(|e| e["id"] == id)))
+    let exports = qmp.run(&QueryBlockExports {})?;
+    Ok(exports.iter().any(|e| e.id == id))
 }
 
 /// Removes an export, dropping connected clients, and waits until it is really gone.
@@ -87,10 +91,11 @@ pub(crate) fn delete_export(qmp: &mut Qmp, id: &str) -> Result<()> {
     if !export_exists(qmp, id)? {
         return Ok(());
     }
-    qmp.execute("block-export-del", json!({"id": id, "mode": "hard"}))?;
-    qmp.wait_event("BLOCK_EXPORT_DELETED", Duration::from_secs(30), |d| {
-        d["id"] == id
+    qmp.run(&BlockExportDel {
+        id: id.into(),
+        mode: ExportRemoveMode::Hard,
     })?;
+    qmp.wait_event(Duration::from_secs(30), |d: &BlockExportDeleted| d.id == id)?;
     Ok(())
 }
 
@@ -99,7 +104,9 @@ pub(crate) fn delete_nodes(qmp: &mut Qmp, names: &[&str]) -> Result<()> {
     let existing = block_nodes(qmp)?;
     for name in names {
         if find_node(&existing, name).is_some() {
-            qmp.execute("blockdev-del", json!({"node-name": name}))?;
+            qmp.run(&BlockdevDel {
+                node_name: (*name).into(),
+            })?;
         }
     }
     Ok(())
@@ -118,10 +125,35 @@ pub(crate) fn daemon_pid(run_dir: &Path) -> Option<i32> {
     )
 }
 
-/// The JSON a qcow2 overlay uses as backing to reach an NBD export.
+/// The JSON a qcow2 overlay uses as backing to reach an NBD export. It is written into
+/// every VM disk's header and compared when observed, so its text never changes: keys are
+/// sorted (through `Value`), as the first releases wrote them.
 pub fn nbd_backing(host: &std::net::IpAddr, port: u16, export: &str) -> String {
-    json!({"file": {"driver": "nbd",
-        "server": {"type": "inet", "host": host.to_string(), "port": port.to_string()},
-        "export": export}})
-    .to_string()
+    #[derive(serde::Serialize)]
+    struct Backing {
+        file: Driver,
+    }
+    let backing = Backing {
+        file: Driver::Nbd {
+            server: SocketAddress::inet(*host, port),
+            export: export.into(),
+            reconnect_delay: None,
+            open_timeout: None,
+        },
+    };
+    serde_json::to_value(&backing)
+        .expect("plain strings and numbers encode")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// VM disks made by earlier releases carry this text in their headers.
+    #[test]
+    fn the_nbd_backing_text_is_what_vm_disks_already_carry() {
+        assert_eq!(
+            super::nbd_backing(&"10.0.0.2".parse().unwrap(), 10809, "img"),
+            r#"{"file":{"driver":"nbd","export":"img","server":{"host":"10.0.0.2","port":"10809","type":"inet"}}}"#
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! The origin's export: the base image, read-only, over NBD.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::PathBuf;
 
+use super::qapi::{BlockExportAdd, BlockExportOptions, BlockdevAdd, BlockdevOptions, Driver};
 use super::{
     block_nodes, connect, delete_export, delete_nodes, export_exists, find_node, graph, require,
 };
@@ -36,10 +36,7 @@ impl Resource for OriginExport {
         let exported = export_exists(&mut qmp, graph::ORIGIN_EXPORT_ID)?;
         match (find_node(&nodes, graph::ORIGIN_FILE), exported) {
             (None, false) => Ok(Observed::Absent),
-            (Some(file), true) => Ok(Observed::Present(vec![(
-                "source",
-                file["file"].as_str().unwrap_or_default().to_string(),
-            )])),
+            (Some(file), true) => Ok(Observed::Present(vec![("source", file.file.clone())])),
             _ => Ok(Observed::Partial(
                 "image node and export out of step".into(),
             )),
@@ -51,29 +48,36 @@ impl Resource for OriginExport {
         let is_block = std::fs::metadata(&self.source)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
             .unwrap_or(false);
-        let steps = [
-            (
-                "blockdev-add",
-                json!({"driver": if is_block { "host_device" } else { "file" },
-                       "node-name": graph::ORIGIN_FILE,
-                       "filename": self.source, "read-only": true}),
-            ),
-            (
-                "blockdev-add",
-                json!({"driver": "raw", "node-name": graph::ORIGIN,
-                       "file": graph::ORIGIN_FILE, "read-only": true}),
-            ),
-            (
-                "block-export-add",
-                json!({"type": "nbd", "id": graph::ORIGIN_EXPORT_ID, "node-name": graph::ORIGIN,
-                       "name": self.export, "writable": false}),
-            ),
-        ];
-        for (cmd, args) in steps {
-            if let Err(e) = qmp.execute(cmd, args) {
-                let _ = self.teardown(_ctx);
-                return Err(e);
-            }
+        let filename = self.source.clone();
+        let file = BlockdevOptions {
+            node_name: graph::ORIGIN_FILE.into(),
+            read_only: true,
+            driver: if is_block {
+                Driver::HostDevice { filename }
+            } else {
+                Driver::File { filename }
+            },
+        };
+        let raw = BlockdevOptions {
+            node_name: graph::ORIGIN.into(),
+            read_only: true,
+            driver: Driver::Raw {
+                file: graph::ORIGIN_FILE.into(),
+            },
+        };
+        let export = BlockExportOptions::Nbd {
+            id: graph::ORIGIN_EXPORT_ID.into(),
+            node_name: graph::ORIGIN.into(),
+            name: self.export.clone(),
+            writable: false,
+        };
+        let made = qmp
+            .run(&BlockdevAdd(file))
+            .and_then(|_| qmp.run(&BlockdevAdd(raw)))
+            .and_then(|_| qmp.run(&BlockExportAdd(export)));
+        if let Err(e) = made {
+            let _ = self.teardown(_ctx);
+            return Err(e);
         }
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! A node's relay export: its cached copy of the image, read-only, for children and VMs.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::PathBuf;
 
+use super::qapi::{BlockExportAdd, BlockExportOptions};
 use super::{connect, delete_export, export_exists, graph, require};
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
@@ -37,11 +37,12 @@ impl Resource for RelayExport {
 
     fn create(&self, _ctx: &Ctx) -> Result<()> {
         let mut qmp = require(&self.run_dir, &self.node)?;
-        qmp.execute(
-            "block-export-add",
-            json!({"type": "nbd", "id": graph::RELAY_EXPORT_ID, "node-name": graph::COR,
-                   "name": self.export, "writable": false}),
-        )?;
+        qmp.run(&BlockExportAdd(BlockExportOptions::Nbd {
+            id: graph::RELAY_EXPORT_ID.into(),
+            node_name: graph::COR.into(),
+            name: self.export.clone(),
+            writable: false,
+        }))?;
         Ok(())
     }
 

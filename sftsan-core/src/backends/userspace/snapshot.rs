@@ -33,6 +33,14 @@ pub struct Snapshot {
     pub prune: Vec<PathBuf>,
 }
 
+/// What `qemu-img info --output=json` says of an overlay (the fields sftsan compares).
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ImageInfo {
+    backing_filename: Option<String>,
+    virtual_size: u64,
+}
+
 impl Snapshot {
     fn backing(&self) -> String {
         format!("json:{}", nbd_backing(&self.host, self.port, &self.export))
@@ -64,17 +72,11 @@ impl Resource for Snapshot {
                 self.file.as_os_str(),
             ],
         )?;
-        let info: serde_json::Value = serde_json::from_str(&info)
+        let info: ImageInfo = serde_json::from_str(&info)
             .map_err(|e| Error::corrupt("qemu-img info's JSON", e.to_string()))?;
         Ok(Observed::Present(vec![
-            (
-                "backing",
-                info["backing-filename"].as_str().unwrap_or("").to_string(),
-            ),
-            (
-                "size",
-                info["virtual-size"].as_u64().unwrap_or(0).to_string(),
-            ),
+            ("backing", info.backing_filename.unwrap_or_default()),
+            ("size", info.virtual_size.to_string()),
         ]))
     }
 

@@ -24,18 +24,17 @@ pub fn cache_fill(ctx: &Ctx, file: &Path) -> Result<u64> {
             file.as_os_str(),
         ],
     )?;
-    let map: serde_json::Value = serde_json::from_str(&map)
+    let extents: Vec<Extent> = serde_json::from_str(&map)
         .map_err(|e| Error::corrupt("qemu-img map's JSON", e.to_string()))?;
-    Ok(map
-        .as_array()
-        .map(|extents| {
-            extents
-                .iter()
-                .filter(|e| e["present"].as_bool() == Some(true))
-                .filter_map(|e| e["length"].as_u64())
-                .sum()
-        })
-        .unwrap_or(0))
+    Ok(extents.iter().filter(|e| e.present).map(|e| e.length).sum())
+}
+
+/// One extent of `qemu-img map --output=json`.
+#[derive(serde::Deserialize)]
+struct Extent {
+    length: u64,
+    /// The cache file holds the extent (it was fetched).
+    present: bool,
 }
 
 /// Bytes a node's open TCP connections moved, from `ss -i`.

@@ -1,11 +1,11 @@
 //! A node's attachment to its parent's export (NBD, read-only, reconnecting).
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::qapi::{BlockdevAdd, BlockdevOptions, Driver, IscsiTransport, SocketAddress};
 use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
@@ -54,20 +54,28 @@ impl Upstream {
         }
     }
 
-    fn blockdev(&self) -> serde_json::Value {
-        let addr = SocketAddr::new(self.host, self.port);
-        match &self.iscsi {
+    fn blockdev(&self) -> BlockdevOptions {
+        let driver = match &self.iscsi {
             // An iSCSI parent that vanishes stalls reads until it returns (QEMU's iscsi
             // driver has no reconnect timeout); an NBD parent fails them after a delay.
-            Some(login) => json!({"driver": "iscsi", "node-name": graph::UPSTREAM,
-                "transport": "tcp", "portal": addr.to_string(),
-                "target": login.target, "initiator-name": login.initiator,
-                "lun": 1, "read-only": true}),
-            None => json!({"driver": "nbd", "node-name": graph::UPSTREAM,
-                "server": {"type": "inet", "host": self.host.to_string(), "port": self.port.to_string()},
-                "export": self.export, "read-only": true,
-                "reconnect-delay": RECONNECT_DELAY_S,
-                "open-timeout": self.connect_timeout_ms.div_ceil(1000)}),
+            Some(login) => Driver::Iscsi {
+                transport: IscsiTransport::Tcp,
+                portal: SocketAddr::new(self.host, self.port).to_string(),
+                target: login.target.clone(),
+                initiator_name: login.initiator.clone(),
+                lun: 1,
+            },
+            None => Driver::Nbd {
+                server: SocketAddress::inet(self.host, self.port),
+                export: self.export.clone(),
+                reconnect_delay: Some(RECONNECT_DELAY_S),
+                open_timeout: Some(self.connect_timeout_ms.div_ceil(1000)),
+            },
+        };
+        BlockdevOptions {
+            node_name: graph::UPSTREAM.into(),
+            read_only: true,
+            driver,
         }
     }
 }
@@ -84,10 +92,7 @@ impl Resource for Upstream {
         let nodes = block_nodes(&mut qmp)?;
         Ok(match find_node(&nodes, graph::UPSTREAM) {
             None => Observed::Absent,
-            Some(n) => Observed::Present(vec![(
-                "upstream",
-                n["file"].as_str().unwrap_or_default().to_string(),
-            )]),
+            Some(n) => Observed::Present(vec![("upstream", n.file.clone())]),
         })
     }
 
@@ -103,7 +108,7 @@ impl Resource for Upstream {
             )
         })?;
         let mut qmp = require(&self.run_dir, &self.node)?;
-        qmp.execute("blockdev-add", self.blockdev())
+        qmp.run(&BlockdevAdd(self.blockdev()))
             .map_err(|e| e.context(format!("attaching to parent {} at {addr}", self.parent)))?;
         Ok(())
     }
