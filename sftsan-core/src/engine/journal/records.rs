@@ -181,6 +181,24 @@ fn entry(
     }
 }
 
+/// What both formats share besides their entries.
+fn journal_data(
+    cluster: String,
+    transports: BTreeMap<String, TransportRecord>,
+    levels: Vec<Vec<String>>,
+    entries: Vec<Entry>,
+) -> JournalData {
+    JournalData {
+        cluster,
+        transports: transports
+            .into_iter()
+            .map(|(k, t)| (k, transport_spec(t)))
+            .collect(),
+        levels,
+        entries,
+    }
+}
+
 fn from_v2(file: FileV2) -> Result<JournalData> {
     let entries = file
         .entries
@@ -190,16 +208,12 @@ fn from_v2(file: FileV2) -> Result<JournalData> {
             Ok(entry(e.id, e.node, e.state, r, e.runtime))
         })
         .collect::<Result<_>>()?;
-    Ok(JournalData {
-        cluster: file.cluster,
-        transports: file
-            .transports
-            .into_iter()
-            .map(|(k, t)| (k, transport_spec(t)))
-            .collect(),
-        levels: file.levels,
+    Ok(journal_data(
+        file.cluster,
+        file.transports,
+        file.levels,
         entries,
-    })
+    ))
 }
 
 fn from_v1(file: FileV1) -> Result<JournalData> {
@@ -216,14 +230,10 @@ fn from_v1(file: FileV1) -> Result<JournalData> {
             Ok(entry(e.id, e.node, e.state, r, e.runtime))
         })
         .collect::<Result<_>>()?;
-    Ok(JournalData {
-        cluster: file.cluster,
-        transports: file
-            .transports
-            .into_iter()
-            .map(|(k, t)| (k, transport_spec(t)))
-            .collect(),
-        levels: file.levels,
+    Ok(journal_data(
+        file.cluster,
+        file.transports,
+        file.levels,
         entries,
-    })
+    ))
 }
