@@ -25,9 +25,14 @@ pub enum Method {
     Sftsan(u32),
 }
 
+/// A `--methods` word that names no method.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a method (central, full-copy, sftsan-D with D from 1 to 64)")]
+pub struct UnknownMethod(String);
+
 impl FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Method, String> {
+    type Err = UnknownMethod;
+    fn from_str(s: &str) -> Result<Method, UnknownMethod> {
         match s {
             "central" => Ok(Method::Central),
             "full-copy" => Ok(Method::FullCopy),
@@ -36,11 +41,7 @@ impl FromStr for Method {
                 .and_then(|d| d.parse().ok())
                 .filter(|d| (1..=64).contains(d))
                 .map(Method::Sftsan)
-                .ok_or_else(|| {
-                    format!(
-                        "{s:?} is not a method (central, full-copy, sftsan-D with D from 1 to 64)"
-                    )
-                }),
+                .ok_or_else(|| UnknownMethod(s.into())),
         }
     }
 }
