@@ -180,7 +180,7 @@ fn node_port(node: &crate::plan::NodePlan) -> u16 {
         .iter()
         .find_map(|r| match r {
             ResourceSpec::Daemon(d) => Some(d.port),
-            ResourceSpec::OriginTarget(t) => Some(t.port),
+            ResourceSpec::OriginTarget(t) | ResourceSpec::TgtRelay(t) => Some(t.port),
             _ => None,
         })
         .unwrap_or(crate::spec::DEFAULT_PORT)

@@ -6,15 +6,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
-use sftsan_core::backends::tgt::OriginTarget;
+use sftsan_core::backends::tgt::TgtTarget;
 use sftsan_core::error::ErrorKind;
 use sftsan_core::resources::{Ctx, Observed, Resource, Tools};
 use sftsan_core::transport::LocalTransport;
 
 const CONTROL_PORT: u16 = 31_777;
 
-fn target(dir: &Path, node: &str, port: u16, image: &Path) -> OriginTarget {
-    OriginTarget {
+fn target(dir: &Path, node: &str, port: u16, image: &Path) -> TgtTarget {
+    TgtTarget {
         node: node.into(),
         run_dir: dir.join(node),
         address: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -75,8 +75,8 @@ fn a_second_tgtd_on_a_taken_control_port_is_refused_and_the_first_is_left_alone(
 }
 
 /// Tears the target down when dropped, also when the test fails.
-fn scopeguard<'a>(t: &'a OriginTarget, ctx: &'a Ctx) -> impl Drop + 'a {
-    struct Down<'a>(&'a OriginTarget, &'a Ctx);
+fn scopeguard<'a>(t: &'a TgtTarget, ctx: &'a Ctx) -> impl Drop + 'a {
+    struct Down<'a>(&'a TgtTarget, &'a Ctx);
     impl Drop for Down<'_> {
         fn drop(&mut self) {
             let _ = self.0.teardown(self.1);

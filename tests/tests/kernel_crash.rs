@@ -16,8 +16,8 @@ struct Case {
     cache: &'static str,
 }
 
-/// Every kernel resource kind, on the LIO relay; and tgtd's target (`origin-target`) for
-/// `kernel.relay = "tgt"`.
+/// Every kernel resource kind, on the LIO relay (`tgt-relay` on tgt); and the origin's tgtd
+/// target (`origin-target`) for `kernel.relay = "tgt"`.
 fn cases() -> Vec<Case> {
     use sftsan_core::plan::ResourceSpec;
     let mut cases: Vec<Case> = ResourceSpec::KERNEL_KINDS
@@ -28,7 +28,7 @@ fn cases() -> Vec<Case> {
                 "thin-pool" | "thin-volume" => "dm-thin",
                 _ => "dm-snapshot",
             },
-            relay: "lio",
+            relay: if kind == "tgt-relay" { "tgt" } else { "lio" },
             cache: if kind == "dm-clone" {
                 "dm-clone"
             } else {

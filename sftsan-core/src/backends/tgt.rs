@@ -22,7 +22,7 @@ const LUN: &str = "1";
 
 /// A private tgtd exporting one file or dm device read-only as LUN 1 of one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OriginTarget {
+pub struct TgtTarget {
     /// Name of the node (from the spec) tgtd runs on.
     pub node: String,
     /// The node's runtime directory, holding tgtd's pid file (`tgtd.pid`).
@@ -48,7 +48,7 @@ pub struct OriginTarget {
     pub source_dm: Option<String>,
 }
 
-impl OriginTarget {
+impl TgtTarget {
     fn pidfile(&self) -> PathBuf {
         self.run_dir.join("tgtd.pid")
     }
@@ -199,7 +199,7 @@ fn lock_holder(path: &Path) -> Option<i32> {
     (query.l_type != libc::F_UNLCK as libc::c_short).then_some(query.l_pid)
 }
 
-impl Resource for OriginTarget {
+impl Resource for TgtTarget {
     fn desired(&self) -> Params {
         // A dm device's node is only known while it exists.
         let source = self

@@ -16,7 +16,7 @@ use crate::backends::kernel::dm_devices::{
 use crate::backends::kernel::initiator::{Chap, IscsiSession};
 use crate::backends::kernel::lio::{Acl, Backing, LioTarget};
 use crate::backends::kernel::loopback::LoopFile;
-use crate::backends::tgt::OriginTarget;
+use crate::backends::tgt::TgtTarget;
 use crate::names::Names;
 use crate::plan::ResourceSpec;
 use crate::spec::{ClusterSpec, KernelCache, KernelSpec, NodeDevices, RelayTarget, SnapshotKind};
@@ -207,7 +207,7 @@ pub fn stack(
             Backing::File { path, .. } | Backing::Block { path } => (path, None),
             Backing::Dm { name } => (PathBuf::from(format!("dm:{name}")), Some(name)),
         };
-        ResourceSpec::OriginTarget(OriginTarget {
+        let target = TgtTarget {
             node: name.clone(),
             run_dir: names.run_dir(name),
             address: *address,
@@ -218,7 +218,13 @@ pub fn stack(
             initiators: initiators.clone(),
             chap: Some(chap.clone()),
             source_dm,
-        })
+        };
+        // The origin's target and a relay are different steps of a stack: each has its
+        // own kind in the journal and in status.
+        match tree.parent(index) {
+            None => ResourceSpec::OriginTarget(target),
+            Some(_) => ResourceSpec::TgtRelay(target),
+        }
     };
     let Some(parent) = tree.parent(index) else {
         let image = Backing::File {
@@ -418,6 +424,15 @@ mod tests {
         cache: &str,
         devices: &str,
     ) -> (crate::plan::Plan, tempfile::NamedTempFile) {
+        kernel_plan_relay(kind, cache, devices, "lio")
+    }
+
+    fn kernel_plan_relay(
+        kind: &str,
+        cache: &str,
+        devices: &str,
+        relay: &str,
+    ) -> (crate::plan::Plan, tempfile::NamedTempFile) {
         let image = tempfile::NamedTempFile::new().unwrap();
         image.as_file().set_len(1 << 20).unwrap();
         let text = format!(
@@ -443,6 +458,7 @@ mod tests {
             kind = "{kind}"
             [kernel]
             cache = "{cache}"
+            relay = "{relay}"
             chap_user = "sftsan"
             chap_secret = "a-long-secret"
             "#,
@@ -477,6 +493,22 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The origin's tgtd and a node's tgtd relay are different steps: each has its own kind
+    /// (and id), in the journal and in status.
+    #[test]
+    fn tgt_targets_are_the_origins_or_a_relay() {
+        let (p, _image) = kernel_plan_relay("dm-snapshot", "dm-cache", "", "tgt");
+        let kinds = |node: &str| -> Vec<&str> {
+            let stack = &p.node(node).unwrap().stack;
+            stack.iter().map(|r| r.kind()).collect()
+        };
+        assert_eq!(kinds("origin"), vec!["origin-target"]);
+        let n1 = kinds("n1");
+        assert!(n1.contains(&"tgt-relay"), "{n1:?}");
+        assert!(!n1.contains(&"origin-target"), "{n1:?}");
+        assert!(!n1.contains(&"lio-target"), "{n1:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use crate::backends::tgt::OriginTarget;
+use crate::backends::tgt::TgtTarget;
 use crate::backends::userspace::{
     Cache, Daemon, IscsiLogin, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
 };
@@ -252,7 +252,7 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
             } else {
                 match &parent {
                     None if !managed => {}
-                    None if iscsi_origin => stack.push(ResourceSpec::OriginTarget(OriginTarget {
+                    None if iscsi_origin => stack.push(ResourceSpec::OriginTarget(TgtTarget {
                         node: name.clone(),
                         run_dir,
                         address: *address,

@@ -11,7 +11,7 @@ use crate::backends::kernel::dm_devices::{
 use crate::backends::kernel::initiator::IscsiSession;
 use crate::backends::kernel::lio::LioTarget;
 use crate::backends::kernel::loopback::LoopFile;
-use crate::backends::tgt::OriginTarget;
+use crate::backends::tgt::TgtTarget;
 use crate::backends::userspace::{
     Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
 };
@@ -33,8 +33,9 @@ pub enum ResourceSpec {
     Daemon(Daemon),
     /// Userspace: the origin's read-only NBD export of the image.
     OriginExport(OriginExport),
-    /// A private tgtd serving one read-only iSCSI LUN (an iSCSI origin, or a `tgt` relay).
-    OriginTarget(OriginTarget),
+    /// The origin's private tgtd serving the image as one read-only iSCSI LUN (userspace
+    /// `origin.protocol = "iscsi"`, or the kernel backend with `kernel.relay = "tgt"`).
+    OriginTarget(TgtTarget),
     /// Userspace: a node's read-only attachment to its parent's export.
     Upstream(Upstream),
     /// Userspace: a node's qcow2 cache, filled by copy-on-read from the upstream.
@@ -59,6 +60,9 @@ pub enum ResourceSpec {
     DmLinear(DmLinear),
     /// Kernel: an iSCSI target in LIO that serves a node's image to its children.
     LioTarget(LioTarget),
+    /// Kernel: a node's private tgtd serving its cached image to its children
+    /// (`kernel.relay = "tgt"`).
+    TgtRelay(TgtTarget),
     /// Kernel: a VM disk as a persistent dm-snapshot with its own COW store.
     DmSnapshot(DmSnapshot),
     /// Kernel: a node's thin pool that holds its VMs' thin volumes.
@@ -89,6 +93,7 @@ impl ResourceSpec {
             ResourceSpec::DmClone(r) => r,
             ResourceSpec::DmLinear(r) => r,
             ResourceSpec::LioTarget(r) => r,
+            ResourceSpec::TgtRelay(r) => r,
             ResourceSpec::DmSnapshot(r) => r,
             ResourceSpec::ThinPool(r) => r,
             ResourceSpec::ThinVolume(r) => r,
@@ -124,6 +129,7 @@ impl ResourceSpec {
             ResourceSpec::DmClone(_) => "dm-clone",
             ResourceSpec::DmLinear(_) => "dm-linear",
             ResourceSpec::LioTarget(_) => "lio-target",
+            ResourceSpec::TgtRelay(_) => "tgt-relay",
             ResourceSpec::DmSnapshot(_) => "dm-snapshot",
             ResourceSpec::ThinPool(_) => "thin-pool",
             ResourceSpec::ThinVolume(_) => "thin-volume",
@@ -131,7 +137,7 @@ impl ResourceSpec {
     }
 
     /// The kernel backend's kinds, in the order a node's stack is built.
-    pub const KERNEL_KINDS: [&'static str; 10] = [
+    pub const KERNEL_KINDS: [&'static str; 11] = [
         "iscsi-session",
         "loop-file",
         "block-device",
@@ -139,6 +145,7 @@ impl ResourceSpec {
         "dm-clone",
         "dm-linear",
         "lio-target",
+        "tgt-relay",
         "dm-snapshot",
         "thin-pool",
         "thin-volume",

@@ -1,9 +1,11 @@
 //! The journal's on-disk format: record types of its own, separate from the engine's
-//! in-memory structs, with a version. Version 2 stores each resource as its kind and a map
-//! of parameters; version 1 (sftsan before typed records) stored the serialized resource
-//! itself, and is read and converted. A change to what a resource kind stores must either
-//! keep reading the old records or bump the version with a conversion: the golden test in
-//! this module's tests fails otherwise.
+//! in-memory structs, with a version. Versions 2 and 3 store each resource as its kind and
+//! a map of parameters; version 1 (sftsan before typed records) stored the serialized
+//! resource itself. Version 3 gave the kernel backend's tgt relay its own kind
+//! (`tgt-relay`); versions 1 and 2 journaled it as `origin-target`. Older versions are read
+//! and converted. A change to what a resource kind stores must either keep reading the old
+//! records or bump the version with a conversion: the golden test in this module's tests
+//! fails otherwise.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -15,9 +17,9 @@ use crate::plan::ResourceSpec;
 use crate::transport::TransportSpec;
 
 /// The version this sftsan writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
-/// A journal file of version 2.
+/// A journal file of version 2 or 3 (the same records; 3 knows the `tgt-relay` kind).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileV2 {
@@ -88,9 +90,9 @@ pub fn parse(text: &str) -> Result<JournalData> {
     }
     let Version { version } = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
     match version {
-        CURRENT => {
+        2 | CURRENT => {
             let file: FileV2 = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-            from_v2(file)
+            from_v2(file, version)
         }
         1 => {
             let file: FileV1 = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
@@ -156,6 +158,20 @@ fn entry_record(e: &Entry) -> EntryRecord {
     }
 }
 
+/// Before version 3 a kernel node's tgt relay was journaled as the origin's target kind
+/// (`origin-target`, id `<node>/origin-target`); a relay is the one with a dm source.
+fn relay_kind_before_v3(kind: String, id: String, params: &Map<String, Value>) -> (String, String) {
+    let relay = kind == "origin-target" && params.get("source_dm").is_some_and(|v| !v.is_null());
+    if !relay {
+        return (kind, id);
+    }
+    let id = match id.strip_suffix("/origin-target") {
+        Some(node) => format!("{node}/tgt-relay"),
+        None => id,
+    };
+    ("tgt-relay".into(), id)
+}
+
 fn resource(kind: &str, mut params: Map<String, Value>, id: &str) -> Result<ResourceSpec> {
     params.insert("kind".into(), Value::String(kind.into()));
     serde_json::from_value(Value::Object(params))
@@ -199,13 +215,17 @@ fn journal_data(
     }
 }
 
-fn from_v2(file: FileV2) -> Result<JournalData> {
+fn from_v2(file: FileV2, version: u32) -> Result<JournalData> {
     let entries = file
         .entries
         .into_iter()
         .map(|e| {
-            let r = resource(&e.kind, e.params, &e.id)?;
-            Ok(entry(e.id, e.node, e.state, r, e.runtime))
+            let (kind, id) = match version {
+                2 => relay_kind_before_v3(e.kind, e.id, &e.params),
+                _ => (e.kind, e.id),
+            };
+            let r = resource(&kind, e.params, &id)?;
+            Ok(entry(id, e.node, e.state, r, e.runtime))
         })
         .collect::<Result<_>>()?;
     Ok(journal_data(
@@ -226,8 +246,9 @@ fn from_v1(file: FileV1) -> Result<JournalData> {
                 Some(Value::String(k)) => k,
                 _ => return Err(corrupt(format!("entry {:?} has no resource kind", e.id))),
             };
-            let r = resource(&kind, params, &e.id)?;
-            Ok(entry(e.id, e.node, e.state, r, e.runtime))
+            let (kind, id) = relay_kind_before_v3(kind, e.id, &params);
+            let r = resource(&kind, params, &id)?;
+            Ok(entry(id, e.node, e.state, r, e.runtime))
         })
         .collect::<Result<_>>()?;
     Ok(journal_data(
