@@ -11,7 +11,7 @@
 #
 # Each target starts from the committed seeds (fuzz/seeds/TARGET) plus the repository's
 # examples, in a working corpus fuzz/corpus/TARGET that grows between runs (not committed).
-# Targets run side by side, one per core. Installs cargo-fuzz if it is missing; uses the
+# Targets run side by side, one per core (SFTSAN_FUZZ_JOBS sets how many). Installs cargo-fuzz if it is missing; uses the
 # nightly toolchain if rustup has one, else the stable one with RUSTC_BOOTSTRAP=1 (the
 # sanitizer flags cargo-fuzz passes are unstable); SFTSAN_FUZZ_STABLE=1 chooses the latter.
 set -euo pipefail
@@ -83,7 +83,8 @@ run_target() { # run_target TARGET: fuzz it for $seconds, output in logs/TARGET.
         >"logs/$t.log" 2>&1
 }
 
-jobs_max=$(nproc)
+jobs_max=${SFTSAN_FUZZ_JOBS:-$(nproc)}
+[[ "$jobs_max" =~ ^[1-9][0-9]*$ ]] || die "SFTSAN_FUZZ_JOBS must be a whole number above 0, got '$jobs_max'"
 declare -A pid_of=()
 for t in "${targets[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done

@@ -50,6 +50,37 @@ step() { # step NAME COMMAND...
     fi
 }
 
+# Steps that share nothing run side by side: each one's output goes to a file, shown
+# whole when the step ends, so the log reads as if they had run one after the other.
+parallel_names=() parallel_pids=() parallel_logs=()
+trap 'kill "${parallel_pids[@]}" 2>/dev/null || true' INT TERM
+parallel_step() { # parallel_step NAME COMMAND...
+    local name=$1 out
+    shift
+    out=$(mktemp "${TMPDIR:-/tmp}/sftsan-test-$name.XXXXXX")
+    log "$name: $* (started; runs beside the other parallel steps)"
+    (
+        start=$SECONDS
+        if "$@"; then
+            echo "test.sh: $name: ok ($((SECONDS - start)) s)"
+        else
+            echo "test.sh: $name: FAILED ($((SECONDS - start)) s)"
+            exit 1
+        fi
+    ) >"$out" 2>&1 </dev/null &
+    parallel_names+=("$name") parallel_pids+=("$!") parallel_logs+=("$out")
+}
+wait_parallel_steps() {
+    local i
+    for i in "${!parallel_pids[@]}"; do
+        wait "${parallel_pids[$i]}" || failed+=("${parallel_names[$i]}")
+        log "${parallel_names[$i]}: its output:"
+        cat "${parallel_logs[$i]}"
+        rm -f "${parallel_logs[$i]}"
+    done
+    parallel_names=() parallel_pids=() parallel_logs=()
+}
+
 # The root tier: tests marked #[ignore = "root tier: ..."] need root and real daemons
 # (clusters, libvirtd, QEMU). Kernel-path tests (tests/tests/kernel*.rs) are the kernel
 # tier's, run inside its guest.
@@ -72,11 +103,13 @@ step test cargo test --workspace
 step root-tier root_tier
 # Kernel-path tests are #[ignore = "kernel tier: ..."] above: this host's kernel has no
 # device-mapper, LIO or iSCSI, so the kernel tier runs them inside a QEMU guest booting a
-# stock Debian kernel.
-step kernel-vm bash tests/kernel-vm/run
-# Every parser of outside input, briefly, so that a regression shows (scripts/fuzz.sh 600
-# is the long run docs/fuzzing.md reports).
-step fuzz bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}"
+# stock Debian kernel. Beside it, every parser of outside input is fuzzed briefly, so that
+# a regression shows (scripts/fuzz.sh 600 is the long run docs/fuzzing.md reports); fuzzing
+# builds in fuzz/target, so the two share neither files nor cargo's lock. The guest runs its
+# tests one at a time on about one core; fuzzing takes one target at a time beside it.
+parallel_step kernel-vm bash tests/kernel-vm/run
+parallel_step fuzz env SFTSAN_FUZZ_JOBS=1 bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}"
+wait_parallel_steps
 
 if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"
