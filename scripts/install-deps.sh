@@ -180,6 +180,8 @@ PACKAGES=(
 )
 # The kernel tier builds dm-clone.ko for its guest (tests/kernel-vm/build-dm-clone) and gives it udevd (libkmod2).
 PACKAGES+=(gcc-12 libelf1 xz-utils libkmod2) # and make, above
+# Remote mode: the controller's ssh, and the sshd each test host runs in its namespaces.
+PACKAGES+=(openssh-client openssh-server)
 present=()
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -188,12 +190,20 @@ done
 if [ "${#present[@]}" -gt 0 ]; then log "already installed: ${present[*]}"; fi
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
+    # Packages with services (openssh-server, libvirt) must not start them here: tests run
+    # their own. Without a policy-rc.d saying so, one is put in place for the install.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$APT_LOG" "$policy"' EXIT
+    fi
     apt_install "${missing[@]}"
 fi
 
 # --- 5. check ------------------------------------------------------------------------------
 for tool in qemu-storage-daemon qemu-img ip tgtd tgtadm iscsi-ls pkg-config gcc \
-    qemu-system-x86_64 virsh; do
+    qemu-system-x86_64 virsh ssh ssh-keygen sshd; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found after install"
 done
 log "done: qemu-utils $qemu_version, qemu-block-extra $block_version, qemu-system-x86 $system_version"

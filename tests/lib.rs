@@ -6,6 +6,8 @@
 //! 198.18.0.0/15. The returned [`Cluster`] runs `sftsan down` when dropped, so a failing
 //! test cleans up too, and holds a process-wide lock so clusters never run concurrently.
 
+pub mod hosts;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};

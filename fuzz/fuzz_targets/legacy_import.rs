@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sftsan_core::spec::{import_legacy, ClusterSpec};
+use sftsan_core::spec::{import_legacy, ClusterSpec, LegacyMode};
 
 fuzz_target!(|data: &[u8]| {
     let (cfg, nodes) = match data.iter().position(|&b| b == 0) {
@@ -14,15 +14,18 @@ fuzz_target!(|data: &[u8]| {
     let (Ok(cfg), Ok(nodes)) = (std::str::from_utf8(cfg), std::str::from_utf8(nodes)) else {
         return;
     };
-    match import_legacy(cfg, nodes, None) {
-        Err(e) => assert!(!e.to_string().contains('\n'), "one line: {e}"),
-        Ok(imported) => {
-            for w in &imported.warnings {
-                assert!(!w.to_string().contains('\n'), "one line: {w}");
+    for mode in [LegacyMode::Remote, LegacyMode::Host] {
+        match import_legacy(cfg, nodes, None, mode) {
+            Err(e) => assert!(!e.to_string().contains('\n'), "one line: {e}"),
+            Ok(imported) => {
+                for w in &imported.warnings {
+                    assert!(!w.to_string().contains('\n'), "one line: {w}");
+                }
+                let text = imported.spec.to_toml();
+                let again =
+                    ClusterSpec::from_toml(&text).expect("an imported spec's TOML parses");
+                assert_eq!(again, imported.spec, "TOML round trip");
             }
-            let text = imported.spec.to_toml();
-            let again = ClusterSpec::from_toml(&text).expect("an imported spec's TOML parses");
-            assert_eq!(again, imported.spec, "TOML round trip");
         }
     }
 });

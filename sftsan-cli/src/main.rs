@@ -1,6 +1,7 @@
 //! `sftsan`: plan, bring up, inspect and tear down a cluster, its VMs through libvirt, and
 //! the benchmark. A thin skin: it parses, calls the libraries and prints.
 
+mod hosts;
 mod output;
 mod vm;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use sftsan_core::backends::userspace::{run_keeper, KeeperArgs};
 use sftsan_core::engine::{Engine, Event, Progress};
 use sftsan_core::resources::Tools;
-use sftsan_core::spec::{import_legacy, validate, ClusterSpec, ValidatedSpec};
+use sftsan_core::spec::{import_legacy, validate, ClusterSpec, LegacyMode, ValidatedSpec};
 use sftsan_core::stdio::out;
 use sftsan_core::{errln, outln};
 use sftsan_core::{plan, status, verify};
@@ -30,6 +31,15 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where an imported legacy cluster's nodes run (`import-legacy --mode`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportMode {
+    /// Each node on its own host, reached over SSH as root.
+    Remote,
+    /// Every node on this host.
+    Host,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +90,10 @@ enum Command {
         /// Write the spec here instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Where the nodes run: each on its own host over SSH as root, as the scripts ran
+        /// them (remote), or all on this host (host).
+        #[arg(long, value_enum, default_value_t = ImportMode::Remote)]
+        mode: ImportMode,
     },
     /// A cluster's VMs as libvirt domains: one per snapshot of each compute node.
     #[command(subcommand)]
@@ -87,6 +101,12 @@ enum Command {
     /// sftsan's benchmarks.
     #[command(subcommand)]
     Bench(sftsan_bench::Command),
+    /// The hosts of a remote cluster: trust their SSH keys, check they are ready.
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
+    /// (internal) What a host runs when its controller asks over SSH.
+    #[command(subcommand, hide = true)]
+    Host(hosts::HostCommand),
     /// (internal) The per-node cache keeper, started by `up`.
     #[command(hide = true)]
     Keeper {
@@ -162,6 +182,14 @@ fn init_logging(verbose: u8) {
 fn load(path: &Path) -> Result<ValidatedSpec> {
     let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
     validate(spec).with_context(|| path.display().to_string())
+}
+
+/// A spec checked against every rule that needs no file: what the controller of a remote
+/// cluster can check (the image is on the origin's host).
+fn load_rules(path: &Path) -> Result<ClusterSpec> {
+    let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
+    sftsan_core::spec::check_rules(&spec).with_context(|| path.display().to_string())?;
+    Ok(spec)
 }
 
 fn progress() -> Progress {
@@ -263,10 +291,20 @@ fn run(command: Command) -> Result<()> {
             nodes,
             state_dir,
             output,
+            mode,
         } => {
             let read =
                 |p: &Path| std::fs::read_to_string(p).with_context(|| p.display().to_string());
-            let imported = import_legacy(&read(&cfg_data)?, &read(&nodes)?, state_dir.as_deref())?;
+            let mode = match mode {
+                ImportMode::Remote => LegacyMode::Remote,
+                ImportMode::Host => LegacyMode::Host,
+            };
+            let imported = import_legacy(
+                &read(&cfg_data)?,
+                &read(&nodes)?,
+                state_dir.as_deref(),
+                mode,
+            )?;
             for warning in &imported.warnings {
                 errln!("sftsan: warning: {warning}");
             }
@@ -284,6 +322,12 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Bench(command) => sftsan_bench::run(command)?,
+        Command::Hosts(command) => {
+            if !hosts::run_hosts(command)? {
+                std::process::exit(1);
+            }
+        }
+        Command::Host(command) => hosts::run_host(command)?,
         Command::Keeper {
             qmp,
             pidfile,

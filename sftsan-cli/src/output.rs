@@ -50,9 +50,14 @@ pub fn plan_text(plan: &Plan) -> String {
                 .iter()
                 .map(|r| r.id(None).replace("cluster/", ""))
                 .collect();
+            let host = n
+                .ssh
+                .as_ref()
+                .map(|d| format!(" via ssh {d}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {} ({}){parent}: {}",
+                "  {} ({}){host}{parent}: {}",
                 n.name,
                 n.address,
                 stack.join(", ")

@@ -14,6 +14,7 @@ pub mod local;
 pub mod names;
 pub mod plan;
 pub mod process;
+pub mod remote;
 pub mod resources;
 pub mod spec;
 pub mod status;

@@ -59,8 +59,20 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Waits until `pid` exits or `timeout` passes; true when it is gone.
+/// Waits until `pid` exits or `timeout` passes; true when it is gone. A child of ours is
+/// reaped, so that it does not stay in the process table.
 pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
+    if !exited_within(pid, timeout) {
+        return false;
+    }
+    // SAFETY: waitpid with a null status pointer writes nothing; WNOHANG never blocks.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    true
+}
+
+/// Waits until `pid` exits or `timeout` passes, without reaping it (its parent still
+/// collects the exit status); true when it has exited.
+pub fn exited_within(pid: i32, timeout: Duration) -> bool {
     let fd = match pidfd_open(pid) {
         Ok(fd) => fd,
         Err(_) => return true, // ESRCH: already gone
@@ -76,10 +88,7 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if n > 0 {
-            // Readable pidfd: the process has exited. If it is our child it may linger as a
-            // zombie; reap it without blocking so it does not stay in the process table.
-            // SAFETY: waitpid with a null status pointer writes nothing; WNOHANG never blocks.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            // A readable pidfd: the process has exited.
             return true;
         }
         if n == 0 || left.is_zero() {

@@ -34,6 +34,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("verify", &["error", "plan", "resources", "transport"]),
+    // A remote cluster's hosts over SSH: the controller's sessions, what hosts report.
+    (
+        "remote",
+        &["backends::kernel", "error", "names", "spec", "transport"],
+    ),
     // Applies a plan through a Backend; knows no backend.
     (
         "engine",
@@ -97,7 +102,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Vocabulary.
     ("names", &["hash", "spec"]),
     ("topology", &[]),
-    ("spec", &["error"]),
+    ("spec", &["error", "transport"]),
     // Where commands run, daemons, files, errors.
     ("transport", &["error", "process"]),
     ("process", &["error", "fsutil"]),

@@ -106,18 +106,11 @@ fn a_field_cfg_data_imports_with_warnings_and_plans_its_chain() {
             rest.split(": ").nth(1).unwrap()
         })
         .collect();
-    assert_eq!(
-        keys,
-        ["vgname", "cacheloopdev", "cacheoridev"],
-        "{warnings:#?}"
-    );
+    // cacheoridev is each compute host's cache device: used, so not warned about.
+    assert_eq!(keys, ["vgname", "cacheloopdev"], "{warnings:#?}");
     assert!(
         warnings[0].starts_with("sftsan: warning: cfg.data line 4: vgname: "),
         "{warnings:?}"
-    );
-    assert!(
-        warnings[2].contains("runs all 20 nodes on one host"),
-        "cacheoridev is the kernel backend's cache device, which one host cannot give 20 nodes: {warnings:?}"
     );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path("spec.toml"))
@@ -147,29 +140,48 @@ fn a_field_cfg_data_imports_with_warnings_and_plans_its_chain() {
     let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(plan["cluster"], "ubuntu12");
     assert_eq!(plan["degree"], 1);
+    // A multi-host cluster: each node on its own host, reached as root at its address.
+    assert_eq!(plan["mode"], "remote");
     let tree: Vec<String> = plan["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| {
             format!(
-                "{} {} <- {}",
+                "{} {} ssh {}@{} <- {}",
                 n["name"].as_str().unwrap(),
                 n["address"].as_str().unwrap(),
+                n["ssh"]["user"].as_str().unwrap(),
+                n["ssh"]["host"].as_str().unwrap(),
                 n["parent"].as_str().unwrap_or("-")
             )
         })
         .collect();
-    let mut chain = vec!["origin 192.168.0.152 <- -".to_string()];
+    let mut chain = vec!["origin 192.168.0.152 ssh root@192.168.0.152 <- -".to_string()];
     for i in 0..20 {
         let parent = if i == 0 {
             "origin".to_string()
         } else {
             format!("node{}", i + 1)
         };
-        chain.push(format!("node{} 192.168.0.{} <- {parent}", i + 2, 153 + i));
+        let address = format!("192.168.0.{}", 153 + i);
+        chain.push(format!(
+            "node{} {address} ssh root@{address} <- {parent}",
+            i + 2
+        ));
     }
     assert_eq!(tree, chain, "the 21-node chain, in the nodes file's order");
+    // Each host's cache goes on its own cacheoridev.
+    let caches: Vec<&serde_json::Value> = plan["nodes"].as_array().unwrap()[1..]
+        .iter()
+        .map(|n| &n["stack"])
+        .collect();
+    for stack in caches {
+        assert!(
+            stack.to_string().contains("/dev/vgdata/lvcache"),
+            "a node's stack without its cache device: {stack}"
+        );
+    }
     assert!(!state.exists(), "plan touched the state directory");
 }
 

@@ -15,6 +15,7 @@ use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
 use crate::spec::{Backend, ClusterSpec, Mode, OriginProtocol, SnapshotKind, ValidatedSpec};
 use crate::topology::Tree;
+use crate::transport::ssh::SshDestination;
 use crate::transport::TransportSpec;
 
 /// What a node is in the tree.
@@ -44,6 +45,10 @@ pub struct NodePlan {
     pub address: IpAddr,
     /// Where the node's commands run: the host or the node's network namespace.
     pub transport: TransportSpec,
+    /// How the controller reaches the node's host (mode remote); there the host's own
+    /// sftsan runs `transport` = this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshDestination>,
     /// The node's resources in creation order (empty for an origin someone else runs).
     pub stack: Vec<ResourceSpec>,
 }
@@ -57,6 +62,8 @@ pub struct Plan {
     pub image: String,
     /// The image's size in bytes, as measured during validation.
     pub image_size: u64,
+    /// Where the nodes run (`cluster.mode`).
+    pub mode: Mode,
     /// Children per node (`cluster.degree`).
     pub degree: usize,
     /// How many nodes of one tree level are set up at once (`cluster.parallelism`).
@@ -210,6 +217,8 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
     let mut all: Vec<(String, IpAddr)> = vec![(spec.origin.name.clone(), spec.origin.address)];
     all.extend(spec.nodes.iter().map(|n| (n.name.clone(), n.address)));
 
+    let hosts: std::collections::HashMap<String, SshDestination> =
+        spec.ssh_hosts().into_iter().collect();
     let kernel_backend = spec.cluster.backend == Backend::Kernel;
     let stores: std::collections::BTreeMap<String, kernel::Stores> = (0..spec.nodes.len())
         .filter(|_| kernel_backend)
@@ -314,6 +323,7 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                 level: tree.level(index),
                 address: *address,
                 transport,
+                ssh: hosts.get(name).cloned(),
                 stack,
             }
         })
@@ -323,6 +333,7 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
         cluster: spec.cluster.name.clone(),
         image: spec.image.name.clone(),
         image_size: size,
+        mode: spec.cluster.mode,
         degree: spec.cluster.degree as usize,
         parallelism: spec.cluster.parallelism as usize,
         cluster_stack,

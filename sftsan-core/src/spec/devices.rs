@@ -5,12 +5,20 @@
 use std::collections::HashMap;
 use std::path::{Component, Path};
 
-use super::{Backend, ClusterSpec, SnapshotKind, SpecError};
+use super::{Backend, ClusterSpec, Mode, SnapshotKind, SpecError};
 
 pub fn check(spec: &ClusterSpec) -> Result<(), SpecError> {
+    // A device path names one device per host: on one host every node's devices and the
+    // image must differ; in a remote cluster each node is a host of its own.
+    let one_host = spec.cluster.mode != Mode::Remote;
     let mut seen: HashMap<&Path, String> = HashMap::new();
-    seen.insert(&spec.image.source, "image.source".into());
+    if one_host {
+        seen.insert(&spec.image.source, "image.source".into());
+    }
     for (i, node) in spec.nodes.iter().enumerate() {
+        if !one_host {
+            seen.clear();
+        }
         let devices = &node.devices;
         if devices.is_empty() {
             continue;
@@ -199,6 +207,23 @@ mod tests {
         assert_eq!(
             error(&s),
             "nodes[0].devices.thin_data: \"/srv/base.img\" is also image.source"
+        );
+    }
+
+    /// Each node of a remote cluster is a host of its own: the same path there is
+    /// another device, and the image lives on the origin's host.
+    #[test]
+    fn remote_hosts_name_their_devices_alike() {
+        let mut s = spec("kernel", "dm-snapshot");
+        s.cluster.mode = crate::spec::Mode::Remote;
+        s.nodes[0].devices.cache = Some("/dev/sdb".into());
+        s.nodes[1].devices.cache = Some("/dev/sdb".into());
+        s.nodes[1].devices.cow = vec!["/srv/base.img".into()];
+        check(&s).unwrap();
+        s.nodes[1].devices.cow = vec!["/dev/sdb".into()];
+        assert_eq!(
+            error(&s),
+            "nodes[1].devices.cow[0]: \"/dev/sdb\" is also nodes[1].devices.cache"
         );
     }
 }

@@ -4,10 +4,11 @@
 mod bytesize;
 mod devices;
 mod legacy;
+mod ssh;
 mod validate;
 
 pub use bytesize::ByteSize;
-pub use legacy::{import_legacy, Imported, LegacyError, LegacyWarning};
+pub use legacy::{import_legacy, Imported, LegacyError, LegacyMode, LegacyWarning};
 pub use validate::{
     cache_needed, check_name, check_rules, validate, ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX,
 };
@@ -68,6 +69,10 @@ pub struct ClusterSpec {
     /// Settings of the kernel backend (`cluster.backend = "kernel"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelSpec>,
+    /// How the controller reaches the hosts of a remote cluster (`cluster.mode = "remote"`):
+    /// defaults for every node's `ssh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSpec>,
 }
 
 /// The `[cluster]` section: settings that apply to the whole cluster.
@@ -117,6 +122,9 @@ pub enum Mode {
     /// Every node runs in this process's own network namespace (e.g. 127.0.0.x addresses).
     #[default]
     Host,
+    /// Every node is a machine of its own, reached over SSH (`[ssh]` and each node's
+    /// `ssh`); each host runs its part of the plan with its own sftsan.
+    Remote,
 }
 
 /// The `[image]` section: the image the cluster distributes.
@@ -157,6 +165,9 @@ pub struct OriginSpec {
     /// tgtd's management port (private per cluster); default derived from the cluster name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi_control_port: Option<u16>,
+    /// The origin host's SSH destination (mode remote, managed origin); default its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<NodeSsh>,
 }
 
 /// The protocol the origin serves the image with (`origin.protocol`).
@@ -182,6 +193,10 @@ pub struct NodeSpec {
     /// loop-backed files in the cache directory.
     #[serde(default, skip_serializing_if = "NodeDevices::is_empty")]
     pub devices: NodeDevices,
+    /// The node's SSH destination (mode remote); default its address, with `[ssh]`'s user,
+    /// port and identity file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<NodeSsh>,
 }
 
 /// A node's stores on block devices (LVs, partitions, disks), each optional: a store
@@ -330,6 +345,53 @@ pub struct LocalSpec {
     /// its veth), so the emulated network has the bottlenecks of a real one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_mbit: Option<u32>,
+}
+
+/// The `[ssh]` section: how the controller reaches every host of a remote cluster. The
+/// system's OpenSSH client does it, so ~/.ssh/config, agents and jump hosts apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    /// User to log in as on every host; default: what ~/.ssh/config or ssh itself picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// SSH port of every host; default: ~/.ssh/config's, else 22.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Private key to log in with (absolute path); default: ssh's own choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
+    /// The host keys sftsan trusts (absolute path); default `<state_dir>/known_hosts`.
+    /// A host is added only by `sftsan hosts trust`; a changed key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
+    /// The sftsan program on the hosts; default `sftsan` (found on the remote PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
+    /// How many hosts are worked on at once (SSH sessions); default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    /// Seconds to wait for a host's SSH connection; default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_s: Option<u32>,
+}
+
+/// A host's SSH destination: each field given replaces `[ssh]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSsh {
+    /// Host name or address to connect to; default the node's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// User to log in as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// SSH port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Private key to log in with (absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
 }
 
 fn default_port() -> u16 {

@@ -68,6 +68,7 @@ pub fn check_rules(spec: &ClusterSpec) -> Result<(), SpecError> {
     check_mode(spec)?;
     check_origin_protocol(spec)?;
     check_kernel(spec)?;
+    super::ssh::check(spec)?;
     super::devices::check(spec)
 }
 
@@ -269,10 +270,10 @@ fn check_kernel(spec: &ClusterSpec) -> Result<(), SpecError> {
     at_least("kernel.iscsi_port", kernel.iscsi_port.into(), 1)?;
     // The kernel's iSCSI initiator works only in the initial network namespace: nodes on
     // one machine are told apart by name and IQN, not by namespace.
-    if spec.cluster.mode != Mode::Host {
+    if spec.cluster.mode == Mode::Local {
         return Err(SpecError::new(
             "cluster.mode",
-            "the kernel backend needs mode = \"host\" (the kernel's iSCSI initiator works only in the initial network namespace)",
+            "the kernel backend needs mode = \"host\" or \"remote\" (the kernel's iSCSI initiator works only in the initial network namespace)",
         ));
     }
     if !spec.origin.managed {
@@ -311,6 +312,14 @@ fn kind_name(kind: SnapshotKind) -> &'static str {
     }
 }
 
+pub(super) fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Local => "local",
+        Mode::Host => "host",
+        Mode::Remote => "remote",
+    }
+}
+
 fn backend_name(backend: Backend) -> &'static str {
     match backend {
         Backend::Userspace => "userspace",
@@ -329,11 +338,14 @@ fn check_mode(spec: &ClusterSpec) -> Result<(), SpecError> {
             "local",
             "cluster.mode = \"local\" needs a [local] section with a subnet",
         )),
-        (Mode::Host, Some(_)) => Err(SpecError::new(
+        (mode @ (Mode::Host | Mode::Remote), Some(_)) => Err(SpecError::new(
             "local",
-            "only used with cluster.mode = \"local\" (mode is \"host\")",
+            format!(
+                "only used with cluster.mode = \"local\" (mode is \"{}\")",
+                mode_name(mode)
+            ),
         )),
-        (Mode::Host, None) => Ok(()),
+        (Mode::Host | Mode::Remote, None) => Ok(()),
     }
 }
 
@@ -510,12 +522,14 @@ mod tests {
                 iscsi_port: 3260,
                 iscsi_target: None,
                 iscsi_control_port: None,
+                ssh: None,
             },
             nodes: (1..=3)
                 .map(|i| NodeSpec {
                     name: format!("n{i}"),
                     address: ip(&format!("127.0.0.{}", i + 1)),
                     devices: Default::default(),
+                    ssh: None,
                 })
                 .collect(),
             cache: CacheSpec {
@@ -529,6 +543,7 @@ mod tests {
             },
             local: None,
             kernel: None,
+            ssh: None,
         }
     }
 

@@ -1,8 +1,9 @@
-//! How a node's commands reach it: this process's namespaces, a network namespace, and
-//! (later) SSH. Commands are argument vectors, never shell strings.
+//! How a node's commands reach it: this process's namespaces, a network namespace, or
+//! another host over SSH. Commands are argument vectors, never shell strings.
 
 mod local;
 mod netns;
+pub mod ssh;
 
 pub use local::LocalTransport;
 pub use netns::NetnsTransport;

@@ -14,7 +14,7 @@ use super::validate::{check_name, CLUSTER_NAME_MAX, NAME_MAX};
 use super::{
     Backend, ByteSize, CacheSpec, ClusterSection, ClusterSpec, ImageSpec, KernelCache, KernelSpec,
     Mode, NodeDevices, NodeSpec, OriginProtocol, OriginSpec, RelayTarget, SnapshotKind,
-    SnapshotSpec,
+    SnapshotSpec, SshSpec,
 };
 use shell::{Assignment, Value};
 
@@ -118,12 +118,24 @@ const UNUSED: [(&str, &str); 2] = [
     ),
 ];
 
+/// Where the nodes of an imported cluster run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegacyMode {
+    /// Each on its own host, reached as root over SSH, as the scripts reached them
+    /// (`cluster.mode = "remote"`).
+    #[default]
+    Remote,
+    /// All on this host (`cluster.mode = "host"`), to try a configuration on one machine.
+    Host,
+}
+
 /// Converts sftsan's `cfg.data` and `nodes` files into a spec. `state_dir`, when given,
 /// replaces `workdir` (the directory the bash scripts ran from).
 pub fn import_legacy(
     cfg_data: &str,
     nodes: &str,
     state_dir: Option<&Path>,
+    mode: LegacyMode,
 ) -> Result<Imported, LegacyError> {
     let cfg = Cfg::parse(cfg_data)?;
     let image_name = image_name(&cfg)?;
@@ -131,7 +143,7 @@ pub fn import_legacy(
     let origin_address = cfg.required("imagenode")?.parse("an IP address")?;
     let mut nodes = parse_nodes(nodes, origin_address)?;
     let mut warnings = cfg.warnings();
-    if let Some(warning) = cache_device(&cfg, backend, &mut nodes)? {
+    if let Some(warning) = cache_device(&cfg, backend, mode, &mut nodes)? {
         warnings.push(warning);
         warnings.sort_by_key(|w| w.line);
     }
@@ -143,7 +155,10 @@ pub fn import_legacy(
                 None => workdir(&cfg, &image_name)?,
             },
             backend,
-            mode: Mode::Host,
+            mode: match mode {
+                LegacyMode::Remote => Mode::Remote,
+                LegacyMode::Host => Mode::Host,
+            },
             degree: cfg.required("degree")?.parse("a whole number")?,
             port: super::default_port(),
             parallelism: super::default_parallelism(),
@@ -162,6 +177,7 @@ pub fn import_legacy(
             iscsi_port: 3260,
             iscsi_target: None,
             iscsi_control_port: None,
+            ssh: None,
         },
         nodes,
         cache: CacheSpec {
@@ -183,6 +199,11 @@ pub fn import_legacy(
             chap_user: "sftsan".into(),
             chap_secret: random_secret(),
             open_access: false,
+        }),
+        // The scripts ran `ssh root@node`.
+        ssh: (mode == LegacyMode::Remote).then(|| SshSpec {
+            user: Some("root".into()),
+            ..Default::default()
         }),
     };
     Ok(Imported { spec, warnings })
@@ -348,11 +369,12 @@ fn cache_size(setting: Setting) -> Result<ByteSize, LegacyError> {
 }
 
 /// `cacheoridev`: the block device each compute node's cache lived on (under its loop
-/// device). The kernel backend caches a node there; a spec that runs every node on one host
-/// (as an imported spec does) can give it to a single node only.
+/// device). The kernel backend caches every node there when each node is a host of its
+/// own; a spec that runs every node on one host can give it to a single node only.
 fn cache_device(
     cfg: &Cfg,
     backend: Backend,
+    mode: LegacyMode,
     nodes: &mut [NodeSpec],
 ) -> Result<Option<LegacyWarning>, LegacyError> {
     let Some(setting) = cfg.get("cacheoridev") else {
@@ -375,17 +397,19 @@ fn cache_device(
              are files; ignored"
                 .into(),
         ),
-        [only] => {
-            only.devices = NodeDevices {
-                cache: Some(device),
-                ..Default::default()
-            };
+        _ if mode == LegacyMode::Remote || nodes.len() == 1 => {
+            for node in nodes.iter_mut() {
+                node.devices = NodeDevices {
+                    cache: Some(device.clone()),
+                    ..Default::default()
+                };
+            }
             Ok(None)
         }
         _ => warning(format!(
             "{} is each compute host's own cache device, but the imported spec runs all {} nodes \
              on one host (mode = \"host\"), where one device cannot hold every cache; their \
-             caches are files",
+             caches are files (import with mode remote to give it to every node)",
             device.display(),
             nodes.len()
         )),
@@ -416,6 +440,7 @@ fn parse_nodes(text: &str, origin: IpAddr) -> Result<Vec<NodeSpec>, LegacyError>
                 name: format!("node{}", nodes.len() + 2),
                 address,
                 devices: Default::default(),
+                ssh: None,
             });
         }
     }

@@ -17,7 +17,7 @@ cachesize=1024
 ";
 
 fn import(cfg: &str) -> Result<Imported, LegacyError> {
-    import_legacy(cfg, "10.0.0.2\n", None)
+    import_legacy(cfg, "10.0.0.2\n", None, LegacyMode::Remote)
 }
 
 fn import_err(cfg: &str) -> String {
@@ -34,11 +34,8 @@ fn warned_keys(imported: &Imported) -> Vec<&str> {
 
 #[test]
 fn converts_the_original_cfg_data() {
-    let imported = import_legacy(SEED_CFG, NODES, None).unwrap();
-    assert_eq!(
-        warned_keys(&imported),
-        ["vgname", "cacheloopdev", "cacheoridev"]
-    );
+    let imported = import_legacy(SEED_CFG, NODES, None, LegacyMode::Remote).unwrap();
+    assert_eq!(warned_keys(&imported), ["vgname", "cacheloopdev"]);
     assert_eq!(
         imported.warnings[1].to_string(),
         "cfg.data line 10: cacheloopdev: a fixed loop device for the cache; sftsan attaches \
@@ -54,7 +51,23 @@ fn converts_the_original_cfg_data() {
         .expect("a kernel cluster gets a [kernel] section");
     assert_eq!(kernel.chap_secret.len(), 24, "a generated CHAP secret");
     assert!(!kernel.open_access);
-    assert_eq!(spec.cluster.mode, Mode::Host);
+    // Each node a host of its own, reached as root (the scripts ran `ssh root@node`).
+    assert_eq!(spec.cluster.mode, Mode::Remote);
+    let hosts: Vec<String> = spec
+        .ssh_hosts()
+        .iter()
+        .map(|(n, d)| format!("{n}={d}"))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "origin=root@192.168.0.152",
+            "node2=root@192.168.0.153",
+            "node3=root@192.168.0.154",
+            "node4=root@192.168.0.155"
+        ]
+    );
+    super::super::check_rules(&spec).expect("an imported spec keeps every rule");
     assert_eq!(spec.cluster.degree, 1);
     assert_eq!(spec.cluster.port, super::super::DEFAULT_PORT);
     assert_eq!(spec.image.name, "ubuntu12");
@@ -87,16 +100,24 @@ fn converts_the_original_cfg_data() {
 }
 
 #[test]
-fn cacheoridev_is_the_cache_device_of_a_single_kernel_node() {
+fn cacheoridev_is_every_kernel_hosts_cache_device() {
     let cfg = SEED_CFG;
-    let imported = import_legacy(cfg, "192.168.0.153\n", None).unwrap();
+    let imported = import_legacy(cfg, NODES, None, LegacyMode::Remote).unwrap();
+    assert_eq!(warned_keys(&imported), ["vgname", "cacheloopdev"]);
+    assert!(imported
+        .spec
+        .nodes
+        .iter()
+        .all(|n| n.devices.cache.as_deref() == Some(Path::new("/dev/vgdata/lvcache"))));
+    // All nodes on this host: one node can have it.
+    let imported = import_legacy(cfg, "192.168.0.153\n", None, LegacyMode::Host).unwrap();
     assert_eq!(warned_keys(&imported), ["vgname", "cacheloopdev"]);
     assert_eq!(
         imported.spec.nodes[0].devices.cache.as_deref(),
         Some(Path::new("/dev/vgdata/lvcache"))
     );
     // Several nodes on one host cannot share it: their caches stay files, and it says so.
-    let imported = import_legacy(cfg, NODES, None).unwrap();
+    let imported = import_legacy(cfg, NODES, None, LegacyMode::Host).unwrap();
     assert!(imported.spec.nodes.iter().all(|n| n.devices.is_empty()));
     assert!(
         imported.warnings[2]
@@ -107,14 +128,19 @@ fn cacheoridev_is_the_cache_device_of_a_single_kernel_node() {
     );
     // qcow2 caches are files.
     let qcow = cfg.replace("snaptype=$dmsnap", "snaptype=$qcsnap");
-    let imported = import_legacy(&qcow, "192.168.0.153\n", None).unwrap();
+    let imported = import_legacy(&qcow, "192.168.0.153\n", None, LegacyMode::Remote).unwrap();
     assert!(imported.spec.nodes[0].devices.is_empty());
     assert_eq!(
         warned_keys(&imported),
         ["vgname", "cacheloopdev", "cacheoridev"]
     );
-    let err =
-        import_legacy(&cfg.replace("/dev/vgdata/lvcache", "lvcache"), NODES, None).unwrap_err();
+    let err = import_legacy(
+        &cfg.replace("/dev/vgdata/lvcache", "lvcache"),
+        NODES,
+        None,
+        LegacyMode::Remote,
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "cfg.data line 14: cacheoridev: \"lvcache\" is not an absolute path"
@@ -138,9 +164,14 @@ fn keys_without_a_use_are_warned_about_once() {
 
 #[test]
 fn state_dir_argument_replaces_workdir() {
-    let spec = import_legacy(SEED_CFG, NODES, Some(Path::new("/srv/sftsan")))
-        .unwrap()
-        .spec;
+    let spec = import_legacy(
+        SEED_CFG,
+        NODES,
+        Some(Path::new("/srv/sftsan")),
+        LegacyMode::Remote,
+    )
+    .unwrap()
+    .spec;
     assert_eq!(spec.cluster.state_dir, Path::new("/srv/sftsan"));
 }
 
@@ -331,7 +362,9 @@ fn later_assignments_win() {
 #[test]
 fn nodes_file_skips_blanks_comments_crlf_and_trailing_spaces() {
     let nodes = "# compute nodes\r\n\r\n10.0.0.2 \r\n  10.0.0.3  # rack 2\r\n\nfd00::4\t\n10.0.0.5 10.0.0.6\n";
-    let spec = import_legacy(MINIMAL, nodes, None).unwrap().spec;
+    let spec = import_legacy(MINIMAL, nodes, None, LegacyMode::Remote)
+        .unwrap()
+        .spec;
     let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["node2", "node3", "node4", "node5", "node6"]);
     assert_eq!(spec.nodes[1].address, ip("10.0.0.3"));
@@ -341,7 +374,11 @@ fn nodes_file_skips_blanks_comments_crlf_and_trailing_spaces() {
 
 #[test]
 fn bad_nodes_name_their_line() {
-    let err = |nodes: &str| import_legacy(MINIMAL, nodes, None).unwrap_err().to_string();
+    let err = |nodes: &str| {
+        import_legacy(MINIMAL, nodes, None, LegacyMode::Remote)
+            .unwrap_err()
+            .to_string()
+    };
     assert_eq!(
         err("10.0.0.2\n\nnode3.example\n"),
         "nodes line 3: \"node3.example\" is not an IP address"
@@ -365,7 +402,9 @@ fn imported_spec_passes_validation_once_the_image_exists() {
     let image = tempfile::NamedTempFile::new().unwrap();
     image.as_file().set_len(1 << 20).unwrap();
     let cfg = MINIMAL.replace("/dev/vg/img", &image.path().display().to_string());
-    let spec = import_legacy(&cfg, NODES, None).unwrap().spec;
+    let spec = import_legacy(&cfg, NODES, None, LegacyMode::Remote)
+        .unwrap()
+        .spec;
     let validated = super::super::validate(spec).unwrap();
     assert_eq!(validated.image_size(), 1 << 20);
 }

@@ -1,0 +1,139 @@
+//! `sftsan hosts ...` (the controller's view of a remote cluster's hosts) and `sftsan host
+//! ...` (what a host runs when the controller asks over SSH).
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use sftsan_core::remote::{self, facts, Fleet, HostCheck};
+use sftsan_core::stdio::out;
+use sftsan_core::transport::ssh::HostKeys;
+use sftsan_core::{errln, outln};
+
+/// The hosts of a remote cluster (`cluster.mode = "remote"`).
+#[derive(Subcommand)]
+pub enum HostsCommand {
+    /// First contact: learn each host's SSH key into the cluster's known_hosts (a key that
+    /// changed is refused), and print the fingerprints to compare with the hosts' own.
+    Trust { spec: PathBuf },
+    /// One row per host: SSH, sftsan, the programs and kernel features its part needs,
+    /// free space for its cache, clock skew. Exits 1 when a host is not ready.
+    Check {
+        spec: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a host runs for the controller (over SSH; not for operators).
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Reads a facts request (JSON) on stdin, writes this host's facts (JSON).
+    Facts,
+}
+
+/// Runs a `hosts` command; false when a host failed.
+pub fn run_hosts(command: HostsCommand) -> Result<bool> {
+    match command {
+        HostsCommand::Trust { spec } => {
+            let spec = super::load_rules(&spec)?;
+            let fleet = Fleet::open(&spec, HostKeys::AcceptNew)?;
+            let mut ok = true;
+            for (node, known) in remote::trust(&fleet) {
+                match known {
+                    Ok(keys) => {
+                        for key in keys {
+                            outln!("{node}: {key}")?;
+                        }
+                    }
+                    Err(e) => {
+                        ok = false;
+                        errln!("sftsan: {node}: {e}");
+                    }
+                }
+            }
+            outln!("known hosts: {}", fleet.known_hosts().display())?;
+            Ok(ok)
+        }
+        HostsCommand::Check { spec, json } => {
+            let spec = super::load_rules(&spec)?;
+            let fleet = Fleet::open(&spec, HostKeys::Strict)?;
+            let rows = remote::check(&spec, &fleet);
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                out(&check_table(&rows))?;
+            }
+            Ok(rows.iter().all(HostCheck::ready))
+        }
+    }
+}
+
+/// Runs a `host` command.
+pub fn run_host(command: HostCommand) -> Result<()> {
+    match command {
+        HostCommand::Facts => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("stdin")?;
+            let request: facts::FactsRequest =
+                serde_json::from_str(&input).context("facts request on stdin")?;
+            outln!("{}", serde_json::to_string(&facts::gather(&request))?)?;
+            Ok(())
+        }
+    }
+}
+
+/// Bytes for a person to read: "42.5 GiB".
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The rows of `hosts check` as a table, then one line per problem.
+fn check_table(rows: &[HostCheck]) -> String {
+    let mut text = format!(
+        "{:<12} {:<24} {:<8} {:<18} {:>10} {:>7}  {}\n",
+        "NODE", "SSH", "SFTSAN", "KERNEL", "CACHE FREE", "SKEW", "READY"
+    );
+    for r in rows {
+        let f = r.facts.as_ref();
+        let _ = writeln!(
+            text,
+            "{:<12} {:<24} {:<8} {:<18} {:>10} {:>7}  {}",
+            r.node,
+            r.destination,
+            f.map_or("-", |f| f.sftsan.as_str()),
+            f.map_or("-", |f| f.kernel.as_str()),
+            f.and_then(|f| f.cache_free).map_or("-".into(), human),
+            r.skew_ms
+                .map_or("-".into(), |s| format!("{:+.1}s", s as f64 / 1000.0)),
+            if r.ready() { "yes" } else { "NO" }
+        );
+        if let Some(f) = f {
+            let programs: Vec<String> = f
+                .programs
+                .iter()
+                .map(|(p, v)| format!("{p}: {}", v.as_deref().unwrap_or("missing")))
+                .collect();
+            if !programs.is_empty() {
+                let _ = writeln!(text, "    {}", programs.join("; "));
+            }
+        }
+    }
+    for r in rows {
+        for p in &r.problems {
+            let _ = writeln!(text, "{} ({}): {p}", r.node, r.destination);
+        }
+    }
+    text
+}

@@ -1,0 +1,181 @@
+//! `sftsan hosts check`: whether every host can take its part, one row per host, gathered
+//! in parallel over SSH. `up` runs it first and changes nothing when a host fails.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::facts::{self, HostFacts, VERSION};
+use super::fleet::Fleet;
+use crate::spec::ClusterSpec;
+use crate::transport::ssh::SshHost;
+
+/// Largest clock difference from the controller a host may have: logs and journals of
+/// different hosts are read side by side.
+const SKEW_MAX_MS: i64 = 5_000;
+/// How long a host may take to gather its facts (it may load kernel modules).
+const FACTS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One host's readiness: a row of `sftsan hosts check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostCheck {
+    /// The node the host runs.
+    pub node: String,
+    /// How the controller reaches it, e.g. `root@10.0.0.2`.
+    pub destination: String,
+    /// What the host reported; `None` when it could not be asked.
+    pub facts: Option<HostFacts>,
+    /// The host's clock minus the controller's, in milliseconds.
+    pub skew_ms: Option<i64>,
+    /// Bytes the host's cache still needs beyond what it has.
+    pub cache_needed: u64,
+    /// What keeps the host from taking part, each in a few words; empty when it is ready.
+    pub problems: Vec<String>,
+}
+
+impl HostCheck {
+    /// Whether the host can take its part.
+    pub fn ready(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks every host of `fleet`, in parallel; the rows come in the spec's order.
+pub fn check(spec: &ClusterSpec, fleet: &Fleet) -> Vec<HostCheck> {
+    fleet.each(|node, host| check_host(spec, node, host))
+}
+
+fn check_host(spec: &ClusterSpec, node: &str, host: &SshHost) -> HostCheck {
+    let is_origin = node == spec.origin.name;
+    let mut row = HostCheck {
+        node: node.into(),
+        destination: host.destination().to_string(),
+        facts: None,
+        skew_ms: None,
+        cache_needed: if is_origin { 0 } else { spec.cache.size.0 },
+        problems: vec![],
+    };
+    if let Err(e) = host.connect() {
+        row.problems.push(e.to_string());
+        return row;
+    }
+    let request = facts::request_for(spec, node);
+    let input = serde_json::to_vec(&request).expect("a request serializes");
+    let program = remote_program(spec);
+    let sent = facts::now_ms();
+    let out = match host.run(&[program.as_str(), "host", "facts"], &input, FACTS_TIMEOUT) {
+        Ok(out) => out,
+        Err(e) => {
+            row.problems.push(e.to_string());
+            return row;
+        }
+    };
+    let received = facts::now_ms();
+    // The shell's "command not found".
+    if out.status.code() == Some(127) {
+        row.problems
+            .push(format!("sftsan: {program} is not installed there"));
+        return row;
+    }
+    let facts: HostFacts = match serde_json::from_slice(&out.stdout) {
+        Ok(f) if out.status.success() => f,
+        _ => {
+            let why = String::from_utf8_lossy(&out.stderr);
+            let why = why.lines().last().unwrap_or("no answer").trim().to_string();
+            row.problems.push(format!(
+                "sftsan host facts failed ({}): {why}; is {program} sftsan {VERSION}?",
+                out.status
+            ));
+            return row;
+        }
+    };
+    let midpoint = (sent + received) / 2;
+    let skew = facts.time_ms as i64 - midpoint as i64;
+    row.skew_ms = Some(skew);
+    row.problems = problems(&row, &facts, skew);
+    row.facts = Some(facts);
+    row
+}
+
+/// What the facts say is wrong with the host.
+fn problems(row: &HostCheck, facts: &HostFacts, skew_ms: i64) -> Vec<String> {
+    let mut problems = vec![];
+    if facts.sftsan != VERSION {
+        problems.push(format!(
+            "runs sftsan {}, the controller {VERSION}",
+            facts.sftsan
+        ));
+    }
+    for (program, version) in &facts.programs {
+        // libvirt serves the host's VMs, not the cluster: its absence shows, but is no failure.
+        if version.is_none() && program != "libvirtd" {
+            problems.push(format!("{program} is not installed"));
+        }
+    }
+    if let Some(missing) = &facts.kernel_missing {
+        problems.push(missing.clone());
+    }
+    let free = facts.cache_free.unwrap_or(0);
+    let wanted = row.cache_needed.saturating_sub(facts.cache_used);
+    if free < wanted {
+        problems.push(format!(
+            "{} free for the cache, {} needed",
+            crate::spec::ByteSize(free),
+            crate::spec::ByteSize(wanted)
+        ));
+    }
+    if skew_ms.abs() > SKEW_MAX_MS {
+        problems.push(format!(
+            "its clock is {:.1} s {} the controller's",
+            skew_ms.abs() as f64 / 1000.0,
+            if skew_ms > 0 { "ahead of" } else { "behind" }
+        ));
+    }
+    problems
+}
+
+/// The sftsan program the hosts run (`ssh.program`), as the remote shell finds it.
+pub fn remote_program(spec: &ClusterSpec) -> String {
+    spec.ssh
+        .as_ref()
+        .and_then(|s| s.program.as_ref())
+        .map_or_else(|| "sftsan".into(), |p| p.to_string_lossy().into_owned())
+}
+
+/// Learns the key of every host not known yet (the explicit first contact), and returns
+/// each host's known key fingerprints, or why it could not be reached. A key that changed
+/// is refused, never replaced.
+pub fn trust(fleet: &Fleet) -> Vec<(String, crate::error::Result<Vec<String>>)> {
+    if let Some(dir) = fleet.known_hosts().parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    fleet.each(|node, host| {
+        let known = host
+            .connect()
+            .and_then(|()| fingerprints(fleet.known_hosts(), host));
+        (node.to_string(), known)
+    })
+}
+
+/// `ssh-keygen -l -F HOST -f KNOWN_HOSTS`: the fingerprints known for the host.
+fn fingerprints(
+    known_hosts: &std::path::Path,
+    host: &SshHost,
+) -> crate::error::Result<Vec<String>> {
+    let dest = host.destination();
+    let pattern = match dest.port {
+        Some(port) if port != 22 => format!("[{}]:{port}", dest.host),
+        _ => dest.host.clone(),
+    };
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-F", &pattern, "-f"])
+        .arg(known_hosts)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| crate::transport::spawn_error("ssh-keygen", e))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .collect())
+}

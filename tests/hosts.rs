@@ -1,0 +1,374 @@
+//! Separate hosts on one machine, for remote-mode tests: each host is a network namespace
+//! with mount and UTS namespaces of its own, running a real OpenSSH server on its address.
+//! The controller (the test, in the root namespace) reaches a host only by SSH to that
+//! address over a bridge; nothing runs through `ip netns exec`.
+//!
+//! Addresses: hosts at `198.18.<subnet>.1`, `.2`, ... on a /25; the bridge (the
+//! controller's side) at `.126`. An `unreachable` route for the whole /24 goes in first,
+//! so nothing of the test subnet can leave through the default route.
+
+use std::ffi::CString;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{checked, eventually, exclusive, require_root_with};
+
+/// One host: its namespace, address, server and private directory.
+pub struct Host {
+    /// The host's name, also its hostname inside (`h1`, `h2`, ...).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address, where its sshd listens.
+    pub address: Ipv4Addr,
+    /// Its own files: host key, sshd config and log, state.
+    pub dir: PathBuf,
+    sshd: Option<Child>,
+}
+
+impl Host {
+    /// The host's sshd log (LogLevel VERBOSE: one "Accepted publickey" line per connection).
+    pub fn sshd_log(&self) -> PathBuf {
+        self.dir.join("sshd.log")
+    }
+
+    /// How many SSH connections the host's sshd has accepted so far.
+    pub fn connections(&self) -> usize {
+        fs::read_to_string(self.sshd_log())
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    }
+
+    /// Its public host key file.
+    pub fn host_key_pub(&self) -> PathBuf {
+        self.dir.join("host_key.pub")
+    }
+}
+
+/// A set of hosts and the keys to reach them; [`Drop`] removes everything it made.
+pub struct TestHosts {
+    prefix: String,
+    subnet: String,
+    bridge: String,
+    /// The private (0700) directory of keys, configs and the hosts' directories.
+    pub dir: TempDir,
+    /// The hosts, in order.
+    pub hosts: Vec<Host>,
+    /// Paths every host sees privately (its own copy under its directory).
+    private_paths: Vec<PathBuf>,
+    _exclusive: MutexGuard<'static, ()>,
+}
+
+impl TestHosts {
+    /// `count` hosts in `198.18.<subnet>.0/24`. Each directory named in `private` (made
+    /// under [`TestHosts::dir`]) is a host's own there: bind-mounted from its directory,
+    /// so that what a host writes there stays its own, as on separate machines.
+    pub fn new(prefix: &str, subnet: u8, count: usize, private: &[&str]) -> TestHosts {
+        require_root_with(&["ip", "ssh", "ssh-keygen", "sshd"]);
+        assert!(count <= 120, "hosts sit in a /25");
+        let guard = exclusive();
+        let dir = tempfile::Builder::new()
+            .prefix("sftsan-hosts.")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let mut set = TestHosts {
+            prefix: prefix.into(),
+            subnet: format!("198.18.{subnet}.0/24"),
+            bridge: format!("{prefix}br"),
+            dir,
+            hosts: vec![],
+            private_paths: vec![],
+            _exclusive: guard,
+        };
+        set.private_paths = private.iter().map(|p| set.dir.path().join(p)).collect();
+        for p in &set.private_paths {
+            fs::create_dir_all(p).unwrap();
+        }
+        set.network(subnet, count);
+        set.keys();
+        for i in 0..count {
+            set.start(i);
+        }
+        set
+    }
+
+    /// The private key the controller logs in with.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// The guard route first, then the bridge and one namespace with a veth per host.
+    fn network(&mut self, subnet: u8, count: usize) {
+        ip(&["route", "add", "unreachable", &self.subnet]);
+        ip(&["link", "add", &self.bridge, "type", "bridge"]);
+        let controller = format!("198.18.{subnet}.126/25");
+        ip(&["addr", "add", &controller, "dev", &self.bridge]);
+        ip(&["link", "set", &self.bridge, "up"]);
+        for i in 0..count {
+            let name = format!("h{}", i + 1);
+            let netns = format!("{}-{name}", self.prefix);
+            let outside = format!("{}v{}", self.prefix, i + 1);
+            let inside = format!("{}p{}", self.prefix, i + 1);
+            let address = Ipv4Addr::new(198, 18, subnet, i as u8 + 1);
+            ip(&["netns", "add", &netns]);
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ]);
+            ip(&["link", "set", &inside, "netns", &netns]);
+            ip(&["link", "set", &outside, "master", &self.bridge, "up"]);
+            let inns = |args: &[&str]| {
+                let mut all = vec!["-n", netns.as_str()];
+                all.extend_from_slice(args);
+                ip(&all);
+            };
+            inns(&["addr", "add", &format!("{address}/25"), "dev", &inside]);
+            inns(&["link", "set", &inside, "up"]);
+            inns(&["link", "set", "lo", "up"]);
+            let dir = self.dir.path().join(&name);
+            fs::create_dir(&dir).unwrap();
+            self.hosts.push(Host {
+                name,
+                netns,
+                address,
+                dir,
+                sshd: None,
+            });
+        }
+    }
+
+    /// The controller's key, each host's key, and who may log in.
+    fn keys(&self) {
+        let client = self.client_key();
+        keygen(&client);
+        fs::copy(
+            client.with_extension("pub"),
+            self.dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        for host in &self.hosts {
+            keygen(&host.dir.join("host_key"));
+        }
+    }
+
+    /// Replaces host `i`'s key and restarts its sshd: a host that was reinstalled, or
+    /// one someone impersonates.
+    pub fn change_host_key(&mut self, i: usize) {
+        self.stop(i);
+        let key = self.hosts[i].dir.join("host_key");
+        fs::remove_file(&key).unwrap();
+        fs::remove_file(key.with_extension("pub")).unwrap();
+        keygen(&key);
+        self.start(i);
+    }
+
+    /// Starts host `i`'s sshd in the host's namespaces, and waits until it accepts.
+    pub fn start(&mut self, i: usize) {
+        let config = self.sshd_config(i);
+        let host = &self.hosts[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(host.sshd_log())
+            .unwrap();
+        let enter = Enter::new(host, &self.private_paths);
+        let mut cmd = Command::new("/usr/sbin/sshd");
+        cmd.args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: `enter` only makes syscalls on memory prepared before the fork.
+        unsafe { cmd.pre_exec(move || enter.apply()) };
+        let child = cmd.spawn().expect("sshd");
+        let addr = SocketAddr::from((host.address, 22));
+        let listening = eventually(Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        self.hosts[i].sshd = Some(child);
+        assert!(
+            listening,
+            "sshd of {} does not listen on {addr}",
+            self.hosts[i].name
+        );
+    }
+
+    /// Stops host `i`'s sshd and every process in its namespace (sessions included).
+    pub fn stop(&mut self, i: usize) {
+        let host = &mut self.hosts[i];
+        if let Some(mut child) = host.sshd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_netns_processes(&host.netns);
+    }
+
+    fn sshd_config(&self, i: usize) -> PathBuf {
+        let host = &self.hosts[i];
+        let path = host.dir.join("sshd_config");
+        let text = format!(
+            "ListenAddress {address}\n\
+             Port 22\n\
+             HostKey {key}\n\
+             AuthorizedKeysFile {authorized}\n\
+             PermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             PidFile none\n\
+             LogLevel VERBOSE\n\
+             MaxSessions 64\n",
+            address = host.address,
+            key = host.dir.join("host_key").display(),
+            authorized = self.dir.path().join("authorized_keys").display(),
+        );
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            self.stop(i);
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.hosts[i].netns])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .status();
+        let _ = Command::new("ip")
+            .args(["route", "delete", "unreachable", &self.subnet])
+            .status();
+    }
+}
+
+/// What a host's processes enter between fork and exec: its network namespace, then new
+/// mount and UTS namespaces with a private /run, its own copies of the private paths and
+/// its hostname. Everything is prepared before the fork: the child only makes syscalls.
+struct Enter {
+    netns: CString,
+    hostname: Vec<u8>,
+    /// (source, target) bind mounts.
+    binds: Vec<(CString, CString)>,
+}
+
+impl Enter {
+    fn new(host: &Host, private_paths: &[PathBuf]) -> Enter {
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+        let binds = private_paths
+            .iter()
+            .enumerate()
+            .map(|(n, target)| {
+                let source = host.dir.join(format!("private{n}"));
+                fs::create_dir_all(&source).unwrap();
+                (c(&source), c(target))
+            })
+            .collect();
+        Enter {
+            netns: c(&Path::new("/var/run/netns").join(&host.netns)),
+            hostname: host.name.as_bytes().to_vec(),
+            binds,
+        }
+    }
+
+    fn apply(&self) -> std::io::Result<()> {
+        let check = |rc: libc::c_int| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        let none = std::ptr::null();
+        // SAFETY: every pointer is a NUL-terminated string that outlives the calls.
+        unsafe {
+            let fd = libc::open(self.netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            libc::close(fd);
+            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
+            check(libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                c"/run".as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"mode=0755".as_ptr().cast(),
+            ))?;
+            // sshd's privilege separation directory.
+            check(libc::mkdir(c"/run/sshd".as_ptr(), 0o755))?;
+            for (source, target) in &self.binds {
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
+            check(libc::sethostname(
+                self.hostname.as_ptr().cast(),
+                self.hostname.len(),
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+fn ip(args: &[&str]) {
+    checked(Command::new("ip").args(args));
+}
+
+fn keygen(path: &Path) {
+    checked(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "sftsan-test", "-f"])
+            .arg(path),
+    );
+}
+
+/// Kills every process in network namespace `netns` and waits until none is left.
+fn kill_netns_processes(netns: &str) {
+    let pids = || -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", netns])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for pid in pids() {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || pids().is_empty()),
+        "processes left in {netns}: {:?}",
+        pids()
+    );
+}

@@ -1,0 +1,206 @@
+//! Remote mode's hosts over real SSH: each host a namespace with its own sshd (see
+//! `sftsan_tests::hosts`). The controller trusts host keys only when told to, checks every
+//! host in one connection each, and names the host when one fails.
+
+use std::path::{Path, PathBuf};
+
+use sftsan_tests::hosts::TestHosts;
+use sftsan_tests::{sftsan, sftsan_bin, stderr, stdout, write_image, MIB};
+
+/// A remote cluster on `hosts`: the origin on h1, n1.. on h2.., degree 2.
+struct RemoteCluster {
+    hosts: TestHosts,
+    spec: PathBuf,
+}
+
+impl RemoteCluster {
+    fn new(prefix: &str, subnet: u8, count: usize) -> RemoteCluster {
+        let hosts = TestHosts::new(prefix, subnet, count, &["state"]);
+        let dir = hosts.dir.path();
+        let state = dir.join("state");
+        let image = dir.join("base.raw");
+        write_image(&image, 16 * MIB, prefix);
+        let mut text = format!(
+            "[cluster]\nname = \"{prefix}\"\nstate_dir = \"{state}\"\nmode = \"remote\"\ndegree = 2\n\
+             [image]\nname = \"base\"\nsource = \"{image}\"\n\
+             [origin]\naddress = \"{origin}\"\n\
+             [cache]\nsize = \"32MiB\"\n\
+             [snapshots]\nper_node = 1\n\
+             [ssh]\nuser = \"root\"\nidentity_file = \"{key}\"\nknown_hosts = \"{known}\"\n\
+             program = \"{program}\"\nconnect_timeout_s = 3\n",
+            state = state.display(),
+            image = image.display(),
+            origin = hosts.hosts[0].address,
+            key = hosts.client_key().display(),
+            known = dir.join("known_hosts").display(),
+            program = sftsan_bin().display(),
+        );
+        for (i, host) in hosts.hosts.iter().enumerate().skip(1) {
+            text += &format!(
+                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\n",
+                host.address
+            );
+        }
+        let spec = dir.join("spec.toml");
+        std::fs::write(&spec, text).unwrap();
+        RemoteCluster { hosts, spec }
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.hosts.dir.path().join("known_hosts")
+    }
+
+    fn connections(&self) -> Vec<usize> {
+        self.hosts.hosts.iter().map(|h| h.connections()).collect()
+    }
+}
+
+/// The `SHA256:...` fingerprint of a public key file.
+fn fingerprint(public_key: &Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public_key)
+        .output()
+        .unwrap();
+    stdout(&out)
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap()
+        .to_string()
+}
+
+/// The `hosts check --json` rows: (node, ready, problems).
+fn check(c: &RemoteCluster) -> (bool, Vec<(String, bool, String)>) {
+    let out = sftsan([
+        "hosts".as_ref(),
+        "check".as_ref(),
+        "--json".as_ref(),
+        c.spec.as_os_str(),
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
+    let rows = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let problems = r["problems"].as_array().unwrap();
+            let text: Vec<&str> = problems.iter().map(|p| p.as_str().unwrap()).collect();
+            (
+                r["node"].as_str().unwrap().to_string(),
+                problems.is_empty(),
+                text.join("; "),
+            )
+        })
+        .collect();
+    (out.status.success(), rows)
+}
+
+#[test]
+#[ignore = "root tier: network namespaces, sshd"]
+fn hosts_are_trusted_explicitly_then_checked_in_one_connection_each() {
+    let c = RemoteCluster::new("sfrh1", 90, 3);
+    // No host is known yet: strict checking refuses every one, and says which.
+    let (ok, rows) = check(&c);
+    assert!(!ok, "check passed with no trusted host: {rows:?}");
+    for (node, ready, problems) in &rows {
+        assert!(!ready, "{node}");
+        assert!(
+            problems.contains("Host key verification failed"),
+            "{node}: {problems}"
+        );
+    }
+    assert!(!c.known_hosts().exists(), "a failed check learned a key");
+
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    for (node, host) in ["origin", "n1", "n2"].iter().zip(&c.hosts.hosts) {
+        let expected = fingerprint(&host.host_key_pub());
+        assert!(
+            printed
+                .lines()
+                .any(|l| l.starts_with(&format!("{node}: ")) && l.contains(&expected)),
+            "{node}'s fingerprint {expected} not in:\n{printed}"
+        );
+    }
+
+    let before = c.connections();
+    let (ok, rows) = check(&c);
+    assert!(ok, "{rows:?}");
+    assert!(rows.iter().all(|(_, ready, _)| *ready), "{rows:?}");
+    let after = c.connections();
+    let per_host: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        per_host,
+        [1, 1, 1],
+        "SSH connections per host for one check"
+    );
+
+    // The text table: a row per host and no problem lines.
+    let out = sftsan(["hosts".as_ref(), "check".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let table = stdout(&out);
+    for node in ["origin", "n1", "n2"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(node) && l.ends_with("yes")),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "root tier: network namespaces, sshd"]
+fn a_changed_host_key_is_refused_and_named() {
+    let mut c = RemoteCluster::new("sfrh2", 91, 3);
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let known = std::fs::read_to_string(c.known_hosts()).unwrap();
+
+    c.hosts.change_host_key(1);
+    let (ok, rows) = check(&c);
+    assert!(!ok);
+    assert!(
+        rows[0].1 && rows[2].1,
+        "other hosts are unaffected: {rows:?}"
+    );
+    assert_eq!(rows[1].0, "n1");
+    assert!(!rows[1].1);
+    assert!(
+        rows[1].2.contains("Host key verification failed"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].2.contains(&c.hosts.hosts[1].address.to_string()),
+        "{rows:?}"
+    );
+
+    // Trusting again does not replace a changed key: that stays the operator's decision.
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line, for n1: {err}");
+    assert!(err.starts_with("sftsan: n1: "), "{err}");
+    assert_eq!(std::fs::read_to_string(c.known_hosts()).unwrap(), known);
+}
+
+#[test]
+#[ignore = "root tier: network namespaces, sshd"]
+fn an_unreachable_host_fails_alone() {
+    let mut c = RemoteCluster::new("sfrh3", 92, 3);
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.hosts.stop(2);
+    let started = std::time::Instant::now();
+    let (ok, rows) = check(&c);
+    assert!(!ok);
+    assert!(rows[0].1 && rows[1].1, "{rows:?}");
+    assert_eq!(rows[2].0, "n2");
+    assert!(rows[2].2.contains("Connection refused"), "{rows:?}");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "a refused host must not stall the check"
+    );
+}
