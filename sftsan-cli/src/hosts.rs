@@ -3,11 +3,13 @@
 
 use std::fmt::Write as _;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use sftsan_core::remote::{self, facts, Fleet, HostCheck};
+use sftsan_core::remote::host::{serve, Emit, HostEvent, HostRequest};
+use sftsan_core::remote::{self, facts, Fleet, HostCheck, Remote};
 use sftsan_core::stdio::out;
 use sftsan_core::transport::ssh::HostKeys;
 use sftsan_core::{errln, outln};
@@ -32,6 +34,103 @@ pub enum HostsCommand {
 pub enum HostCommand {
     /// Reads a facts request (JSON) on stdin, writes this host's facts (JSON).
     Facts,
+    /// Reads a request (JSON) on stdin, brings this host's node up or down or observes
+    /// it, and writes every step and the outcome as JSON lines.
+    Apply,
+}
+
+/// What the controller does with a remote cluster.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum RemoteAction {
+    /// `sftsan up`.
+    Up,
+    /// `sftsan down`.
+    Down,
+    /// `sftsan status`.
+    Status {
+        /// As JSON.
+        json: bool,
+    },
+}
+
+/// `up`, `down` or `status` of a remote cluster, each host over SSH; false when a host
+/// failed. `up` first checks every host and changes nothing unless all are ready.
+pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let spec = super::load_rules(path)?;
+    let fleet = Fleet::open(&spec, HostKeys::Strict)?;
+    let rows = remote::check(&spec, &fleet);
+    let not_ready: Vec<&HostCheck> = rows.iter().filter(|r| !r.ready()).collect();
+    if action == RemoteAction::Up && !not_ready.is_empty() {
+        for r in &not_ready {
+            errln!(
+                "sftsan: {} ({}): {}",
+                r.node,
+                r.destination,
+                r.problems.join("; ")
+            );
+        }
+        anyhow::bail!(
+            "{} of {} hosts are not ready (sftsan hosts check {}); nothing was changed",
+            not_ready.len(),
+            rows.len(),
+            path.display()
+        );
+    }
+    let image = remote::measured_image(&spec, &rows)?;
+    let cluster = Remote::new(&text, image, &fleet)?;
+    let started = std::time::Instant::now();
+    let outcomes = match action {
+        RemoteAction::Status { json } => {
+            let st = cluster.status();
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&st)?)?;
+            } else {
+                out(&super::output::status_text(&st))?;
+            }
+            return Ok(st.nodes.iter().all(|n| n.problems.is_empty()));
+        }
+        RemoteAction::Up => cluster.up(&report_level),
+        RemoteAction::Down => cluster.down(&report_level),
+    };
+    let failed: Vec<&remote::HostOutcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    for o in &failed {
+        if let Err(e) = &o.result {
+            errln!("sftsan: {e}");
+        }
+    }
+    let verb = if action == RemoteAction::Up {
+        "up"
+    } else {
+        "down"
+    };
+    errln!(
+        "{verb}: {} of {} hosts done in {:.1}s",
+        outcomes.len() - failed.len(),
+        fleet.hosts().count(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(failed.is_empty())
+}
+
+/// One line per host of a level as the level finishes.
+fn report_level(outcomes: &[remote::HostOutcome]) {
+    for o in outcomes {
+        let done = o.events.iter().find_map(|e| match e {
+            HostEvent::Done {
+                created,
+                unchanged,
+                removed,
+            } => Some(format!(
+                "{created} created, {unchanged} unchanged, {removed} removed"
+            )),
+            _ => None,
+        });
+        match (&o.result, done) {
+            (Ok(()), Some(done)) => errln!("{}: {done}", o.node),
+            _ => errln!("{}: FAILED", o.node),
+        }
+    }
 }
 
 /// Runs a `hosts` command; false when a host failed.
@@ -82,6 +181,27 @@ pub fn run_host(command: HostCommand) -> Result<()> {
             let request: facts::FactsRequest =
                 serde_json::from_str(&input).context("facts request on stdin")?;
             outln!("{}", serde_json::to_string(&facts::gather(&request))?)?;
+            Ok(())
+        }
+        HostCommand::Apply => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("stdin")?;
+            let request: HostRequest =
+                serde_json::from_str(&input).context("host request on stdin")?;
+            // One whole line per event; the engine reports from several threads.
+            let emit: Emit = Arc::new(|e: &HostEvent| {
+                let line = serde_json::to_string(e).expect("an event serializes");
+                let _ = outln!("{line}");
+            });
+            if let Err(e) = serve(&request, emit.clone()) {
+                emit(&HostEvent::Failed {
+                    kind: format!("{:?}", e.kind()).to_lowercase(),
+                    error: e.to_string(),
+                });
+                std::process::exit(1);
+            }
             Ok(())
         }
     }

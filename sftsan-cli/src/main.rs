@@ -184,6 +184,12 @@ fn load(path: &Path) -> Result<ValidatedSpec> {
     validate(spec).with_context(|| path.display().to_string())
 }
 
+/// Whether the spec at `path` is a remote cluster's, which the controller drives over SSH.
+fn is_remote(path: &Path) -> Result<bool> {
+    let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
+    Ok(spec.cluster.mode == sftsan_core::spec::Mode::Remote)
+}
+
 /// A spec checked against every rule that needs no file: what the controller of a remote
 /// cluster can check (the image is on the origin's host).
 fn load_rules(path: &Path) -> Result<ClusterSpec> {
@@ -214,6 +220,21 @@ fn run(command: Command) -> Result<()> {
                 outln!("{}", serde_json::to_string_pretty(&plan)?)?;
             } else {
                 out(&output::plan_text(&plan))?;
+            }
+        }
+        Command::Up { spec, node: None } if is_remote(&spec)? => {
+            if !hosts::run_remote(&spec, hosts::RemoteAction::Up)? {
+                std::process::exit(1);
+            }
+        }
+        Command::Down { spec, node: None } if is_remote(&spec)? => {
+            if !hosts::run_remote(&spec, hosts::RemoteAction::Down)? {
+                std::process::exit(1);
+            }
+        }
+        Command::Status { spec, json } if is_remote(&spec)? => {
+            if !hosts::run_remote(&spec, hosts::RemoteAction::Status { json })? {
+                std::process::exit(1);
             }
         }
         Command::Up { spec, node } => {

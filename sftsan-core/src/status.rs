@@ -1,7 +1,7 @@
 //! What a cluster looks like right now: per node, whether its stack is up, how full its
 //! cache is, and how many bytes it fetched and served.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::plan::{Plan, Role};
 use crate::resources::{Ctx, Observed, Tools};
 
 /// Whether a node's planned stack exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
     /// Every resource of its stack exists.
@@ -25,7 +25,7 @@ pub enum NodeState {
 }
 
 /// One node as observed now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node's name from the spec, e.g. `n1`.
     pub name: String,
@@ -52,7 +52,7 @@ pub struct NodeStatus {
     /// How many of its planned qcow2 snapshots (VM disks) exist.
     pub snapshots: usize,
     /// Problems met while looking (a resource that could not be observed).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
@@ -96,7 +96,8 @@ pub fn status(plan: &Plan, tools: Arc<Tools>) -> ClusterStatus {
     }
 }
 
-fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>) -> NodeStatus {
+/// Observes one node's planned resources; touches nothing.
+pub fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>) -> NodeStatus {
     let node_ctx = Ctx {
         transport: node.transport.open(),
         tools: tools.clone(),

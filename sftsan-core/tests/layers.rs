@@ -37,12 +37,32 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // A remote cluster's hosts over SSH: the controller's sessions, what hosts report.
     (
         "remote",
-        &["backends::kernel", "error", "names", "spec", "transport"],
+        &[
+            "backends::kernel",
+            "cluster",
+            "engine",
+            "error",
+            "fsutil",
+            "names",
+            "plan",
+            "resources",
+            "spec",
+            "status",
+            "transport",
+        ],
     ),
     // Applies a plan through a Backend; knows no backend.
     (
         "engine",
-        &["error", "fsutil", "names", "plan", "resources", "transport"],
+        &[
+            "error",
+            "fsutil",
+            "names",
+            "plan",
+            "resources",
+            "spec",
+            "transport",
+        ],
     ),
     // Builds the stacks: owns the enum of concrete resources.
     (
@@ -102,7 +122,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Vocabulary.
     ("names", &["hash", "spec"]),
     ("topology", &[]),
-    ("spec", &["error", "transport"]),
+    ("spec", &["error", "hash", "transport"]),
     // Where commands run, daemons, files, errors.
     ("transport", &["error", "process"]),
     ("process", &["error", "fsutil"]),

@@ -204,3 +204,101 @@ fn an_unreachable_host_fails_alone() {
         "a refused host must not stall the check"
     );
 }
+
+/// Processes running in host `i`'s namespace, by name.
+fn processes(c: &RemoteCluster, i: usize) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &c.hosts.hosts[i].netns])
+        .output()
+        .unwrap();
+    stdout(&out)
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .map(|comm| comm.trim().to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
+fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
+    let c = RemoteCluster::new("sfrh4", 93, 3);
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let before = c.connections();
+    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "up: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("up: 3 of 3 hosts done"),
+        "{}",
+        stderr(&out)
+    );
+    let per_host: Vec<usize> = c
+        .connections()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(per_host, [1, 1, 1], "SSH connections per host for one up");
+
+    let status = |c: &RemoteCluster| -> Vec<String> {
+        let out = sftsan(["status".as_ref(), "--json".as_ref(), c.spec.as_os_str()]);
+        assert!(out.status.success(), "status: {}", stderr(&out));
+        let st: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}={}",
+                    n["name"].as_str().unwrap(),
+                    n["state"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(status(&c), ["origin=up", "n1=up", "n2=up"]);
+
+    // Each node's VM disk, read from the controller through its node's export (n2's over
+    // n1's over the origin's), is the image. The disk lives in the host's own state.
+    let spec = sftsan_core::spec::ClusterSpec::load(&c.spec).unwrap();
+    let names = sftsan_core::names::Names::new(&spec);
+    let state = c.hosts.dir.path().join("state");
+    for (i, node) in [(1, "n1"), (2, "n2")] {
+        let disk = names.snapshot_file(node, 1);
+        let on_host = c.hosts.hosts[i]
+            .dir
+            .join("private0")
+            .join(disk.strip_prefix(&state).unwrap());
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "raw"])
+            .arg(c.hosts.dir.path().join("base.raw"))
+            .arg(&on_host)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{node}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    // Again: nothing to do.
+    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(" 1 created"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("n2: 0 created"), "{}", stderr(&out));
+
+    let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "down: {}", stderr(&out));
+    assert_eq!(status(&c), ["origin=down", "n1=down", "n2=down"]);
+    for i in 0..3 {
+        let left = processes(&c, i);
+        assert!(
+            left.iter().all(|p| p == "sshd"),
+            "host {i} still runs {left:?}"
+        );
+    }
+}

@@ -365,6 +365,19 @@ impl Engine {
         })
     }
 
+    /// Brings up `node`'s own stack only: on a host of a remote cluster, where the
+    /// node's ancestors are other hosts, brought up before it by the controller.
+    pub fn up_only(&self, node: &str) -> Result<Summary> {
+        let index = self
+            .plan
+            .node(node)
+            .ok_or_else(|| no_such_node(node))?
+            .index;
+        self.transaction(&self.stacks_of(&[index]), |run| {
+            self.apply(run, &[vec![index]])
+        })
+    }
+
     /// The stacks of the nodes at these tree positions.
     fn stacks_of(&self, positions: &[usize]) -> Vec<&ResourceSpec> {
         positions
@@ -510,6 +523,8 @@ impl Engine {
     }
 
     /// Tree positions from the origin down to `node`.
+    /// The tree positions from the origin to `node`: what must be up for it. On a host of
+    /// a remote cluster the ancestors are other hosts: there it is the node alone.
     fn path_to(&self, node: &str) -> Result<Vec<usize>> {
         let mut at = self
             .plan
@@ -517,6 +532,9 @@ impl Engine {
             .ok_or_else(|| no_such_node(node))?
             .index;
         let mut path = vec![at];
+        if self.plan.mode == crate::spec::Mode::Remote {
+            return Ok(path);
+        }
         while let Some(parent) = self.plan.tree.parent(at) {
             path.push(parent);
             at = parent;

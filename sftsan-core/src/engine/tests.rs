@@ -245,3 +245,18 @@ fn a_refused_preflight_touches_nothing() {
     assert!(f.sim.log().is_empty());
     assert!(!f.dir.path().join("state").exists());
 }
+
+/// A host of a remote cluster makes its own node's stack and nothing of its ancestors,
+/// which are other hosts; its journal then holds that node only.
+#[test]
+fn up_only_makes_one_nodes_stack() {
+    let f = Fixture::new();
+    let engine = f.engine();
+    let summary = engine.up_only("n3").unwrap();
+    let n3 = engine.plan().node("n3").unwrap();
+    let ids: Vec<String> = n3.stack.iter().map(|r| r.id(Some("n3"))).collect();
+    assert_eq!(created(&f.sim), ids);
+    assert_eq!(summary.created, ids.len());
+    engine.down_node("n3").unwrap();
+    assert!(f.sim.objects().is_empty(), "{:?}", f.sim.objects());
+}

@@ -585,7 +585,7 @@ mod tests {
     #[test]
     fn every_store_carries_the_images_identity() {
         let (p, image) = kernel_plan("dm-snapshot");
-        let want = crate::plan::image_identity(image.path(), 1 << 20);
+        let want = crate::spec::image_identity(image.path(), 1 << 20);
         for r in &p.node("n1").unwrap().stack {
             if let ResourceSpec::LoopFile(l) = r {
                 assert_eq!(l.identity, want, "{}", l.file.display());

@@ -19,7 +19,7 @@ use crate::transport::ssh::SshDestination;
 use crate::transport::TransportSpec;
 
 /// What a node is in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// The tree's root, which serves the image itself.
@@ -171,32 +171,12 @@ impl Plan {
     }
 }
 
-/// What image a cache holds: its size, modification time and a digest of its first and
-/// last MiB. Cheap for any image size, and changes when the image is replaced.
-pub fn image_identity(source: &Path, size: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::MetadataExt;
-    let mut digest = crate::hash::Fnv64::default();
-    let mut mtime = 0;
-    if let Ok(mut f) = std::fs::File::open(source) {
-        mtime = f.metadata().map(|m| m.mtime()).unwrap_or(0);
-        let window = (1u64 << 20).min(size);
-        let mut buf = vec![0u8; window as usize];
-        for at in [0, size - window] {
-            if f.seek(SeekFrom::Start(at)).is_ok() && f.read_exact(&mut buf).is_ok() {
-                digest.update(&buf);
-            }
-        }
-    }
-    format!("{size}-{mtime}-{:016x}", digest.finish())
-}
-
 /// Builds the plan for a validated spec.
 pub fn plan(validated: &ValidatedSpec) -> Plan {
     let spec = validated.spec();
     let names = Names::new(spec);
     let size = validated.image_size();
-    let identity = image_identity(&spec.image.source, size);
+    let identity = validated.image_identity().to_string();
     let tree = Tree::new(spec.nodes.len(), spec.cluster.degree as usize);
     let port = spec.cluster.port;
     let export = names.export_name();

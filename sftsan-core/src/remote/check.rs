@@ -115,6 +115,9 @@ fn problems(row: &HostCheck, facts: &HostFacts, skew_ms: i64) -> Vec<String> {
     if let Some(missing) = &facts.kernel_missing {
         problems.push(missing.clone());
     }
+    if let Some(Err(why)) = &facts.image {
+        problems.push(why.clone());
+    }
     let free = facts.cache_free.unwrap_or(0);
     let wanted = row.cache_needed.saturating_sub(facts.cache_used);
     if free < wanted {

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::backends::kernel::probe;
 use crate::names::Names;
-use crate::spec::{Backend, ClusterSpec, KernelCache, OriginProtocol, RelayTarget, SnapshotKind};
+use crate::spec::{
+    measure_image, Backend, ClusterSpec, ImageSpec, KernelCache, MeasuredImage, OriginProtocol,
+    RelayTarget, SnapshotKind,
+};
 
 /// This build's version, which every host of a cluster must run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -26,6 +29,9 @@ pub struct FactsRequest {
     pub kinds: Vec<String>,
     /// Where the host's cache goes; the free space of its file system is reported.
     pub cache_dir: PathBuf,
+    /// The image to measure, on the origin's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
 }
 
 /// A host's answer.
@@ -49,6 +55,9 @@ pub struct HostFacts {
     pub cache_free: Option<u64>,
     /// Bytes the files under `cache_dir` already take (a cache from an earlier `up`).
     pub cache_used: u64,
+    /// The image as measured here, or why it could not be (when asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Result<MeasuredImage, String>>,
 }
 
 /// Gathers the facts on this host.
@@ -73,6 +82,10 @@ pub fn gather(request: &FactsRequest) -> HostFacts {
         kernel_missing,
         cache_free: free_bytes(&request.cache_dir),
         cache_used: allocated_bytes(&request.cache_dir),
+        image: request
+            .image
+            .as_ref()
+            .map(|i| measure_image(i).map_err(|e| e.to_string())),
     }
 }
 
@@ -112,6 +125,7 @@ pub fn request_for(spec: &ClusterSpec, node: &str) -> FactsRequest {
         kinds.push("lio-target");
     }
     FactsRequest {
+        image: is_origin.then(|| spec.image.clone()),
         programs: programs.into_iter().map(String::from).collect(),
         kinds: kinds.into_iter().map(String::from).collect(),
         cache_dir: Names::new(spec).cache_dir(node),
@@ -185,6 +199,7 @@ mod tests {
             programs: vec!["sh".into(), "no-such-program-sftsan".into()],
             kinds: vec![],
             cache_dir: "/tmp/does/not/exist/yet".into(),
+            image: None,
         });
         assert_eq!(facts.sftsan, VERSION);
         assert!(!facts.kernel.is_empty());

@@ -77,15 +77,29 @@ impl Fleet {
     /// Runs `work` for every host, at most `ssh.max_sessions` at once, and returns the
     /// results in the hosts' order. A host's failure does not stop the others.
     pub fn each<T: Send>(&self, work: impl Fn(&str, &SshHost) -> T + Sync) -> Vec<T> {
+        let all: Vec<&str> = self.hosts.iter().map(|(n, _)| n.as_str()).collect();
+        self.each_of(&all, work)
+    }
+
+    /// Like [`Fleet::each`], for the hosts of these nodes only (a tree level), in the
+    /// order given; a node without a host (an unmanaged origin) is skipped.
+    pub fn each_of<T: Send, S: AsRef<str>>(
+        &self,
+        nodes: &[S],
+        work: impl Fn(&str, &SshHost) -> T + Sync,
+    ) -> Vec<T> {
+        let chosen: Vec<&(String, SshHost)> = nodes
+            .iter()
+            .filter_map(|n| self.hosts.iter().find(|(name, _)| name == n.as_ref()))
+            .collect();
         let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<Option<T>>> =
-            Mutex::new((0..self.hosts.len()).map(|_| None).collect());
-        let workers = self.sessions.clamp(1, self.hosts.len().max(1));
+        let results: Mutex<Vec<Option<T>>> = Mutex::new((0..chosen.len()).map(|_| None).collect());
+        let workers = self.sessions.clamp(1, chosen.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((name, host)) = self.hosts.get(i) else {
+                    let Some((name, host)) = chosen.get(i) else {
                         return;
                     };
                     let result = work(name, host);

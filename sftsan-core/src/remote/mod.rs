@@ -3,9 +3,12 @@
 //! own sftsan. This module holds both sides: the controller's sessions to the hosts
 //! ([`Fleet`]), and what a host answers ([`facts`]).
 
+mod apply;
 mod check;
 pub mod facts;
 mod fleet;
+pub mod host;
 
+pub use apply::{measured_image, HostOutcome, Remote};
 pub use check::{check, remote_program, trust, HostCheck};
 pub use fleet::Fleet;

@@ -10,7 +10,8 @@ mod validate;
 pub use bytesize::ByteSize;
 pub use legacy::{import_legacy, Imported, LegacyError, LegacyMode, LegacyWarning};
 pub use validate::{
-    cache_needed, check_name, check_rules, validate, ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX,
+    cache_needed, check_name, check_rules, image_identity, measure_image, validate, MeasuredImage,
+    ValidatedSpec, CLUSTER_NAME_MAX, NAME_MAX,
 };
 
 use serde::{Deserialize, Serialize};

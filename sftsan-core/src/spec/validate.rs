@@ -23,12 +23,22 @@ const FLUSH_INTERVAL_MIN_MS: u64 = 100;
 /// Image sizes are whole 512-byte sectors.
 const SECTOR: u64 = 512;
 
-/// A spec that passed validation, with facts learned while validating. Only [`validate`]
-/// builds one.
+/// A spec that passed validation, with facts learned while validating: the image's size
+/// and identity. [`validate`] measures the image here; [`ValidatedSpec::measured`] takes
+/// what the host holding it measured (a remote cluster's origin).
 #[derive(Debug, Clone)]
 pub struct ValidatedSpec {
     spec: ClusterSpec,
-    image_size: u64,
+    image: MeasuredImage,
+}
+
+/// What a host holding `image.source` measured of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeasuredImage {
+    /// Its size in bytes.
+    pub size: u64,
+    /// What image it is ([`image_identity`]): caches of another image are not reused.
+    pub identity: String,
 }
 
 impl ValidatedSpec {
@@ -39,7 +49,21 @@ impl ValidatedSpec {
 
     /// Size in bytes of `image.source`, as measured while validating.
     pub fn image_size(&self) -> u64 {
-        self.image_size
+        self.image.size
+    }
+
+    /// What image `image.source` is ([`image_identity`]).
+    pub fn image_identity(&self) -> &str {
+        &self.image.identity
+    }
+
+    /// A spec whose image another host measured: every rule is checked, the image
+    /// against what was measured.
+    pub fn measured(spec: ClusterSpec, image: MeasuredImage) -> Result<ValidatedSpec, SpecError> {
+        check_rules(&spec)?;
+        check_expected_size(&spec.image, image.size)?;
+        check_cache_size(&spec.cache, image.size)?;
+        Ok(ValidatedSpec { spec, image })
     }
 
     /// The spec that passed validation, dropping what was learned while validating.
@@ -51,9 +75,39 @@ impl ValidatedSpec {
 /// Checks every rule a spec must follow; returns the first problem found.
 pub fn validate(spec: ClusterSpec) -> Result<ValidatedSpec, SpecError> {
     check_rules(&spec)?;
-    let image_size = check_image(&spec.image)?;
-    check_cache_size(&spec.cache, image_size)?;
-    Ok(ValidatedSpec { spec, image_size })
+    let image = measure_image(&spec.image)?;
+    check_cache_size(&spec.cache, image.size)?;
+    Ok(ValidatedSpec { spec, image })
+}
+
+/// Measures `image.source` on this host: its size (checked as validation checks it) and
+/// its identity.
+pub fn measure_image(image: &ImageSpec) -> Result<MeasuredImage, SpecError> {
+    let size = check_image(image)?;
+    Ok(MeasuredImage {
+        size,
+        identity: image_identity(&image.source, size),
+    })
+}
+
+/// What image a cache holds: its size, modification time and a digest of its first and
+/// last MiB. Cheap for any image size, and changes when the image is replaced.
+pub fn image_identity(source: &Path, size: u64) -> String {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut digest = crate::hash::Fnv64::default();
+    let mut mtime = 0;
+    if let Ok(mut f) = File::open(source) {
+        mtime = f.metadata().map(|m| m.mtime()).unwrap_or(0);
+        let window = (1u64 << 20).min(size);
+        let mut buf = vec![0u8; window as usize];
+        for at in [0, size - window] {
+            if f.seek(SeekFrom::Start(at)).is_ok() && f.read_exact(&mut buf).is_ok() {
+                digest.update(&buf);
+            }
+        }
+    }
+    format!("{size}-{mtime}-{:016x}", digest.finish())
 }
 
 /// Every rule the spec alone decides, reading no file: all that [`validate`] checks before
@@ -436,16 +490,23 @@ fn check_image(image: &ImageSpec) -> Result<u64, SpecError> {
             "{shown:?} is {size} bytes, not a multiple of {SECTOR}"
         )));
     }
+    check_expected_size(image, size)?;
+    Ok(size)
+}
+
+/// `image.size`, when given, must be what the image measures.
+fn check_expected_size(image: &ImageSpec, size: u64) -> Result<(), SpecError> {
     match image.size {
         Some(expected) if expected.bytes() != size => Err(SpecError::new(
             "image.size",
             format!(
-                "is {}, but {shown:?} is {}",
+                "is {}, but {:?} is {}",
                 show_size(expected.bytes()),
+                image.source.display().to_string(),
                 show_size(size)
             ),
         )),
-        _ => Ok(size),
+        _ => Ok(()),
     }
 }
 

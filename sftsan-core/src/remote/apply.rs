@@ -1,0 +1,223 @@
+//! The controller's `up`, `down` and `status` of a remote cluster: each host runs its own
+//! node (`sftsan host apply`), parents before children and the hosts of a tree level side
+//! by side for `up`, children first for `down`, every host at once for `status`.
+
+use std::time::Duration;
+
+use super::check::remote_program;
+use super::fleet::Fleet;
+use super::host::{HostAction, HostEvent, HostRequest};
+use crate::error::{Error, Result};
+use crate::plan::{self, Plan};
+use crate::spec::{ClusterSpec, MeasuredImage, ValidatedSpec};
+use crate::status::{ClusterStatus, NodeState, NodeStatus};
+use crate::transport::ssh::SshHost;
+
+/// Longest a host may take to bring its node up or down.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What happened on one host.
+#[derive(Debug)]
+pub struct HostOutcome {
+    /// The node the host runs.
+    pub node: String,
+    /// Every step the host reported, in order.
+    pub events: Vec<HostEvent>,
+    /// `Ok` when the host finished the request.
+    pub result: Result<()>,
+}
+
+/// A remote cluster as the controller drives it: its spec, the image as measured on the
+/// origin's host, and its plan.
+pub struct Remote<'a> {
+    spec_text: String,
+    validated: ValidatedSpec,
+    plan: Plan,
+    fleet: &'a Fleet,
+}
+
+impl<'a> Remote<'a> {
+    /// The cluster of `spec` (its TOML `spec_text`), whose image `image` measured.
+    pub fn new(spec_text: &str, image: MeasuredImage, fleet: &'a Fleet) -> Result<Remote<'a>> {
+        let spec = ClusterSpec::from_toml(spec_text).map_err(Error::from)?;
+        let validated = ValidatedSpec::measured(spec, image).map_err(Error::from)?;
+        let plan = plan::plan(&validated);
+        Ok(Remote {
+            spec_text: spec_text.into(),
+            validated,
+            plan,
+            fleet,
+        })
+    }
+
+    /// The cluster's plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Brings every host's node up, level by level. Stops after the first level where a
+    /// host failed (that host rolled back; the others keep what they made, and the next
+    /// `up` completes them), returning every host's outcome so far.
+    pub fn up(&self, on_level: &dyn Fn(&[HostOutcome])) -> Vec<HostOutcome> {
+        self.by_levels(self.plan.setup_order(), HostAction::Up, on_level)
+    }
+
+    /// Takes every host's node down, children first.
+    pub fn down(&self, on_level: &dyn Fn(&[HostOutcome])) -> Vec<HostOutcome> {
+        let mut levels = self.plan.setup_order();
+        levels.reverse();
+        self.by_levels(levels, HostAction::Down, on_level)
+    }
+
+    fn by_levels(
+        &self,
+        levels: Vec<Vec<String>>,
+        action: HostAction,
+        on_level: &dyn Fn(&[HostOutcome]),
+    ) -> Vec<HostOutcome> {
+        let mut all = vec![];
+        for level in levels {
+            let outcomes = self
+                .fleet
+                .each_of(&level, |node, host| self.request(node, host, action));
+            on_level(&outcomes);
+            let failed = outcomes.iter().any(|o| o.result.is_err());
+            all.extend(outcomes);
+            if failed {
+                break;
+            }
+        }
+        all
+    }
+
+    /// Every node as its host observes it; a host that cannot be asked gets a row saying
+    /// why.
+    pub fn status(&self) -> ClusterStatus {
+        let names: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
+        let rows = self.fleet.each_of(&names, |node, host| {
+            self.request(node, host, HostAction::Status)
+        });
+        let nodes = self
+            .plan
+            .nodes
+            .iter()
+            .map(|n| {
+                let outcome = rows.iter().find(|o| o.node == n.name);
+                let reported = outcome.and_then(|o| {
+                    o.events.iter().find_map(|e| match e {
+                        HostEvent::Status { node } => Some((**node).clone()),
+                        _ => None,
+                    })
+                });
+                reported.unwrap_or_else(|| self.unknown_row(n, outcome))
+            })
+            .collect();
+        ClusterStatus {
+            cluster: self.plan.cluster.clone(),
+            image: self.plan.image.clone(),
+            image_bytes: self.plan.image_size,
+            degree: self.plan.degree,
+            nodes,
+        }
+    }
+
+    /// The row of a node whose host did not answer (or that has none: external).
+    fn unknown_row(&self, n: &crate::plan::NodePlan, outcome: Option<&HostOutcome>) -> NodeStatus {
+        let problems = match outcome.map(|o| &o.result) {
+            Some(Err(e)) => vec![e.to_string()],
+            Some(Ok(())) => vec!["its host sent no status".into()],
+            None => vec![],
+        };
+        NodeStatus {
+            name: n.name.clone(),
+            role: n.role,
+            parent: n.parent.clone(),
+            level: n.level,
+            state: if n.stack.is_empty() {
+                NodeState::External
+            } else {
+                NodeState::Down
+            },
+            resources_present: 0,
+            resources_planned: n.stack.len(),
+            cache_fill_bytes: 0,
+            image_bytes: self.plan.image_size,
+            upstream_bytes: 0,
+            served_bytes: 0,
+            snapshots: 0,
+            problems,
+        }
+    }
+
+    /// Sends one request to `node`'s host and reads its events.
+    fn request(&self, node: &str, host: &SshHost, action: HostAction) -> HostOutcome {
+        let request = HostRequest {
+            spec: self.spec_text.clone(),
+            node: node.into(),
+            image: crate::spec::MeasuredImage {
+                size: self.validated.image_size(),
+                identity: self.validated.image_identity().into(),
+            },
+            action,
+        };
+        let input = serde_json::to_vec(&request).expect("a request serializes");
+        let program = remote_program(self.validated.spec());
+        let mut outcome = HostOutcome {
+            node: node.into(),
+            events: vec![],
+            result: Ok(()),
+        };
+        let out = match host.run(&[program.as_str(), "host", "apply"], &input, APPLY_TIMEOUT) {
+            Ok(out) => out,
+            Err(e) => {
+                outcome.result = Err(e);
+                return outcome;
+            }
+        };
+        outcome.events = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let failed = outcome.events.iter().find_map(|e| match e {
+            HostEvent::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        });
+        let done = outcome
+            .events
+            .iter()
+            .any(|e| matches!(e, HostEvent::Done { .. }));
+        outcome.result = match (failed, done) {
+            (Some(error), _) => Err(Error::refused(
+                format!("{node} ({})", host.destination()),
+                error,
+            )),
+            (None, true) if out.status.success() => Ok(()),
+            _ => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let last = stderr.lines().last().unwrap_or("no answer").trim();
+                Err(Error::refused(
+                    format!("{node} ({})", host.destination()),
+                    format!(
+                        "sftsan host apply ended without a result ({}): {last}",
+                        out.status
+                    ),
+                ))
+            }
+        };
+        outcome
+    }
+}
+
+/// The image as the origin's host measured it (from `hosts check`'s facts), or as this
+/// host measures it when no host holds it (an unmanaged origin).
+pub fn measured_image(spec: &ClusterSpec, rows: &[super::HostCheck]) -> Result<MeasuredImage> {
+    let origin = rows.iter().find(|r| r.node == spec.origin.name);
+    match origin
+        .and_then(|r| r.facts.as_ref())
+        .and_then(|f| f.image.clone())
+    {
+        Some(Ok(image)) => Ok(image),
+        Some(Err(why)) => Err(Error::invalid("image.source", why)),
+        None => crate::spec::measure_image(&spec.image).map_err(Error::from),
+    }
+}

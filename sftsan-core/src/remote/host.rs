@@ -1,0 +1,134 @@
+//! The host's side of a remote cluster (`sftsan host apply`): the controller sends the
+//! spec, the node this host runs, the image as the origin measured it and what to do, as
+//! JSON on stdin; the host runs its own engine on its own node, journaling locally, and
+//! writes every step and the outcome as JSON lines on stdout. A connection cut midway
+//! leaves a journal that the next request resumes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster;
+use crate::engine::{Event, Progress, Summary};
+use crate::error::{Error, Result};
+use crate::resources::Tools;
+use crate::spec::{ClusterSpec, MeasuredImage, ValidatedSpec};
+use crate::status::{self, NodeStatus};
+
+/// What the controller asks a host to do with its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostAction {
+    /// Bring the node's stack up (resuming whatever an earlier request left).
+    Up,
+    /// Tear the node's stack down.
+    Down,
+    /// Observe the node.
+    Status,
+}
+
+/// One request to a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRequest {
+    /// The cluster's spec, as TOML.
+    pub spec: String,
+    /// The node this host runs.
+    pub node: String,
+    /// The image as the host holding it measured it.
+    pub image: MeasuredImage,
+    /// What to do.
+    pub action: HostAction,
+}
+
+/// One line of a host's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum HostEvent {
+    /// A resource was dealt with (the engine's progress).
+    Step {
+        /// The resource's id, e.g. `n1/daemon`.
+        id: String,
+        /// What happened to it, e.g. `created`.
+        action: String,
+        /// Whether it undid what a failed request made.
+        rollback: bool,
+    },
+    /// The node as observed (`status`).
+    Status {
+        /// The node's row.
+        node: Box<NodeStatus>,
+    },
+    /// The request succeeded.
+    Done {
+        /// Resources made.
+        created: usize,
+        /// Resources found already there.
+        unchanged: usize,
+        /// Resources removed.
+        removed: usize,
+    },
+    /// The request failed; nothing it made is left (the engine rolled back).
+    Failed {
+        /// The error's kind, e.g. `unreachable`.
+        kind: String,
+        /// The error, in one line.
+        error: String,
+    },
+}
+
+/// Where a host keeps the spec of a cluster it runs a node of: the same path on every
+/// host (`<state_dir>/spec.toml`), so that the libvirt hook there finds it.
+pub fn installed_spec(spec: &ClusterSpec) -> PathBuf {
+    spec.cluster.state_dir.join("spec.toml")
+}
+
+/// Where a host's events go: called from the engine's worker threads.
+pub type Emit = Arc<dyn Fn(&HostEvent) + Send + Sync>;
+
+/// Carries out `request` on this host, reporting each event to `emit` (a failure is the
+/// caller's to report, as [`HostEvent::Failed`]).
+pub fn serve(request: &HostRequest, emit: Emit) -> Result<()> {
+    let spec = ClusterSpec::from_toml(&request.spec).map_err(|e| Error::from(e).context("spec"))?;
+    let validated = ValidatedSpec::measured(spec, request.image.clone())
+        .map_err(|e| Error::from(e).context("spec"))?;
+    let spec = validated.spec();
+    if request.action == HostAction::Up {
+        std::fs::create_dir_all(&spec.cluster.state_dir)
+            .map_err(|e| Error::io(&spec.cluster.state_dir, e))?;
+        crate::fsutil::write_atomic(&installed_spec(spec), request.spec.as_bytes())?;
+    }
+    let progress: Progress = {
+        let emit = emit.clone();
+        Arc::new(move |e: &Event| {
+            emit(&HostEvent::Step {
+                id: e.id.clone(),
+                action: e.action.as_str().to_string(),
+                rollback: e.rollback,
+            })
+        })
+    };
+    let engine = cluster::engine(&validated, Tools::from_env(), progress);
+    let node = &request.node;
+    let summary: Summary = match request.action {
+        HostAction::Up => engine.up_only(node)?,
+        HostAction::Down => engine.down_node(node)?,
+        HostAction::Status => {
+            let plan = engine.plan();
+            let planned = plan
+                .node(node)
+                .ok_or_else(|| Error::not_found(format!("node {node:?}"), "not in the spec"))?;
+            let row = status::node_status(plan, planned, Arc::new(Tools::from_env()));
+            emit(&HostEvent::Status {
+                node: Box::new(row),
+            });
+            Summary::default()
+        }
+    };
+    emit(&HostEvent::Done {
+        created: summary.created,
+        unchanged: summary.unchanged,
+        removed: summary.removed,
+    });
+    Ok(())
+}
