@@ -218,55 +218,72 @@ fn processes(c: &RemoteCluster, i: usize) -> Vec<String> {
         .collect()
 }
 
+/// `sftsan status --json`: each node as `name=state`.
+fn status(c: &RemoteCluster) -> Vec<String> {
+    let out = sftsan(["status".as_ref(), "--json".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{}={}",
+                n["name"].as_str().unwrap(),
+                n["state"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Every node in `state`, as [`status`] shows them.
+fn all(c: &RemoteCluster, state: &str) -> Vec<String> {
+    std::iter::once(format!("origin={state}"))
+        .chain((1..c.hosts.hosts.len()).map(|i| format!("n{i}={state}")))
+        .collect()
+}
+
+/// Runs `sftsan ARGS SPEC`, asserting success, and returns how many SSH connections each
+/// host accepted meanwhile.
+fn connections_for(c: &RemoteCluster, args: &[&str]) -> (Vec<usize>, String) {
+    let before = c.connections();
+    let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    argv.push(c.spec.as_os_str());
+    let out = sftsan(argv);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let after = c.connections();
+    let per_host = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    (per_host, stderr(&out))
+}
+
 #[test]
 #[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
 fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
-    let c = RemoteCluster::new("sfrh4", 93, 3);
+    // The origin and six nodes, degree 2: three levels.
+    let c = RemoteCluster::new("sfrh4", 93, 7);
     let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let before = c.connections();
-    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "up: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains("up: 3 of 3 hosts done"),
-        "{}",
-        stderr(&out)
-    );
-    let per_host: Vec<usize> = c
-        .connections()
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a - b)
-        .collect();
-    assert_eq!(per_host, [1, 1, 1], "SSH connections per host for one up");
+    let (per_host, log) = connections_for(&c, &["up"]);
+    assert!(log.contains("up: 7 of 7 hosts done"), "{log}");
+    assert_eq!(per_host, [1; 7], "SSH connections per host for one up");
+    assert_eq!(status(&c), all(&c, "up"));
 
-    let status = |c: &RemoteCluster| -> Vec<String> {
-        let out = sftsan(["status".as_ref(), "--json".as_ref(), c.spec.as_os_str()]);
-        assert!(out.status.success(), "status: {}", stderr(&out));
-        let st: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                format!(
-                    "{}={}",
-                    n["name"].as_str().unwrap(),
-                    n["state"].as_str().unwrap()
-                )
-            })
-            .collect()
-    };
-    assert_eq!(status(&c), ["origin=up", "n1=up", "n2=up"]);
-
-    // Each node's VM disk, read from the controller through its node's export (n2's over
-    // n1's over the origin's), is the image. The disk lives in the host's own state.
+    // Each node's VM disk, read from the controller through its node's export (a leaf's
+    // over its parent's over the origin's), is the image. The disk lives in the host's
+    // own state directory.
     let spec = sftsan_core::spec::ClusterSpec::load(&c.spec).unwrap();
     let names = sftsan_core::names::Names::new(&spec);
     let state = c.hosts.dir.path().join("state");
-    for (i, node) in [(1, "n1"), (2, "n2")] {
-        let disk = names.snapshot_file(node, 1);
+    for i in 1..c.hosts.hosts.len() {
+        let node = format!("n{i}");
+        let disk = names.snapshot_file(&node, 1);
         let on_host = c.hosts.hosts[i]
             .dir
             .join("private0")
@@ -286,19 +303,43 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
     }
 
     // Again: nothing to do.
-    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains(" 1 created"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("n2: 0 created"), "{}", stderr(&out));
+    let (_, log) = connections_for(&c, &["up"]);
+    assert!(!log.contains(" 1 created"), "{log}");
+    assert!(log.contains("n6: 0 created"), "{log}");
 
-    let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "down: {}", stderr(&out));
-    assert_eq!(status(&c), ["origin=down", "n1=down", "n2=down"]);
-    for i in 0..3 {
+    let (per_host, _) = connections_for(&c, &["down"]);
+    assert_eq!(per_host, [1; 7], "SSH connections per host for one down");
+    assert_eq!(status(&c), all(&c, "down"));
+    for i in 0..c.hosts.hosts.len() {
         let left = processes(&c, i);
         assert!(
             left.iter().all(|p| p == "sshd"),
             "host {i} still runs {left:?}"
         );
     }
+}
+
+#[test]
+#[ignore = "root tier: network namespaces, 32 sshd, qemu-storage-daemon"]
+fn thirty_two_hosts_come_up_with_one_ssh_connection_each_per_command() {
+    let c = RemoteCluster::new("sfrh5", 94, 32);
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (per_host, log) = connections_for(&c, &["up"]);
+    assert_eq!(per_host, [1; 32], "SSH connections per host for up: {log}");
+    let before = c.connections();
+    assert_eq!(status(&c), all(&c, "up"));
+    let per_host: Vec<usize> = c
+        .connections()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(per_host, [1; 32], "SSH connections per host for status");
+    let (per_host, log) = connections_for(&c, &["down"]);
+    assert_eq!(
+        per_host, [1; 32],
+        "SSH connections per host for down: {log}"
+    );
+    assert_eq!(status(&c), all(&c, "down"));
 }

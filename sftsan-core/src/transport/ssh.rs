@@ -92,7 +92,9 @@ impl SshHost {
     /// first command over it is `true`); an error names the host and says why: refused,
     /// host key, permission.
     pub fn connect(&self) -> Result<()> {
-        let deadline = self.options.connect_timeout + Duration::from_secs(5);
+        // ConnectTimeout bounds reaching the host; key exchange, login and the first
+        // command get this much more (many hosts at once keep a controller busy).
+        let deadline = self.options.connect_timeout + Duration::from_secs(30);
         let out = self.run(&["true"], &[], deadline)?;
         if !out.status.success() {
             return Err(Error::unreachable(
