@@ -203,8 +203,20 @@ fn progress() -> Progress {
     Arc::new(move |e: &Event| output::progress_line(start.elapsed(), e))
 }
 
+/// The spec at `path` for a command that works on this host's own stacks: not a remote
+/// cluster's, whose nodes are other hosts (there `up`, `down` and `status` go host by host).
+fn load_here(path: &Path, command: &str) -> Result<ValidatedSpec> {
+    if is_remote(path)? {
+        anyhow::bail!(
+            "{}: cluster.mode = \"remote\": `{command}` does not drive remote hosts yet (up, down, status and hosts do)",
+            path.display()
+        );
+    }
+    load(path)
+}
+
 fn engine(path: &Path) -> Result<Engine> {
-    let spec = load(path)?;
+    let spec = load_here(path, "this command")?;
     Ok(sftsan_core::cluster::engine(
         &spec,
         Tools::from_env(),
@@ -283,7 +295,7 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Verify { spec, snapshot } => {
-            let spec = load(&spec)?;
+            let spec = load_here(&spec, "verify")?;
             let plan = plan::plan(&spec);
             let source = &spec.spec().image.source;
             let results = verify::verify(&plan, Arc::new(Tools::from_env()), snapshot, source);

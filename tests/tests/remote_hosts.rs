@@ -343,3 +343,44 @@ fn thirty_two_hosts_come_up_with_one_ssh_connection_each_per_command() {
     );
     assert_eq!(status(&c), all(&c, "down"));
 }
+
+#[test]
+#[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
+fn up_changes_nothing_while_a_host_is_unreachable_and_completes_once_it_is_back() {
+    let mut c = RemoteCluster::new("sfrh6", 95, 3);
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.hosts.stop(2);
+    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "a line for the host, one for the refusal: {err}"
+    );
+    assert!(
+        lines[0].starts_with("sftsan: n2 (root@198.18.95.3): ") && lines[0].contains("refused"),
+        "{err}"
+    );
+    assert!(lines[1].contains("nothing was changed"), "{err}");
+    for i in 0..2 {
+        let left = processes(&c, i);
+        assert!(left.iter().all(|p| p == "sshd"), "host {i} runs {left:?}");
+        let journal = c.hosts.hosts[i].dir.join("private0/journal.json");
+        assert!(!journal.exists(), "host {i} journaled a run");
+    }
+
+    c.hosts.start(2);
+    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(status(&c), all(&c, "up"));
+    // Each host journals its own node where the check above looked.
+    for i in 0..3 {
+        let journal = c.hosts.hosts[i].dir.join("private0/journal.json");
+        assert!(journal.exists(), "{}", journal.display());
+    }
+    let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

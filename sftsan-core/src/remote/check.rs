@@ -100,6 +100,12 @@ fn check_host(spec: &ClusterSpec, node: &str, host: &SshHost) -> HostCheck {
 /// What the facts say is wrong with the host.
 fn problems(row: &HostCheck, facts: &HostFacts, skew_ms: i64) -> Vec<String> {
     let mut problems = vec![];
+    if !facts.root {
+        problems.push(
+            "the login is not root: sftsan sets up daemons, addresses and block devices there"
+                .into(),
+        );
+    }
     if facts.sftsan != VERSION {
         problems.push(format!(
             "runs sftsan {}, the controller {VERSION}",
@@ -181,4 +187,99 @@ fn fingerprints(
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_facts() -> HostFacts {
+        HostFacts {
+            sftsan: VERSION.into(),
+            root: true,
+            hostname: "h".into(),
+            kernel: "6.1".into(),
+            time_ms: 0,
+            programs: vec![("qemu-storage-daemon".into(), Some("10.0".into()))],
+            kernel_missing: None,
+            cache_free: Some(1 << 30),
+            cache_used: 0,
+            image: None,
+        }
+    }
+
+    fn row() -> HostCheck {
+        HostCheck {
+            node: "n1".into(),
+            destination: "root@h".into(),
+            facts: None,
+            skew_ms: None,
+            cache_needed: 1 << 20,
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn a_ready_host_has_no_problem() {
+        assert!(problems(&row(), &ready_facts(), 0).is_empty());
+    }
+
+    /// Each thing that keeps a host out is one problem, named.
+    #[test]
+    fn what_keeps_a_host_out_is_named() {
+        let cases: Vec<(HostFacts, i64, &str)> = vec![
+            (
+                HostFacts {
+                    root: false,
+                    ..ready_facts()
+                },
+                0,
+                "not root",
+            ),
+            (
+                HostFacts {
+                    sftsan: "0.0.1".into(),
+                    ..ready_facts()
+                },
+                0,
+                "runs sftsan 0.0.1",
+            ),
+            (
+                HostFacts {
+                    programs: vec![("tgtd".into(), None)],
+                    ..ready_facts()
+                },
+                0,
+                "tgtd is not installed",
+            ),
+            (
+                HostFacts {
+                    kernel_missing: Some("the kernel lacks dm target \"cache\"".into()),
+                    ..ready_facts()
+                },
+                0,
+                "lacks dm target",
+            ),
+            (
+                HostFacts {
+                    cache_free: Some(1000),
+                    ..ready_facts()
+                },
+                0,
+                "free for the cache",
+            ),
+            (ready_facts(), -7_000, "7.0 s behind"),
+        ];
+        for (facts, skew, expected) in cases {
+            let found = problems(&row(), &facts, skew);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].contains(expected), "{found:?} lacks {expected:?}");
+        }
+        // libvirt serves VMs, not the cluster: its absence is shown, never a failure.
+        let no_libvirt = HostFacts {
+            programs: vec![("libvirtd".into(), None)],
+            ..ready_facts()
+        };
+        assert!(problems(&row(), &no_libvirt, 0).is_empty());
+    }
 }

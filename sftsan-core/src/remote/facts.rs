@@ -39,6 +39,8 @@ pub struct FactsRequest {
 pub struct HostFacts {
     /// The sftsan version the host runs.
     pub sftsan: String,
+    /// Whether the login has root's powers there (network, block devices, daemons).
+    pub root: bool,
     /// The host's name (its kernel's).
     pub hostname: String,
     /// Its kernel release.
@@ -71,6 +73,8 @@ pub fn gather(request: &FactsRequest) -> HostFacts {
     };
     HostFacts {
         sftsan: VERSION.into(),
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        root: unsafe { libc::geteuid() } == 0,
         hostname: proc_text("/proc/sys/kernel/hostname"),
         kernel: proc_text("/proc/sys/kernel/osrelease"),
         time_ms: now_ms(),
