@@ -51,6 +51,11 @@ pub enum RemoteAction {
         /// As JSON.
         json: bool,
     },
+    /// `sftsan verify`.
+    Verify {
+        /// Which VM disk every node reads.
+        snapshot: u32,
+    },
 }
 
 /// `up`, `down` or `status` of a remote cluster, each host over SSH; false when a host
@@ -89,6 +94,29 @@ pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
                 out(&super::output::status_text(&st))?;
             }
             return Ok(st.nodes.iter().all(|n| n.problems.is_empty()));
+        }
+        RemoteAction::Verify { snapshot } => {
+            let results = cluster.verify(snapshot);
+            for r in &results {
+                let outcome = r
+                    .error
+                    .as_deref()
+                    .unwrap_or("identical to its parent's export");
+                outln!(
+                    "{}/snapshot/{}: {outcome} ({:.1}s)",
+                    r.node,
+                    r.snapshot,
+                    r.seconds
+                )?;
+            }
+            let failed = results.iter().filter(|r| r.error.is_some()).count();
+            if failed > 0 {
+                errln!(
+                    "sftsan: verify: {failed} of {} nodes differ or failed",
+                    results.len()
+                );
+            }
+            return Ok(failed == 0);
         }
         RemoteAction::Up => cluster.up(&report_level),
         RemoteAction::Down => cluster.down(&report_level),

@@ -208,7 +208,7 @@ fn progress() -> Progress {
 fn load_here(path: &Path, command: &str) -> Result<ValidatedSpec> {
     if is_remote(path)? {
         anyhow::bail!(
-            "{}: cluster.mode = \"remote\": `{command}` does not drive remote hosts yet (up, down, status and hosts do)",
+            "{}: cluster.mode = \"remote\": `{command}` does not drive remote hosts yet (up, down, status, verify and hosts do)",
             path.display()
         );
     }
@@ -246,6 +246,11 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Status { spec, json } if is_remote(&spec)? => {
             if !hosts::run_remote(&spec, hosts::RemoteAction::Status { json })? {
+                std::process::exit(1);
+            }
+        }
+        Command::Verify { spec, snapshot } if is_remote(&spec)? => {
+            if !hosts::run_remote(&spec, hosts::RemoteAction::Verify { snapshot })? {
                 std::process::exit(1);
             }
         }
@@ -295,7 +300,7 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Verify { spec, snapshot } => {
-            let spec = load_here(&spec, "verify")?;
+            let spec = load(&spec)?;
             let plan = plan::plan(&spec);
             let source = &spec.spec().image.source;
             let results = verify::verify(&plan, Arc::new(Tools::from_env()), snapshot, source);

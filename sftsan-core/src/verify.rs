@@ -73,3 +73,72 @@ pub fn verify(
     }
     results
 }
+
+/// Checks one node of a remote cluster on its own host, which has no copy of the image:
+/// the origin's export against the image file, a compute node's snapshot `index` against
+/// its parent's export. Every link equal to its parent makes every node equal the image;
+/// run parents first.
+pub fn verify_link(plan: &Plan, node: &str, tools: Arc<Tools>, index: u32) -> Verified {
+    let started = Instant::now();
+    let error = link_pair(plan, node, index).and_then(|(format, first, second)| {
+        let args = ["compare", "-q", "-f", format, "-F", "raw", &first, &second];
+        let local = crate::transport::TransportSpec::Local.open();
+        run(&*local, Tools::program(&tools.qemu_img), args)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    Verified {
+        node: node.into(),
+        snapshot: index,
+        seconds: started.elapsed().as_secs_f64(),
+        error: error.err(),
+    }
+}
+
+/// What `verify_link` compares: (format of the first, the first, the parent's export).
+fn link_pair(
+    plan: &Plan,
+    node: &str,
+    index: u32,
+) -> Result<(&'static str, String, String), String> {
+    let n = plan
+        .node(node)
+        .ok_or_else(|| format!("no node {node:?} in the plan"))?;
+    let url = |addr: std::net::IpAddr, port: u16, export: &str| {
+        format!("nbd://{}/{export}", std::net::SocketAddr::new(addr, port))
+    };
+    if n.parent.is_none() {
+        let source = n.stack.iter().find_map(|r| match r {
+            ResourceSpec::OriginExport(o) => Some(o.source.display().to_string()),
+            _ => None,
+        });
+        let port = n.stack.iter().find_map(|r| match r {
+            ResourceSpec::Daemon(d) => Some(d.port),
+            _ => None,
+        });
+        return match (source, port) {
+            (Some(source), Some(port)) => Ok(("raw", source, url(n.address, port, &plan.image))),
+            _ => Err(format!(
+                "{node}: checks a managed NBD origin only (userspace backend)"
+            )),
+        };
+    }
+    let upstream = n.stack.iter().find_map(|r| match r {
+        ResourceSpec::Upstream(u) if u.iscsi.is_none() => Some(u),
+        _ => None,
+    });
+    let snapshot = n.stack.iter().find_map(|r| match r {
+        ResourceSpec::Snapshot(s) if s.index == index => Some(s),
+        _ => None,
+    });
+    match (upstream, snapshot) {
+        (Some(u), Some(s)) => Ok((
+            "qcow2",
+            s.file.display().to_string(),
+            url(u.host, u.port, &u.export),
+        )),
+        _ => Err(format!(
+            "{node}: checks a qcow2 snapshot {index} against an NBD parent only (userspace backend, NBD origin)"
+        )),
+    }
+}

@@ -49,6 +49,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "spec",
             "status",
             "transport",
+            "verify",
         ],
     ),
     // Applies a plan through a Backend; knows no backend.

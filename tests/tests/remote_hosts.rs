@@ -302,6 +302,38 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
         );
     }
 
+    // verify: each host checks its node against its parent (the origin against the
+    // image), parents first, one connection per host.
+    let (per_host, _) = connections_for(&c, &["verify"]);
+    assert_eq!(per_host, [1; 7], "SSH connections per host for one verify");
+    let out = sftsan(["verify".as_ref(), c.spec.as_os_str()]);
+    let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains(": identical to")),
+        "{lines:?}"
+    );
+    // A VM that wrote to its disk: verify names that node, and only it.
+    let n6_disk = c.hosts.hosts[6]
+        .dir
+        .join("private0")
+        .join(names.snapshot_file("n6", 1).strip_prefix(&state).unwrap());
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64k"])
+        .arg(&n6_disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sftsan(["verify".as_ref(), c.spec.as_os_str()]);
+    assert!(!out.status.success(), "verify missed a written disk");
+    let differing: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| !l.contains(": identical to"))
+        .map(String::from)
+        .collect();
+    assert_eq!(differing.len(), 1, "{}", stdout(&out));
+    assert!(differing[0].starts_with("n6/snapshot/1: "), "{differing:?}");
+
     // Again: nothing to do.
     let (_, log) = connections_for(&c, &["up"]);
     assert!(!log.contains(" 1 created"), "{log}");

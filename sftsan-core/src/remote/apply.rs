@@ -69,6 +69,42 @@ impl<'a> Remote<'a> {
         self.by_levels(levels, HostAction::Down, on_level)
     }
 
+    /// Checks every node against its parent, parents first (so that each level finds
+    /// its parents' caches warm): every node's snapshot `index` reads back the image.
+    pub fn verify(&self, index: u32) -> Vec<crate::verify::Verified> {
+        let mut results = vec![];
+        for level in self.plan.setup_order() {
+            let outcomes = self.fleet.each_of(&level, |node, host| {
+                self.request(node, host, HostAction::Verify, index)
+            });
+            results.extend(outcomes.into_iter().map(|o| {
+                let verified = o.events.iter().find_map(|e| match e {
+                    HostEvent::Verified {
+                        snapshot,
+                        seconds,
+                        error,
+                    } => Some(crate::verify::Verified {
+                        node: o.node.clone(),
+                        snapshot: *snapshot,
+                        seconds: *seconds,
+                        error: error.clone(),
+                    }),
+                    _ => None,
+                });
+                verified.unwrap_or_else(|| crate::verify::Verified {
+                    node: o.node.clone(),
+                    snapshot: index,
+                    seconds: 0.0,
+                    error: Some(match &o.result {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "its host sent no result".into(),
+                    }),
+                })
+            }));
+        }
+        results
+    }
+
     fn by_levels(
         &self,
         levels: Vec<Vec<String>>,
@@ -79,7 +115,7 @@ impl<'a> Remote<'a> {
         for level in levels {
             let outcomes = self
                 .fleet
-                .each_of(&level, |node, host| self.request(node, host, action));
+                .each_of(&level, |node, host| self.request(node, host, action, 1));
             on_level(&outcomes);
             let failed = outcomes.iter().any(|o| o.result.is_err());
             all.extend(outcomes);
@@ -95,7 +131,7 @@ impl<'a> Remote<'a> {
     pub fn status(&self) -> ClusterStatus {
         let names: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
         let rows = self.fleet.each_of(&names, |node, host| {
-            self.request(node, host, HostAction::Status)
+            self.request(node, host, HostAction::Status, 1)
         });
         let nodes = self
             .plan
@@ -150,7 +186,13 @@ impl<'a> Remote<'a> {
     }
 
     /// Sends one request to `node`'s host and reads its events.
-    fn request(&self, node: &str, host: &SshHost, action: HostAction) -> HostOutcome {
+    fn request(
+        &self,
+        node: &str,
+        host: &SshHost,
+        action: HostAction,
+        snapshot: u32,
+    ) -> HostOutcome {
         let request = HostRequest {
             spec: self.spec_text.clone(),
             node: node.into(),
@@ -159,6 +201,7 @@ impl<'a> Remote<'a> {
                 identity: self.validated.image_identity().into(),
             },
             action,
+            snapshot,
         };
         let input = serde_json::to_vec(&request).expect("a request serializes");
         let program = remote_program(self.validated.spec());

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::resources::Tools;
 use crate::spec::{ClusterSpec, MeasuredImage, ValidatedSpec};
 use crate::status::{self, NodeStatus};
+use crate::verify;
 
 /// What the controller asks a host to do with its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,8 @@ pub enum HostAction {
     Down,
     /// Observe the node.
     Status,
+    /// Check the node against its parent (`verify`; the origin against the image).
+    Verify,
 }
 
 /// One request to a host.
@@ -39,6 +42,13 @@ pub struct HostRequest {
     pub image: MeasuredImage,
     /// What to do.
     pub action: HostAction,
+    /// Which VM disk `verify` reads.
+    #[serde(default = "first_snapshot")]
+    pub snapshot: u32,
+}
+
+fn first_snapshot() -> u32 {
+    1
 }
 
 /// One line of a host's answer.
@@ -58,6 +68,15 @@ pub enum HostEvent {
     Status {
         /// The node's row.
         node: Box<NodeStatus>,
+    },
+    /// The node checked against its parent (`verify`).
+    Verified {
+        /// Which snapshot was read.
+        snapshot: u32,
+        /// How long it took, in seconds.
+        seconds: f64,
+        /// `None` when it reads back what its parent serves; else what went wrong.
+        error: Option<String>,
     },
     /// The request succeeded.
     Done {
@@ -121,6 +140,20 @@ pub fn serve(request: &HostRequest, emit: Emit) -> Result<()> {
             let row = status::node_status(plan, planned, Arc::new(Tools::from_env()));
             emit(&HostEvent::Status {
                 node: Box::new(row),
+            });
+            Summary::default()
+        }
+        HostAction::Verify => {
+            let v = verify::verify_link(
+                engine.plan(),
+                node,
+                Arc::new(Tools::from_env()),
+                request.snapshot,
+            );
+            emit(&HostEvent::Verified {
+                snapshot: v.snapshot,
+                seconds: v.seconds,
+                error: v.error,
             });
             Summary::default()
         }
