@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use sftsan_core::remote::host::{serve, Emit, HostEvent, HostRequest};
 use sftsan_core::remote::{self, facts, Fleet, HostCheck, Remote};
+use sftsan_core::resources::Tools;
 use sftsan_core::stdio::out;
 use sftsan_core::transport::ssh::HostKeys;
 use sftsan_core::{errln, outln};
@@ -83,7 +84,7 @@ pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
         );
     }
     let image = remote::measured_image(&spec, &rows)?;
-    let cluster = Remote::new(&text, image, &fleet)?;
+    let cluster = Remote::new(&text, image, &fleet, &rows)?;
     let started = std::time::Instant::now();
     let outcomes = match action {
         RemoteAction::Status { json } => {
@@ -223,7 +224,13 @@ pub fn run_host(command: HostCommand) -> Result<()> {
                 let line = serde_json::to_string(e).expect("an event serializes");
                 let _ = outln!("{line}");
             });
-            if let Err(e) = serve(&request, emit.clone()) {
+            // The keeper is this very program, whatever its name (a shipped copy's is
+            // its content address).
+            let mut tools = Tools::from_env();
+            if let Ok(exe) = std::env::current_exe() {
+                tools.sftsan = exe;
+            }
+            if let Err(e) = serve(&request, tools, emit.clone()) {
                 emit(&HostEvent::Failed {
                     kind: format!("{:?}", e.kind()).to_lowercase(),
                     error: e.to_string(),
@@ -267,6 +274,9 @@ fn check_table(rows: &[HostCheck]) -> String {
                 .map_or("-".into(), |s| format!("{:+.1}s", s as f64 / 1000.0)),
             if r.ready() { "yes" } else { "NO" }
         );
+        if r.shipped {
+            let _ = writeln!(text, "    sftsan: the controller's copy, {}", r.program);
+        }
         if let Some(f) = f {
             let programs: Vec<String> = f
                 .programs

@@ -14,8 +14,15 @@ struct RemoteCluster {
 }
 
 impl RemoteCluster {
+    /// `count` hosts running this workspace's sftsan.
     fn new(prefix: &str, subnet: u8, count: usize) -> RemoteCluster {
-        let hosts = TestHosts::new(prefix, subnet, count, &["state"]);
+        Self::running(prefix, subnet, count, &sftsan_bin().display().to_string())
+    }
+
+    /// `count` hosts told to run `program`; each has a private `bin` directory where the
+    /// controller installs its own copy when `program` is not sftsan of its version.
+    fn running(prefix: &str, subnet: u8, count: usize, program: &str) -> RemoteCluster {
+        let hosts = TestHosts::new(prefix, subnet, count, &["state", "bin"]);
         let dir = hosts.dir.path();
         let state = dir.join("state");
         let image = dir.join("base.raw");
@@ -27,13 +34,13 @@ impl RemoteCluster {
              [cache]\nsize = \"32MiB\"\n\
              [snapshots]\nper_node = 1\n\
              [ssh]\nuser = \"root\"\nidentity_file = \"{key}\"\nknown_hosts = \"{known}\"\n\
-             program = \"{program}\"\nconnect_timeout_s = 3\n",
+             program = \"{program}\"\ninstall_dir = \"{bin}\"\nconnect_timeout_s = 3\n",
             state = state.display(),
             image = image.display(),
             origin = hosts.hosts[0].address,
             key = hosts.client_key().display(),
             known = dir.join("known_hosts").display(),
-            program = sftsan_bin().display(),
+            bin = dir.join("bin").display(),
         );
         for (i, host) in hosts.hosts.iter().enumerate().skip(1) {
             text += &format!(
@@ -415,4 +422,49 @@ fn up_changes_nothing_while_a_host_is_unreachable_and_completes_once_it_is_back(
     }
     let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+#[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
+fn hosts_without_sftsan_get_the_controllers_copy_and_run_it() {
+    let c = RemoteCluster::running("sfrh7", 96, 3, "/nonexistent/sftsan");
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (per_host, _) = connections_for(&c, &["hosts", "check"]);
+    assert_eq!(per_host, [1, 1, 1], "shipping rides the check's connection");
+    // Each host holds the controller's program, named by its content.
+    let sha = sftsan_tests::sha256_file(sftsan_bin());
+    for host in &c.hosts.hosts {
+        let copy = host.dir.join("private1").join(format!("sftsan-{sha}"));
+        let meta = std::fs::metadata(&copy).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(sftsan_tests::sha256_file(&copy), sha);
+    }
+    let out = sftsan([
+        "hosts".as_ref(),
+        "check".as_ref(),
+        "--json".as_ref(),
+        c.spec.as_os_str(),
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    for row in rows.as_array().unwrap() {
+        assert!(
+            row["program"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("sftsan-{sha}")),
+            "{row}"
+        );
+        assert_eq!(row["problems"].as_array().unwrap().len(), 0, "{row}");
+    }
+    // The cluster runs on the copies.
+    let (_, log) = connections_for(&c, &["up"]);
+    assert!(log.contains("up: 3 of 3 hosts done"), "{log}");
+    assert_eq!(status(&c), all(&c, "up"));
+    connections_for(&c, &["down"]);
+    for i in 0..3 {
+        let left = processes(&c, i);
+        assert!(left.iter().all(|p| p == "sshd"), "host {i} still runs {left:?}");
+    }
 }

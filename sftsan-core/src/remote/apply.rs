@@ -34,19 +34,32 @@ pub struct Remote<'a> {
     validated: ValidatedSpec,
     plan: Plan,
     fleet: &'a Fleet,
+    /// The sftsan each host runs, as its check found it (node -> program).
+    programs: std::collections::HashMap<String, String>,
 }
 
 impl<'a> Remote<'a> {
-    /// The cluster of `spec` (its TOML `spec_text`), whose image `image` measured.
-    pub fn new(spec_text: &str, image: MeasuredImage, fleet: &'a Fleet) -> Result<Remote<'a>> {
+    /// The cluster of `spec` (its TOML `spec_text`), whose image `image` measured, on
+    /// hosts as `checked` found them.
+    pub fn new(
+        spec_text: &str,
+        image: MeasuredImage,
+        fleet: &'a Fleet,
+        checked: &[super::HostCheck],
+    ) -> Result<Remote<'a>> {
         let spec = ClusterSpec::from_toml(spec_text).map_err(Error::from)?;
         let validated = ValidatedSpec::measured(spec, image).map_err(Error::from)?;
         let plan = plan::plan(&validated);
+        let programs = checked
+            .iter()
+            .map(|r| (r.node.clone(), r.program.clone()))
+            .collect();
         Ok(Remote {
             spec_text: spec_text.into(),
             validated,
             plan,
             fleet,
+            programs,
         })
     }
 
@@ -204,7 +217,11 @@ impl<'a> Remote<'a> {
             snapshot,
         };
         let input = serde_json::to_vec(&request).expect("a request serializes");
-        let program = remote_program(self.validated.spec());
+        let program = self
+            .programs
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| remote_program(self.validated.spec()));
         let mut outcome = HostOutcome {
             node: node.into(),
             events: vec![],

@@ -23,6 +23,11 @@ pub struct HostCheck {
     pub node: String,
     /// How the controller reaches it, e.g. `root@10.0.0.2`.
     pub destination: String,
+    /// The sftsan the host runs for this cluster: `ssh.program`, or the controller's own
+    /// copy when the host had none or another version.
+    pub program: String,
+    /// Whether the controller's copy was installed (or found) there this time.
+    pub shipped: bool,
     /// What the host reported; `None` when it could not be asked.
     pub facts: Option<HostFacts>,
     /// The host's clock minus the controller's, in milliseconds.
@@ -50,6 +55,8 @@ fn check_host(spec: &ClusterSpec, node: &str, host: &SshHost) -> HostCheck {
     let mut row = HostCheck {
         node: node.into(),
         destination: host.destination().to_string(),
+        program: remote_program(spec),
+        shipped: false,
         facts: None,
         skew_ms: None,
         cache_needed: if is_origin { 0 } else { spec.cache.size.0 },
@@ -60,41 +67,105 @@ fn check_host(spec: &ClusterSpec, node: &str, host: &SshHost) -> HostCheck {
         return row;
     }
     let request = facts::request_for(spec, node);
-    let input = serde_json::to_vec(&request).expect("a request serializes");
-    let program = remote_program(spec);
-    let sent = facts::now_ms();
-    let out = match host.run(&[program.as_str(), "host", "facts"], &input, FACTS_TIMEOUT) {
-        Ok(out) => out,
-        Err(e) => {
-            row.problems.push(e.to_string());
-            return row;
+    let mut asked = ask(host, &row.program, &request);
+    if needs_our_binary(&asked) {
+        match super::ship::ship(host, &install_dir(spec)) {
+            Ok(path) => {
+                row.program = path.display().to_string();
+                row.shipped = true;
+                asked = ask(host, &row.program, &request);
+            }
+            Err(e) => {
+                row.problems.push(format!(
+                    "{} there, and installing ours failed: {e}",
+                    describe(&asked, &row.program)
+                ));
+                return row;
+            }
         }
+    }
+    match asked {
+        Asked::Facts {
+            facts,
+            sent,
+            received,
+        } => {
+            let skew = facts.time_ms as i64 - ((sent + received) / 2) as i64;
+            row.skew_ms = Some(skew);
+            row.problems = problems(&row, &facts, skew);
+            row.facts = Some(*facts);
+        }
+        other => row.problems.push(describe(&other, &row.program)),
+    }
+    row
+}
+
+/// What asking a host for its facts gave.
+enum Asked {
+    /// Its facts, and the controller's clock before and after asking.
+    Facts {
+        facts: Box<HostFacts>,
+        sent: u64,
+        received: u64,
+    },
+    /// The program is not there (the shell's "command not found").
+    Missing,
+    /// The program ran but gave no facts (not sftsan, or an sftsan without them).
+    NoFacts(String),
+    /// The host could not be asked.
+    Failed(String),
+}
+
+fn ask(host: &SshHost, program: &str, request: &facts::FactsRequest) -> Asked {
+    let input = serde_json::to_vec(request).expect("a request serializes");
+    let sent = facts::now_ms();
+    let out = match host.run(&[program, "host", "facts"], &input, FACTS_TIMEOUT) {
+        Ok(out) => out,
+        Err(e) => return Asked::Failed(e.to_string()),
     };
     let received = facts::now_ms();
-    // The shell's "command not found".
     if out.status.code() == Some(127) {
-        row.problems
-            .push(format!("sftsan: {program} is not installed there"));
-        return row;
+        return Asked::Missing;
     }
-    let facts: HostFacts = match serde_json::from_slice(&out.stdout) {
-        Ok(f) if out.status.success() => f,
+    match serde_json::from_slice(&out.stdout) {
+        Ok(facts) if out.status.success() => Asked::Facts {
+            facts: Box::new(facts),
+            sent,
+            received,
+        },
         _ => {
             let why = String::from_utf8_lossy(&out.stderr);
-            let why = why.lines().last().unwrap_or("no answer").trim().to_string();
-            row.problems.push(format!(
-                "sftsan host facts failed ({}): {why}; is {program} sftsan {VERSION}?",
-                out.status
-            ));
-            return row;
+            let why = why.lines().last().unwrap_or("no answer").trim();
+            Asked::NoFacts(format!("{} ({})", why, out.status))
         }
-    };
-    let midpoint = (sent + received) / 2;
-    let skew = facts.time_ms as i64 - midpoint as i64;
-    row.skew_ms = Some(skew);
-    row.problems = problems(&row, &facts, skew);
-    row.facts = Some(facts);
-    row
+    }
+}
+
+/// Whether the host should get the controller's copy: it has no sftsan where the spec
+/// says, or one of another version (or one too old to answer).
+fn needs_our_binary(asked: &Asked) -> bool {
+    match asked {
+        Asked::Missing | Asked::NoFacts(_) => true,
+        Asked::Facts { facts, .. } => facts.sftsan != VERSION,
+        Asked::Failed(_) => false,
+    }
+}
+
+fn describe(asked: &Asked, program: &str) -> String {
+    match asked {
+        Asked::Missing => format!("sftsan: {program} is not installed"),
+        Asked::NoFacts(why) => format!("{program} host facts failed: {why}"),
+        Asked::Failed(why) => why.clone(),
+        Asked::Facts { facts, .. } => format!("{program} is sftsan {}", facts.sftsan),
+    }
+}
+
+/// Where copies of the controller's sftsan go on the hosts (`ssh.install_dir`).
+fn install_dir(spec: &ClusterSpec) -> std::path::PathBuf {
+    spec.ssh
+        .as_ref()
+        .and_then(|s| s.install_dir.clone())
+        .unwrap_or_else(|| super::ship::DEFAULT_INSTALL_DIR.into())
 }
 
 /// What the facts say is wrong with the host.
@@ -212,11 +283,30 @@ mod tests {
         HostCheck {
             node: "n1".into(),
             destination: "root@h".into(),
+            program: "sftsan".into(),
+            shipped: false,
             facts: None,
             skew_ms: None,
             cache_needed: 1 << 20,
             problems: vec![],
         }
+    }
+
+    #[test]
+    fn a_host_without_our_version_gets_our_copy() {
+        let with = |sftsan: &str| Asked::Facts {
+            facts: Box::new(HostFacts {
+                sftsan: sftsan.into(),
+                ..ready_facts()
+            }),
+            sent: 0,
+            received: 0,
+        };
+        assert!(!needs_our_binary(&with(VERSION)));
+        assert!(needs_our_binary(&with("0.0.1")));
+        assert!(needs_our_binary(&Asked::Missing));
+        assert!(needs_our_binary(&Asked::NoFacts("unknown command".into())));
+        assert!(!needs_our_binary(&Asked::Failed("unreachable".into())));
     }
 
     #[test]

@@ -105,9 +105,10 @@ pub fn installed_spec(spec: &ClusterSpec) -> PathBuf {
 /// Where a host's events go: called from the engine's worker threads.
 pub type Emit = Arc<dyn Fn(&HostEvent) + Send + Sync>;
 
-/// Carries out `request` on this host, reporting each event to `emit` (a failure is the
-/// caller's to report, as [`HostEvent::Failed`]).
-pub fn serve(request: &HostRequest, emit: Emit) -> Result<()> {
+/// Carries out `request` on this host with `tools` (whose `sftsan` is the program serving
+/// the request: a shipped copy has its own name), reporting each event to `emit` (a
+/// failure is the caller's to report, as [`HostEvent::Failed`]).
+pub fn serve(request: &HostRequest, tools: Tools, emit: Emit) -> Result<()> {
     let spec = ClusterSpec::from_toml(&request.spec).map_err(|e| Error::from(e).context("spec"))?;
     let validated = ValidatedSpec::measured(spec, request.image.clone())
         .map_err(|e| Error::from(e).context("spec"))?;
@@ -127,7 +128,8 @@ pub fn serve(request: &HostRequest, emit: Emit) -> Result<()> {
             })
         })
     };
-    let engine = cluster::engine(&validated, Tools::from_env(), progress);
+    let tools = Arc::new(tools);
+    let engine = cluster::engine(&validated, (*tools).clone(), progress);
     let node = &request.node;
     let summary: Summary = match request.action {
         HostAction::Up => engine.up_only(node)?,
@@ -137,19 +139,14 @@ pub fn serve(request: &HostRequest, emit: Emit) -> Result<()> {
             let planned = plan
                 .node(node)
                 .ok_or_else(|| Error::not_found(format!("node {node:?}"), "not in the spec"))?;
-            let row = status::node_status(plan, planned, Arc::new(Tools::from_env()));
+            let row = status::node_status(plan, planned, tools.clone());
             emit(&HostEvent::Status {
                 node: Box::new(row),
             });
             Summary::default()
         }
         HostAction::Verify => {
-            let v = verify::verify_link(
-                engine.plan(),
-                node,
-                Arc::new(Tools::from_env()),
-                request.snapshot,
-            );
+            let v = verify::verify_link(engine.plan(), node, tools.clone(), request.snapshot);
             emit(&HostEvent::Verified {
                 snapshot: v.snapshot,
                 seconds: v.seconds,

@@ -8,6 +8,7 @@ mod check;
 pub mod facts;
 mod fleet;
 pub mod host;
+mod ship;
 
 pub use apply::{measured_image, HostOutcome, Remote};
 pub use check::{check, remote_program, trust, HostCheck};

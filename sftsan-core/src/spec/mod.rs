@@ -366,9 +366,14 @@ pub struct SshSpec {
     /// A host is added only by `sftsan hosts trust`; a changed key is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts: Option<PathBuf>,
-    /// The sftsan program on the hosts; default `sftsan` (found on the remote PATH).
+    /// The sftsan program on the hosts; default `sftsan` (found on the remote PATH). A
+    /// host without it, or with another version, gets the controller's own copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<PathBuf>,
+    /// Where such copies go on the hosts, each named by its sha256 (absolute path);
+    /// default `/var/lib/sftsan/bin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_dir: Option<PathBuf>,
     /// How many hosts are worked on at once (SSH sessions); default 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,

@@ -102,6 +102,7 @@ fn check_defaults(ssh: &SshSpec) -> Result<(), SpecError> {
     for (field, path) in [
         ("ssh.identity_file", &ssh.identity_file),
         ("ssh.known_hosts", &ssh.known_hosts),
+        ("ssh.install_dir", &ssh.install_dir),
     ] {
         if let Some(path) = path {
             check_option_path(field, path)?;
