@@ -32,6 +32,8 @@ pub struct Host {
     pub address: Ipv4Addr,
     /// Its own files: host key, sshd config and log, state.
     pub dir: PathBuf,
+    /// Environment its sshd gives every session (sshd_config SetEnv).
+    pub session_env: Vec<(String, String)>,
     sshd: Option<Child>,
 }
 
@@ -142,6 +144,7 @@ impl TestHosts {
                 netns,
                 address,
                 dir,
+                session_env: vec![],
                 sshd: None,
             });
         }
@@ -169,6 +172,17 @@ impl TestHosts {
         fs::remove_file(&key).unwrap();
         fs::remove_file(key.with_extension("pub")).unwrap();
         keygen(&key);
+        self.start(i);
+    }
+
+    /// Restarts host `i`'s sshd so that every session there gets `env` (a test's fault
+    /// injection reaching the host's sftsan).
+    pub fn set_session_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        self.stop(i);
+        self.hosts[i].session_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.start(i);
     }
 
@@ -216,7 +230,7 @@ impl TestHosts {
     fn sshd_config(&self, i: usize) -> PathBuf {
         let host = &self.hosts[i];
         let path = host.dir.join("sshd_config");
-        let text = format!(
+        let mut text = format!(
             "ListenAddress {address}\n\
              Port 22\n\
              HostKey {key}\n\
@@ -233,6 +247,9 @@ impl TestHosts {
             key = host.dir.join("host_key").display(),
             authorized = self.dir.path().join("authorized_keys").display(),
         );
+        for (k, v) in &host.session_env {
+            text += &format!("SetEnv {k}={v}\n");
+        }
         fs::write(&path, text).unwrap();
         path
     }

@@ -227,10 +227,11 @@ impl<'a> Remote<'a> {
             events: vec![],
             result: Ok(()),
         };
+        let here = format!("{node} ({})", host.destination());
         let out = match host.run(&[program.as_str(), "host", "apply"], &input, APPLY_TIMEOUT) {
             Ok(out) => out,
             Err(e) => {
-                outcome.result = Err(e);
+                outcome.result = Err(e.context(here));
                 return outcome;
             }
         };
@@ -247,16 +248,13 @@ impl<'a> Remote<'a> {
             .iter()
             .any(|e| matches!(e, HostEvent::Done { .. }));
         outcome.result = match (failed, done) {
-            (Some(error), _) => Err(Error::refused(
-                format!("{node} ({})", host.destination()),
-                error,
-            )),
+            (Some(error), _) => Err(Error::refused(here, error)),
             (None, true) if out.status.success() => Ok(()),
             _ => {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 let last = stderr.lines().last().unwrap_or("no answer").trim();
                 Err(Error::refused(
-                    format!("{node} ({})", host.destination()),
+                    here,
                     format!(
                         "sftsan host apply ended without a result ({}): {last}",
                         out.status

@@ -202,9 +202,29 @@ impl SshHost {
         };
         if out.status.code() == Some(SSH_FAILED) {
             let why = last_line(&out.stderr);
+            // ssh also exits 255 when the remote program died of a signal: with the
+            // connection still up, that is what happened.
+            if self.master_alive() {
+                return Err(Error::Command {
+                    argv: vec![format!("ssh {}", self.dest)],
+                    status: "ended by a signal on the host (or exit 255)".into(),
+                    stderr: why,
+                });
+            }
             return Err(Error::unreachable(format!("ssh {}", self.dest), why));
         }
         Ok(out)
+    }
+
+    /// Whether this host's master connection is up (`ssh -O check`).
+    fn master_alive(&self) -> bool {
+        let mut cmd = self.ssh(&["-O", "check"]);
+        cmd.arg("--")
+            .arg(&self.dest.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.status().is_ok_and(|s| s.success())
     }
 }
 
