@@ -217,6 +217,20 @@ impl TestHosts {
         );
     }
 
+    /// `program` run inside host `i`'s namespaces (as a process of that host), for what a
+    /// test does on a host itself, e.g. what libvirt there would run.
+    pub fn in_host(&self, i: usize, program: &Path) -> Command {
+        let pid = self.hosts[i]
+            .sshd
+            .as_ref()
+            .expect("the host is running")
+            .id();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid.to_string(), "-n", "-m", "-u", "--"])
+            .arg(program);
+        cmd
+    }
+
     /// Stops host `i`'s sshd and every process in its namespace (sessions included).
     pub fn stop(&mut self, i: usize) {
         let host = &mut self.hosts[i];

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sftsan_core::backends::userspace::{run_keeper, KeeperArgs};
 use sftsan_core::engine::{Engine, Event, Progress};
 use sftsan_core::resources::Tools;
-use sftsan_core::spec::{import_legacy, validate, ClusterSpec, LegacyMode, ValidatedSpec};
+use sftsan_core::spec::{import_legacy, ClusterSpec, LegacyMode, ValidatedSpec};
 use sftsan_core::stdio::out;
 use sftsan_core::{errln, outln};
 use sftsan_core::{plan, status, verify};
@@ -184,7 +184,7 @@ fn init_logging(verbose: u8) {
 
 fn load(path: &Path) -> Result<ValidatedSpec> {
     let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
-    validate(spec).with_context(|| path.display().to_string())
+    sftsan_core::cluster::validate_here(spec).with_context(|| path.display().to_string())
 }
 
 /// Whether the spec at `path` is a remote cluster's, which the controller drives over SSH.
@@ -209,7 +209,10 @@ fn progress() -> Progress {
 /// The spec at `path` for a command that works on this host's own stacks: not a remote
 /// cluster's, whose nodes are other hosts (there `up`, `down` and `status` go host by host).
 fn load_here(path: &Path, command: &str) -> Result<ValidatedSpec> {
-    if is_remote(path)? {
+    let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
+    // On one of the cluster's hosts (where `up` installed the spec) these commands work
+    // on its own node.
+    if is_remote(path)? && sftsan_core::cluster::installed_image(&spec)?.is_none() {
         anyhow::bail!(
             "{}: cluster.mode = \"remote\": `{command}` does not drive remote hosts yet (up, down, status, verify and hosts do)",
             path.display()

@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "backends::system",
             "engine",
             "error",
+            "fsutil",
             "names",
             "plan",
             "resources",

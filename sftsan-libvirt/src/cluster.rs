@@ -10,7 +10,7 @@ use sftsan_core::error::{Error, ErrorKind, Result};
 use sftsan_core::names::Names;
 use sftsan_core::plan::Plan;
 use sftsan_core::resources::Tools;
-use sftsan_core::spec::{validate, ClusterSpec, ValidatedSpec};
+use sftsan_core::spec::{ClusterSpec, ValidatedSpec};
 
 /// How long to wait for another sftsan working on the same cluster.
 pub const LOCK_WAIT: Duration = Duration::from_secs(120);
@@ -42,7 +42,7 @@ impl Cluster {
         let show = spec_path.display().to_string();
         let spec =
             ClusterSpec::load(spec_path).map_err(|e| Error::from(e).context(show.clone()))?;
-        let spec = validate(spec).map_err(|e| Error::from(e).context(show))?;
+        let spec = sftsan_core::cluster::validate_here(spec).map_err(|e| e.context(show))?;
         let progress: sftsan_core::engine::Progress = Arc::new(|e| {
             tracing::info!(
                 "{}: {}{}",

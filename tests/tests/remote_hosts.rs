@@ -517,3 +517,78 @@ fn a_host_killed_during_its_apply_is_resumed_by_the_next_up() {
         );
     }
 }
+
+/// The libvirt hook on a host of a remote cluster finds the spec `up` installed there and
+/// makes its VM's disk on that host's node alone (its parent is another host), as libvirt
+/// would run it when the VM starts; release discards a stateless VM's disk.
+#[test]
+#[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
+fn the_hook_on_a_host_makes_its_vms_disk_there() {
+    let c = RemoteCluster::new("sfrh9", 98, 3);
+    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // On n2's host: the domain of a VM beyond per_node, from the installed spec.
+    let installed = c.hosts.dir.path().join("state/spec.toml");
+    let out = c
+        .hosts
+        .in_host(2, sftsan_bin())
+        .args(["vm", "xml"])
+        .arg(&installed)
+        .args(["--node", "n2", "--index", "2", "--mode", "stateless"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vm xml on the host: {}", stderr(&out));
+    let xml = stdout(&out);
+    let hook = sftsan_bin().with_file_name("sftsan-hook");
+    let run_hook = |op: &str, subop: &str| {
+        let mut child = c
+            .hosts
+            .in_host(2, &hook)
+            .args(["sfrh9-n2-2", op, subop, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(xml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "hook {op} {subop}: {}", stderr(&out));
+    };
+    let spec = sftsan_core::spec::ClusterSpec::load(&c.spec).unwrap();
+    let disk = sftsan_core::names::Names::new(&spec).snapshot_file("n2", 2);
+    let on_host = c.hosts.hosts[2]
+        .dir
+        .join("private0")
+        .join(disk.strip_prefix(c.hosts.dir.path().join("state")).unwrap());
+    assert!(!on_host.exists());
+    run_hook("prepare", "begin");
+    assert!(on_host.exists(), "prepare made no {}", on_host.display());
+    let out = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw"])
+        .arg(c.hosts.dir.path().join("base.raw"))
+        .arg(&on_host)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // Nothing of n2's ancestors was made on n2's host.
+    let journal =
+        std::fs::read_to_string(c.hosts.hosts[2].dir.join("private0/journal.json")).unwrap();
+    assert!(
+        !journal.contains("\"n1/") && !journal.contains("\"origin/"),
+        "{journal}"
+    );
+    run_hook("release", "end");
+    assert!(!on_host.exists(), "release kept a stateless VM's disk");
+
+    let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

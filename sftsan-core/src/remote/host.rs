@@ -4,7 +4,6 @@
 //! writes every step and the outcome as JSON lines on stdout. A connection cut midway
 //! leaves a journal that the next request resumes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -96,12 +95,6 @@ pub enum HostEvent {
     },
 }
 
-/// Where a host keeps the spec of a cluster it runs a node of: the same path on every
-/// host (`<state_dir>/spec.toml`), so that the libvirt hook there finds it.
-pub fn installed_spec(spec: &ClusterSpec) -> PathBuf {
-    spec.cluster.state_dir.join("spec.toml")
-}
-
 /// Where a host's events go: called from the engine's worker threads.
 pub type Emit = Arc<dyn Fn(&HostEvent) + Send + Sync>;
 
@@ -114,9 +107,7 @@ pub fn serve(request: &HostRequest, tools: Tools, emit: Emit) -> Result<()> {
         .map_err(|e| Error::from(e).context("spec"))?;
     let spec = validated.spec();
     if request.action == HostAction::Up {
-        std::fs::create_dir_all(&spec.cluster.state_dir)
-            .map_err(|e| Error::io(&spec.cluster.state_dir, e))?;
-        crate::fsutil::write_atomic(&installed_spec(spec), request.spec.as_bytes())?;
+        cluster::install(spec, &request.spec, &request.image)?;
     }
     let progress: Progress = {
         let emit = emit.clone();
