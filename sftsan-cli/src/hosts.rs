@@ -119,8 +119,8 @@ pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
             }
             return Ok(failed == 0);
         }
-        RemoteAction::Up => cluster.up(&report_level),
-        RemoteAction::Down => cluster.down(&report_level),
+        RemoteAction::Up => cluster.up(&progress(fleet.hosts().count())),
+        RemoteAction::Down => cluster.down(&progress(fleet.hosts().count())),
     };
     let failed: Vec<&remote::HostOutcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     for o in &failed {
@@ -142,9 +142,11 @@ pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
     Ok(failed.is_empty())
 }
 
-/// One line per host of a level as the level finishes.
-fn report_level(outcomes: &[remote::HostOutcome]) {
-    for o in outcomes {
+/// A line per host as it finishes, counted against all hosts: `[3/7] n2: 6 created, ...`.
+fn progress(total: usize) -> impl Fn(&remote::HostOutcome) + Sync {
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    move |o: &remote::HostOutcome| {
+        let n = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let done = o.events.iter().find_map(|e| match e {
             HostEvent::Done {
                 created,
@@ -156,8 +158,8 @@ fn report_level(outcomes: &[remote::HostOutcome]) {
             _ => None,
         });
         match (&o.result, done) {
-            (Ok(()), Some(done)) => errln!("{}: {done}", o.node),
-            _ => errln!("{}: FAILED", o.node),
+            (Ok(()), Some(done)) => errln!("[{n}/{total}] {}: {done}", o.node),
+            _ => errln!("[{n}/{total}] {}: FAILED", o.node),
         }
     }
 }

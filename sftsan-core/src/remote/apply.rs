@@ -16,6 +16,9 @@ use crate::transport::ssh::SshHost;
 /// Longest a host may take to bring its node up or down.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Told of each host's outcome as it finishes (from the threads working on hosts).
+pub type OnHost = dyn Fn(&HostOutcome) + Sync;
+
 /// What happened on one host.
 #[derive(Debug)]
 pub struct HostOutcome {
@@ -71,15 +74,15 @@ impl<'a> Remote<'a> {
     /// Brings every host's node up, level by level. Stops after the first level where a
     /// host failed (that host rolled back; the others keep what they made, and the next
     /// `up` completes them), returning every host's outcome so far.
-    pub fn up(&self, on_level: &dyn Fn(&[HostOutcome])) -> Vec<HostOutcome> {
-        self.by_levels(self.plan.setup_order(), HostAction::Up, on_level)
+    pub fn up(&self, on_host: &OnHost) -> Vec<HostOutcome> {
+        self.by_levels(self.plan.setup_order(), HostAction::Up, on_host)
     }
 
     /// Takes every host's node down, children first.
-    pub fn down(&self, on_level: &dyn Fn(&[HostOutcome])) -> Vec<HostOutcome> {
+    pub fn down(&self, on_host: &OnHost) -> Vec<HostOutcome> {
         let mut levels = self.plan.setup_order();
         levels.reverse();
-        self.by_levels(levels, HostAction::Down, on_level)
+        self.by_levels(levels, HostAction::Down, on_host)
     }
 
     /// Checks every node against its parent, parents first (so that each level finds
@@ -122,14 +125,15 @@ impl<'a> Remote<'a> {
         &self,
         levels: Vec<Vec<String>>,
         action: HostAction,
-        on_level: &dyn Fn(&[HostOutcome]),
+        on_host: &OnHost,
     ) -> Vec<HostOutcome> {
         let mut all = vec![];
         for level in levels {
-            let outcomes = self
-                .fleet
-                .each_of(&level, |node, host| self.request(node, host, action, 1));
-            on_level(&outcomes);
+            let outcomes = self.fleet.each_of(&level, |node, host| {
+                let outcome = self.request(node, host, action, 1);
+                on_host(&outcome);
+                outcome
+            });
             let failed = outcomes.iter().any(|o| o.result.is_err());
             all.extend(outcomes);
             if failed {

@@ -10,6 +10,6 @@ mod fleet;
 pub mod host;
 mod ship;
 
-pub use apply::{measured_image, HostOutcome, Remote};
+pub use apply::{measured_image, HostOutcome, OnHost, Remote};
 pub use check::{check, remote_program, trust, HostCheck};
 pub use fleet::Fleet;
