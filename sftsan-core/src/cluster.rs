@@ -75,3 +75,11 @@ pub fn engine(spec: &ValidatedSpec, tools: Tools, progress: Progress) -> Engine 
         progress,
     )
 }
+
+/// Removes what [`install`] put on a host, and the state directory once it is empty.
+pub fn uninstall(spec: &ClusterSpec) -> Result<()> {
+    crate::fsutil::remove_file_if_exists(&installed_image_path(spec))?;
+    crate::fsutil::remove_file_if_exists(&installed_spec_path(spec))?;
+    let _ = std::fs::remove_dir(&spec.cluster.state_dir);
+    Ok(())
+}

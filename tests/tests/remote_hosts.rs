@@ -355,6 +355,13 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
             left.iter().all(|p| p == "sshd"),
             "host {i} still runs {left:?}"
         );
+        // Nothing of the cluster is left in the host's state: no journal, no installed
+        // spec, no directory.
+        let kept: Vec<_> = std::fs::read_dir(c.hosts.hosts[i].dir.join("private0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(kept.is_empty(), "host {i} keeps {kept:?}");
     }
 }
 

@@ -465,6 +465,21 @@ impl Engine {
         Ok(run.summary.into_inner().unwrap())
     }
 
+    /// Tears down `node`'s stack and then, when the journal names nothing else (a host of
+    /// a remote cluster runs one node), the state kept for it: journal, lock, directories.
+    pub fn down_only(&self, node: &str) -> Result<Summary> {
+        let summary = self.down_node(node)?;
+        let lock = StateLock::acquire(&self.names)?;
+        let run = self.open_run()?;
+        let journal = run.journal.lock().unwrap();
+        if journal.data.entries.is_empty() {
+            journal.delete()?;
+            drop(journal);
+            self.remove_state(lock);
+        }
+        Ok(summary)
+    }
+
     /// Whether `node`'s stack, its VM disks aside, exists on the system.
     pub fn node_is_up(&self, node: &str) -> Result<bool> {
         let n = self.plan.node(node).ok_or_else(|| no_such_node(node))?;

@@ -257,6 +257,10 @@ fn up_only_makes_one_nodes_stack() {
     let ids: Vec<String> = n3.stack.iter().map(|r| r.id(Some("n3"))).collect();
     assert_eq!(created(&f.sim), ids);
     assert_eq!(summary.created, ids.len());
-    engine.down_node("n3").unwrap();
+    engine.down_only("n3").unwrap();
     assert!(f.sim.objects().is_empty(), "{:?}", f.sim.objects());
+    assert!(
+        !f.journal_exists(),
+        "the host keeps no journal of a node it no longer runs"
+    );
 }

@@ -124,7 +124,11 @@ pub fn serve(request: &HostRequest, tools: Tools, emit: Emit) -> Result<()> {
     let node = &request.node;
     let summary: Summary = match request.action {
         HostAction::Up => engine.up_only(node)?,
-        HostAction::Down => engine.down_node(node)?,
+        HostAction::Down => {
+            let summary = engine.down_only(node)?;
+            cluster::uninstall(spec)?;
+            summary
+        }
         HostAction::Status => {
             let plan = engine.plan();
             let planned = plan
