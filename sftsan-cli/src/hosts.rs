@@ -99,16 +99,8 @@ pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
         RemoteAction::Verify { snapshot } => {
             let results = cluster.verify(snapshot);
             for r in &results {
-                let outcome = r
-                    .error
-                    .as_deref()
-                    .unwrap_or("identical to its parent's export");
-                outln!(
-                    "{}/snapshot/{}: {outcome} ({:.1}s)",
-                    r.node,
-                    r.snapshot,
-                    r.seconds
-                )?;
+                let line = super::output::verified_line(r, "identical to its parent's export");
+                outln!("{line}")?;
             }
             let failed = results.iter().filter(|r| r.error.is_some()).count();
             if failed > 0 {

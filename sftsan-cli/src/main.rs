@@ -312,13 +312,7 @@ fn run(command: Command) -> Result<()> {
             let results = verify::verify(&plan, Arc::new(Tools::from_env()), snapshot, source);
             let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).collect();
             for r in &results {
-                let outcome = r.error.as_deref().unwrap_or("identical to the image");
-                outln!(
-                    "{}/snapshot/{}: {outcome} ({:.1}s)",
-                    r.node,
-                    r.snapshot,
-                    r.seconds
-                )?;
+                outln!("{}", output::verified_line(r, "identical to the image"))?;
             }
             if let Some(first) = failed.first() {
                 anyhow::bail!(

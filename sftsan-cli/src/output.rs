@@ -119,3 +119,13 @@ pub fn status_text(st: &ClusterStatus) -> String {
     }
     out
 }
+
+/// One `verify` result: `n1/snapshot/1: identical to ... (0.4s)`, `same` saying what a
+/// good result is identical to.
+pub fn verified_line(r: &sftsan_core::verify::Verified, same: &str) -> String {
+    let outcome = r.error.as_deref().unwrap_or(same);
+    format!(
+        "{}/snapshot/{}: {outcome} ({:.1}s)",
+        r.node, r.snapshot, r.seconds
+    )
+}

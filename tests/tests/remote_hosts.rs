@@ -53,6 +53,12 @@ impl RemoteCluster {
         RemoteCluster { hosts, spec }
     }
 
+    /// `sftsan hosts trust`, which must succeed.
+    fn trust(&self) {
+        let out = sftsan(["hosts".as_ref(), "trust".as_ref(), self.spec.as_os_str()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
     fn known_hosts(&self) -> PathBuf {
         self.hosts.dir.path().join("known_hosts")
     }
@@ -162,8 +168,7 @@ fn hosts_are_trusted_explicitly_then_checked_in_one_connection_each() {
 #[ignore = "root tier: network namespaces, sshd"]
 fn a_changed_host_key_is_refused_and_named() {
     let mut c = RemoteCluster::new("sfrh2", 91, 3);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     let known = std::fs::read_to_string(c.known_hosts()).unwrap();
 
     c.hosts.change_host_key(1);
@@ -197,8 +202,7 @@ fn a_changed_host_key_is_refused_and_named() {
 #[ignore = "root tier: network namespaces, sshd"]
 fn an_unreachable_host_fails_alone() {
     let mut c = RemoteCluster::new("sfrh3", 92, 3);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     c.hosts.stop(2);
     let started = std::time::Instant::now();
     let (ok, rows) = check(&c);
@@ -210,6 +214,17 @@ fn an_unreachable_host_fails_alone() {
         started.elapsed().as_secs() < 30,
         "a refused host must not stall the check"
     );
+}
+
+/// Fails unless every host runs nothing but its sshd: no daemon, keeper or session left.
+fn assert_only_sshd_runs(c: &RemoteCluster) {
+    for i in 0..c.hosts.hosts.len() {
+        let left = processes(c, i);
+        assert!(
+            left.iter().all(|p| p == "sshd"),
+            "host {i} still runs {left:?}"
+        );
+    }
 }
 
 /// Processes running in host `i`'s namespace, by name.
@@ -274,8 +289,7 @@ fn connections_for(c: &RemoteCluster, args: &[&str]) -> (Vec<usize>, String) {
 fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
     // The origin and six nodes, degree 2: three levels.
     let c = RemoteCluster::new("sfrh4", 93, 7);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
 
     let (per_host, log) = connections_for(&c, &["up"]);
     assert!(log.contains("up: 7 of 7 hosts done"), "{log}");
@@ -349,12 +363,8 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
     let (per_host, _) = connections_for(&c, &["down"]);
     assert_eq!(per_host, [1; 7], "SSH connections per host for one down");
     assert_eq!(status(&c), all(&c, "down"));
+    assert_only_sshd_runs(&c);
     for i in 0..c.hosts.hosts.len() {
-        let left = processes(&c, i);
-        assert!(
-            left.iter().all(|p| p == "sshd"),
-            "host {i} still runs {left:?}"
-        );
         // Nothing of the cluster is left in the host's state: no journal, no installed
         // spec, no directory.
         let kept: Vec<_> = std::fs::read_dir(c.hosts.hosts[i].dir.join("private0"))
@@ -369,8 +379,7 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
 #[ignore = "root tier: network namespaces, 32 sshd, qemu-storage-daemon"]
 fn thirty_two_hosts_come_up_with_one_ssh_connection_each_per_command() {
     let c = RemoteCluster::new("sfrh5", 94, 32);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     let (per_host, log) = connections_for(&c, &["up"]);
     assert_eq!(per_host, [1; 32], "SSH connections per host for up: {log}");
     let before = c.connections();
@@ -394,8 +403,7 @@ fn thirty_two_hosts_come_up_with_one_ssh_connection_each_per_command() {
 #[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
 fn up_changes_nothing_while_a_host_is_unreachable_and_completes_once_it_is_back() {
     let mut c = RemoteCluster::new("sfrh6", 95, 3);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     c.hosts.stop(2);
     let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
     assert!(!out.status.success());
@@ -435,8 +443,7 @@ fn up_changes_nothing_while_a_host_is_unreachable_and_completes_once_it_is_back(
 #[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
 fn hosts_without_sftsan_get_the_controllers_copy_and_run_it() {
     let c = RemoteCluster::running("sfrh7", 96, 3, "/nonexistent/sftsan");
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     let (per_host, _) = connections_for(&c, &["hosts", "check"]);
     assert_eq!(per_host, [1, 1, 1], "shipping rides the check's connection");
     // Each host holds the controller's program, named by its content.
@@ -470,13 +477,7 @@ fn hosts_without_sftsan_get_the_controllers_copy_and_run_it() {
     assert!(log.contains("up: 3 of 3 hosts done"), "{log}");
     assert_eq!(status(&c), all(&c, "up"));
     connections_for(&c, &["down"]);
-    for i in 0..3 {
-        let left = processes(&c, i);
-        assert!(
-            left.iter().all(|p| p == "sshd"),
-            "host {i} still runs {left:?}"
-        );
-    }
+    assert_only_sshd_runs(&c);
 }
 
 /// A host's `host apply` dies midway (killed right after it made its cache, before
@@ -486,8 +487,7 @@ fn hosts_without_sftsan_get_the_controllers_copy_and_run_it() {
 #[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
 fn a_host_killed_during_its_apply_is_resumed_by_the_next_up() {
     let mut c = RemoteCluster::new("sfrh8", 97, 4);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     c.hosts
         .set_session_env(1, &[(sftsan_core::engine::KILL_AFTER_ENV, "cache")]);
     let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
@@ -516,13 +516,7 @@ fn a_host_killed_during_its_apply_is_resumed_by_the_next_up() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    for i in 0..4 {
-        let left = processes(&c, i);
-        assert!(
-            left.iter().all(|p| p == "sshd"),
-            "host {i} still runs {left:?}"
-        );
-    }
+    assert_only_sshd_runs(&c);
 }
 
 /// The libvirt hook on a host of a remote cluster finds the spec `up` installed there and
@@ -532,8 +526,7 @@ fn a_host_killed_during_its_apply_is_resumed_by_the_next_up() {
 #[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
 fn the_hook_on_a_host_makes_its_vms_disk_there() {
     let c = RemoteCluster::new("sfrh9", 98, 3);
-    let out = sftsan(["hosts".as_ref(), "trust".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    c.trust();
     let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
