@@ -32,7 +32,7 @@ pub struct HostCheck {
     pub facts: Option<HostFacts>,
     /// The host's clock minus the controller's, in milliseconds.
     pub skew_ms: Option<i64>,
-    /// Bytes the host's cache still needs beyond what it has.
+    /// Bytes its cache takes when full (`cache.size`; 0 on the origin, which has none).
     pub cache_needed: u64,
     /// What keeps the host from taking part, each in a few words; empty when it is ready.
     pub problems: Vec<String>,
