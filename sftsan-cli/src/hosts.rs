@@ -62,8 +62,7 @@ pub enum RemoteAction {
 /// `up`, `down` or `status` of a remote cluster, each host over SSH; false when a host
 /// failed. `up` first checks every host and changes nothing unless all are ready.
 pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let spec = super::load_rules(path)?;
+    let (text, spec) = super::load_rules(path)?;
     let fleet = Fleet::open(&spec, HostKeys::Strict)?;
     let rows = remote::check(&spec, &fleet);
     let not_ready: Vec<&HostCheck> = rows.iter().filter(|r| !r.ready()).collect();
@@ -160,7 +159,7 @@ fn progress(total: usize) -> impl Fn(&remote::HostOutcome) + Sync {
 pub fn run_hosts(command: HostsCommand) -> Result<bool> {
     match command {
         HostsCommand::Trust { spec } => {
-            let spec = super::load_rules(&spec)?;
+            let (_, spec) = super::load_rules(&spec)?;
             let fleet = Fleet::open(&spec, HostKeys::AcceptNew)?;
             let mut ok = true;
             for (node, known) in remote::trust(&fleet) {
@@ -180,7 +179,7 @@ pub fn run_hosts(command: HostsCommand) -> Result<bool> {
             Ok(ok)
         }
         HostsCommand::Check { spec, json } => {
-            let spec = super::load_rules(&spec)?;
+            let (_, spec) = super::load_rules(&spec)?;
             let fleet = Fleet::open(&spec, HostKeys::Strict)?;
             let rows = remote::check(&spec, &fleet);
             if json {

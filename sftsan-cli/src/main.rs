@@ -195,10 +195,13 @@ fn is_remote(path: &Path) -> Result<bool> {
 
 /// A spec checked against every rule that needs no file: what the controller of a remote
 /// cluster can check (the image is on the origin's host).
-fn load_rules(path: &Path) -> Result<ClusterSpec> {
-    let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
-    sftsan_core::spec::check_rules(&spec).with_context(|| path.display().to_string())?;
-    Ok(spec)
+/// Also returns the spec's text, which remote hosts are sent as it is.
+fn load_rules(path: &Path) -> Result<(String, ClusterSpec)> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(shown)?;
+    let spec = ClusterSpec::from_toml(&text).with_context(shown)?;
+    sftsan_core::spec::check_rules(&spec).with_context(shown)?;
+    Ok((text, spec))
 }
 
 fn progress() -> Progress {
@@ -212,13 +215,15 @@ fn load_here(path: &Path, command: &str) -> Result<ValidatedSpec> {
     let spec = ClusterSpec::load(path).with_context(|| path.display().to_string())?;
     // On one of the cluster's hosts (where `up` installed the spec) these commands work
     // on its own node.
-    if is_remote(path)? && sftsan_core::cluster::installed_image(&spec)?.is_none() {
+    if spec.cluster.mode == sftsan_core::spec::Mode::Remote
+        && sftsan_core::cluster::installed_image(&spec)?.is_none()
+    {
         anyhow::bail!(
             "{}: cluster.mode = \"remote\": `{command}` does not drive remote hosts yet (up, down, status, verify and hosts do)",
             path.display()
         );
     }
-    load(path)
+    sftsan_core::cluster::validate_here(spec).with_context(|| path.display().to_string())
 }
 
 fn engine(path: &Path) -> Result<Engine> {

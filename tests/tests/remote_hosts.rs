@@ -138,12 +138,9 @@ fn hosts_are_trusted_explicitly_then_checked_in_one_connection_each() {
         );
     }
 
-    let before = c.connections();
-    let (ok, rows) = check(&c);
+    let (per_host, (ok, rows)) = connections_during(&c, || check(&c));
     assert!(ok, "{rows:?}");
     assert!(rows.iter().all(|(_, ready, _)| *ready), "{rows:?}");
-    let after = c.connections();
-    let per_host: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(
         per_host,
         [1, 1, 1],
@@ -269,19 +266,29 @@ fn all(c: &RemoteCluster, state: &str) -> Vec<String> {
 /// Runs `sftsan ARGS SPEC`, asserting success, and returns how many SSH connections each
 /// host accepted meanwhile.
 fn connections_for(c: &RemoteCluster, args: &[&str]) -> (Vec<usize>, String) {
-    let before = c.connections();
     let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
     argv.push(c.spec.as_os_str());
-    let out = sftsan(argv);
+    let (per_host, out) = connections_during(c, || sftsan(argv));
     assert!(
         out.status.success(),
         "{args:?}: {}{}",
         stdout(&out),
         stderr(&out)
     );
-    let after = c.connections();
-    let per_host = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     (per_host, stderr(&out))
+}
+
+/// Runs `work` and returns how many SSH connections each host accepted meanwhile.
+fn connections_during<T>(c: &RemoteCluster, work: impl FnOnce() -> T) -> (Vec<usize>, T) {
+    let before = c.connections();
+    let result = work();
+    let per_host = c
+        .connections()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    (per_host, result)
 }
 
 #[test]
@@ -382,14 +389,8 @@ fn thirty_two_hosts_come_up_with_one_ssh_connection_each_per_command() {
     c.trust();
     let (per_host, log) = connections_for(&c, &["up"]);
     assert_eq!(per_host, [1; 32], "SSH connections per host for up: {log}");
-    let before = c.connections();
-    assert_eq!(status(&c), all(&c, "up"));
-    let per_host: Vec<usize> = c
-        .connections()
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a - b)
-        .collect();
+    let (per_host, states) = connections_during(&c, || status(&c));
+    assert_eq!(states, all(&c, "up"));
     assert_eq!(per_host, [1; 32], "SSH connections per host for status");
     let (per_host, log) = connections_for(&c, &["down"]);
     assert_eq!(

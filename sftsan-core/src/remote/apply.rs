@@ -213,10 +213,7 @@ impl<'a> Remote<'a> {
         let request = HostRequest {
             spec: self.spec_text.clone(),
             node: node.into(),
-            image: crate::spec::MeasuredImage {
-                size: self.validated.image_size(),
-                identity: self.validated.image_identity().into(),
-            },
+            image: self.validated.image().clone(),
             action,
             snapshot,
         };
@@ -255,8 +252,7 @@ impl<'a> Remote<'a> {
             (Some(error), _) => Err(Error::refused(here, error)),
             (None, true) if out.status.success() => Ok(()),
             _ => {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let last = stderr.lines().last().unwrap_or("no answer").trim();
+                let last = super::check::said(&out.stderr);
                 Err(Error::refused(
                     here,
                     format!(

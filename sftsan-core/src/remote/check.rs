@@ -133,11 +133,17 @@ fn ask(host: &SshHost, program: &str, request: &facts::FactsRequest) -> Asked {
             sent,
             received,
         },
-        _ => {
-            let why = String::from_utf8_lossy(&out.stderr);
-            let why = why.lines().last().unwrap_or("no answer").trim();
-            Asked::NoFacts(format!("{} ({})", why, out.status))
-        }
+        _ => Asked::NoFacts(format!("{} ({})", said(&out.stderr), out.status)),
+    }
+}
+
+/// What a host's program said on stderr last, or that it said nothing.
+pub(super) fn said(stderr: &[u8]) -> String {
+    let last = crate::transport::last_line(stderr);
+    if last.is_empty() {
+        "no answer".into()
+    } else {
+        last
     }
 }
 

@@ -129,12 +129,11 @@ fn must_within(host: &SshHost, argv: &[OsString], input: &[u8], timeout: Duratio
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
     Err(Error::Command {
         argv: std::iter::once(format!("ssh {}", host.destination()))
             .chain(argv.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect(),
         status: out.status.to_string(),
-        stderr: stderr.lines().last().unwrap_or("").trim().to_string(),
+        stderr: crate::transport::last_line(&out.stderr),
     })
 }

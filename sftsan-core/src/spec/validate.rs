@@ -57,6 +57,11 @@ impl ValidatedSpec {
         &self.image.identity
     }
 
+    /// The image as measured: its size and identity.
+    pub fn image(&self) -> &MeasuredImage {
+        &self.image
+    }
+
     /// A spec whose image another host measured: every rule is checked, the image
     /// against what was measured.
     pub fn measured(spec: ClusterSpec, image: MeasuredImage) -> Result<ValidatedSpec, SpecError> {

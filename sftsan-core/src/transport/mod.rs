@@ -68,19 +68,25 @@ where
     tracing::debug!(target: "sftsan::cmd", "{}: {argv:?}", transport.describe());
     let out = cmd.output().map_err(|e| spawn_error(program, e))?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
         return Err(Error::Command {
             argv,
             status: out.status.to_string(),
-            stderr: last.trim().to_string(),
+            stderr: last_line(&out.stderr),
         });
     }
     Ok(out)
+}
+
+/// The last line of a program's error output that says something (trimmed); empty when
+/// there is none. Errors carry it as the reason a program gave.
+pub fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 /// A program that could not be started: missing from this host, or refused by the system.

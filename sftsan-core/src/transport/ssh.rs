@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::last_line;
 use crate::error::{Error, Result};
 
 /// Where, and as whom, the controller logs in to one host.
@@ -265,16 +266,6 @@ fn collect(child: &mut Child, input: &[u8], timeout: Duration) -> Option<Output>
             stderr: err.join().unwrap_or_default(),
         })
     })
-}
-
-fn last_line(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string()
 }
 
 /// The command line a POSIX shell splits back into exactly `argv`.
