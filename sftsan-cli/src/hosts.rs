@@ -110,8 +110,8 @@ pub fn run_remote(path: &Path, action: RemoteAction) -> Result<bool> {
             }
             return Ok(failed == 0);
         }
-        RemoteAction::Up => cluster.up(&progress(fleet.hosts().count())),
-        RemoteAction::Down => cluster.down(&progress(fleet.hosts().count())),
+        RemoteAction::Up => cluster.up(&progress(fleet.hosts().count()))?,
+        RemoteAction::Down => cluster.down(&progress(fleet.hosts().count()))?,
     };
     let failed: Vec<&remote::HostOutcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     for o in &failed {

@@ -56,6 +56,18 @@ impl Names {
         self.state_dir.join("run").join(node)
     }
 
+    /// Remote mode: the unix socket of a node's NBD server, where its VMs and its TLS relay
+    /// read the node's export (`<run_dir>/nbd.sock`).
+    pub fn nbd_socket(&self, node: &str) -> PathBuf {
+        self.run_dir(node).join("nbd.sock")
+    }
+
+    /// Remote mode: the pre-shared keys of a node's links (`<state_dir>/link-keys/<node>`):
+    /// `client/keys.psk` for the link to its parent, `server/keys.psk` for its children's.
+    pub fn link_keys_dir(&self, node: &str) -> PathBuf {
+        self.state_dir.join("link-keys").join(node)
+    }
+
     /// Directory holding a node's cache file.
     pub fn cache_dir(&self, node: &str) -> PathBuf {
         match &self.cache_dir {

@@ -80,8 +80,19 @@ pub fn verify(
 /// run parents first.
 pub fn verify_link(plan: &Plan, node: &str, tools: Arc<Tools>, index: u32) -> Verified {
     let started = Instant::now();
-    let error = link_pair(plan, node, index).and_then(|(format, first, second)| {
-        let args = ["compare", "-q", "-f", format, "-F", "raw", &first, &second];
+    let error = link_pair(plan, node, index).and_then(|pair| {
+        let mut args: Vec<String> = vec!["compare".into(), "-q".into()];
+        if let Some(creds) = pair.credentials {
+            args.extend(["--object".into(), creds]);
+        }
+        args.extend([
+            "-f".into(),
+            pair.format.into(),
+            "-F".into(),
+            "raw".into(),
+            pair.first,
+            pair.parent,
+        ]);
         let local = crate::transport::TransportSpec::Local.open();
         run(&*local, Tools::program(&tools.qemu_img), args)
             .map(drop)
@@ -95,29 +106,55 @@ pub fn verify_link(plan: &Plan, node: &str, tools: Arc<Tools>, index: u32) -> Ve
     }
 }
 
-/// What `verify_link` compares: (format of the first, the first, the parent's export).
-fn link_pair(
-    plan: &Plan,
-    node: &str,
-    index: u32,
-) -> Result<(&'static str, String, String), String> {
+/// What `verify_link` compares.
+struct LinkPair {
+    /// The format of `first`.
+    format: &'static str,
+    /// The node's side: the image file (origin), or a VM disk (a compute node).
+    first: String,
+    /// The export it must equal, as a filename `qemu-img` opens.
+    parent: String,
+    /// `--object` of the TLS credentials the parent's export asks for (remote mode).
+    credentials: Option<String>,
+}
+
+/// An NBD export as a `qemu-img` filename; `tls` names the credentials object.
+fn nbd_filename(server: serde_json::Value, export: &str, tls: Option<&str>) -> String {
+    let mut file = serde_json::json!({"driver": "nbd", "server": server, "export": export});
+    if let Some(id) = tls {
+        file["tls-creds"] = id.into();
+    }
+    format!("json:{}", serde_json::json!({ "file": file }))
+}
+
+fn link_pair(plan: &Plan, node: &str, index: u32) -> Result<LinkPair, String> {
     let n = plan
         .node(node)
         .ok_or_else(|| format!("no node {node:?} in the plan"))?;
-    let url = |addr: std::net::IpAddr, port: u16, export: &str| {
-        format!("nbd://{}/{export}", std::net::SocketAddr::new(addr, port))
-    };
+    let inet = |addr: std::net::IpAddr, port: u16| serde_json::json!({"type": "inet", "host": addr.to_string(), "port": port.to_string()});
     if n.parent.is_none() {
         let source = n.stack.iter().find_map(|r| match r {
             ResourceSpec::OriginExport(o) => Some(o.source.display().to_string()),
             _ => None,
         });
-        let port = n.stack.iter().find_map(|r| match r {
-            ResourceSpec::Daemon(d) => Some(d.port),
+        let daemon = n.stack.iter().find_map(|r| match r {
+            ResourceSpec::Daemon(d) => Some(d),
             _ => None,
         });
-        return match (source, port) {
-            (Some(source), Some(port)) => Ok(("raw", source, url(n.address, port, &plan.image))),
+        return match (source, daemon) {
+            (Some(source), Some(d)) => Ok(LinkPair {
+                format: "raw",
+                first: source,
+                parent: match &d.socket {
+                    Some(socket) => nbd_filename(
+                        serde_json::json!({"type": "unix", "path": socket}),
+                        &plan.image,
+                        None,
+                    ),
+                    None => nbd_filename(inet(n.address, d.port), &plan.image, None),
+                },
+                credentials: None,
+            }),
             _ => Err(format!(
                 "{node}: checks a managed NBD origin only (userspace backend)"
             )),
@@ -132,11 +169,22 @@ fn link_pair(
         _ => None,
     });
     match (upstream, snapshot) {
-        (Some(u), Some(s)) => Ok((
-            "qcow2",
-            s.file.display().to_string(),
-            url(u.host, u.port, &u.export),
-        )),
+        (Some(u), Some(s)) => Ok(LinkPair {
+            format: "qcow2",
+            first: s.file.display().to_string(),
+            parent: nbd_filename(
+                inet(u.host, u.port),
+                &u.export,
+                u.tls.as_ref().map(|_| "link"),
+            ),
+            credentials: u.tls.as_ref().map(|key| {
+                format!(
+                    "tls-creds-psk,id=link,endpoint=client,dir={},username={}",
+                    key.dir.display().to_string().replace(',', ",,"),
+                    key.username
+                )
+            }),
+        }),
         _ => Err(format!(
             "{node}: checks a qcow2 snapshot {index} against an NBD parent only (userspace backend, NBD origin)"
         )),

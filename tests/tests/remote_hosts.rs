@@ -303,23 +303,19 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
     assert_eq!(per_host, [1; 7], "SSH connections per host for one up");
     assert_eq!(status(&c), all(&c, "up"));
 
-    // Each node's VM disk, read from the controller through its node's export (a leaf's
-    // over its parent's over the origin's), is the image. The disk lives in the host's
-    // own state directory.
+    // Each node's VM disk, read on its host (as its VMs read it: through the node's
+    // local socket, the node's cache and its parents' TLS relays), is the image. The disk
+    // lives in the host's own state directory; no export is reachable from here.
     let spec = sftsan_core::spec::ClusterSpec::load(&c.spec).unwrap();
     let names = sftsan_core::names::Names::new(&spec);
-    let state = c.hosts.dir.path().join("state");
     for i in 1..c.hosts.hosts.len() {
         let node = format!("n{i}");
-        let disk = names.snapshot_file(&node, 1);
-        let on_host = c.hosts.hosts[i]
-            .dir
-            .join("private0")
-            .join(disk.strip_prefix(&state).unwrap());
-        let out = std::process::Command::new("qemu-img")
+        let out = c
+            .hosts
+            .in_host(i, Path::new("qemu-img"))
             .args(["compare", "-f", "raw"])
             .arg(c.hosts.dir.path().join("base.raw"))
-            .arg(&on_host)
+            .arg(names.snapshot_file(&node, 1))
             .output()
             .unwrap();
         assert!(
@@ -342,13 +338,11 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
         "{lines:?}"
     );
     // A VM that wrote to its disk: verify names that node, and only it.
-    let n6_disk = c.hosts.hosts[6]
-        .dir
-        .join("private0")
-        .join(names.snapshot_file("n6", 1).strip_prefix(&state).unwrap());
-    let out = std::process::Command::new("qemu-io")
+    let out = c
+        .hosts
+        .in_host(6, Path::new("qemu-io"))
         .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64k"])
-        .arg(&n6_disk)
+        .arg(names.snapshot_file("n6", 1))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -367,8 +361,14 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
     assert!(!log.contains(" 1 created"), "{log}");
     assert!(log.contains("n6: 0 created"), "{log}");
 
+    let keys = sftsan_core::remote::link_keys::LinkKeyStore::path(&names);
+    assert!(
+        keys.is_file(),
+        "the controller keeps the links' keys while up"
+    );
     let (per_host, _) = connections_for(&c, &["down"]);
     assert_eq!(per_host, [1; 7], "SSH connections per host for one down");
+    assert!(!keys.exists(), "down forgets the links' keys");
     assert_eq!(status(&c), all(&c, "down"));
     assert_only_sshd_runs(&c);
     for i in 0..c.hosts.hosts.len() {

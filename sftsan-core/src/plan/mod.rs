@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::backends::tgt::TgtTarget;
 use crate::backends::userspace::{
-    Cache, Daemon, IscsiLogin, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
+    Cache, Daemon, IscsiLogin, Keeper, LinkKey, OriginExport, RelayExport, Snapshot, TlsRelay,
+    Upstream,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
@@ -106,18 +107,11 @@ impl Plan {
                 self.image_size,
             ));
         }
-        let port = n.stack.iter().find_map(|r| match r {
-            ResourceSpec::Daemon(d) => Some(d.port),
+        let daemon = n.stack.iter().find_map(|r| match r {
+            ResourceSpec::Daemon(d) => Some(d),
             _ => None,
         })?;
-        Some(vec![snapshot(
-            &self.names,
-            node,
-            n.address,
-            port,
-            self.image_size,
-            index,
-        )])
+        Some(vec![snapshot(&self.names, daemon, self.image_size, index)])
     }
 
     /// Where VM disk `index` of `node` is, for a domain's `<disk>`: the qcow2 overlay of the
@@ -183,6 +177,9 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
     let local = (spec.cluster.mode == Mode::Local)
         .then(|| spec.local.clone())
         .flatten();
+    // Separate hosts: every NBD link between them is TLS with a key of its own, and a
+    // node's VMs read its export on a local socket.
+    let links = (spec.cluster.mode == Mode::Remote).then_some(Links { names: &names });
 
     let cluster_stack = match &local {
         Some(l) => vec![
@@ -261,16 +258,19 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                         source_dm: None,
                     })),
                     None => {
-                        stack.push(daemon(name, *address, port, &run_dir));
+                        stack.push(daemon(name, *address, port, &run_dir, links.as_ref()));
                         stack.push(ResourceSpec::OriginExport(OriginExport {
                             node: name.clone(),
                             run_dir,
                             source: spec.image.source.clone(),
                             export: export.clone(),
                         }));
+                        if let Some(links) = &links {
+                            stack.extend(links.relay(name, *address, port, &tree, index));
+                        }
                     }
                     Some((parent_name, parent_addr)) => {
-                        stack.push(daemon(name, *address, port, &run_dir));
+                        stack.push(daemon(name, *address, port, &run_dir, links.as_ref()));
                         let from_iscsi_origin = iscsi_origin && tree.parent(index) == Some(1);
                         let upstream = Upstream {
                             node: name.clone(),
@@ -288,10 +288,17 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                                 target: origin_iqn(spec, &names),
                                 initiator: names.initiator_iqn(name),
                             }),
+                            // An unmanaged origin is someone else's server: no key.
+                            tls: links
+                                .as_ref()
+                                .filter(|_| tree.parent(index) != Some(1) || spec.origin.managed)
+                                .filter(|_| !from_iscsi_origin)
+                                .map(|l| l.upstream_key(name)),
                         };
-                        node_stack(
-                            &mut stack, spec, &names, upstream, *address, size, &identity,
-                        )
+                        let relay = links
+                            .as_ref()
+                            .and_then(|l| l.relay(name, *address, port, &tree, index));
+                        node_stack(&mut stack, spec, &names, upstream, relay, size, &identity)
                     }
                 }
             }
@@ -326,13 +333,58 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
     }
 }
 
-fn daemon(name: &str, address: IpAddr, port: u16, run_dir: &Path) -> ResourceSpec {
+fn daemon(
+    name: &str,
+    address: IpAddr,
+    port: u16,
+    run_dir: &Path,
+    links: Option<&Links>,
+) -> ResourceSpec {
     ResourceSpec::Daemon(Daemon {
         node: name.into(),
         address,
         port,
         run_dir: run_dir.to_path_buf(),
+        socket: links.map(|l| l.names.nbd_socket(name)),
     })
+}
+
+/// Remote mode's links between hosts: TLS with a pre-shared key per parent-child link.
+struct Links<'a> {
+    names: &'a Names,
+}
+
+impl Links<'_> {
+    /// A child's end of the link to its parent.
+    fn upstream_key(&self, node: &str) -> LinkKey {
+        LinkKey {
+            dir: self.names.link_keys_dir(node).join("client"),
+            username: node.into(),
+        }
+    }
+
+    /// The TLS relay of a node with children; none for a leaf, which serves no one.
+    fn relay(
+        &self,
+        node: &str,
+        address: IpAddr,
+        port: u16,
+        tree: &Tree,
+        index: usize,
+    ) -> Option<ResourceSpec> {
+        if tree.children(index).is_empty() {
+            return None;
+        }
+        Some(ResourceSpec::TlsRelay(TlsRelay {
+            node: node.into(),
+            run_dir: self.names.run_dir(node),
+            address,
+            port,
+            export: self.names.export_name(),
+            socket: self.names.nbd_socket(node),
+            keys: self.names.link_keys_dir(node).join("server"),
+        }))
+    }
 }
 
 fn origin_iqn(spec: &ClusterSpec, names: &Names) -> String {
@@ -342,13 +394,14 @@ fn origin_iqn(spec: &ClusterSpec, names: &Names) -> String {
         .unwrap_or_else(|| names.iqn())
 }
 
-/// A compute node's stack above its daemon: upstream, cache, relay, keeper, snapshots.
+/// A compute node's stack above its daemon: upstream, cache, relay (and remote mode's TLS
+/// relay), keeper, snapshots.
 fn node_stack(
     stack: &mut Vec<ResourceSpec>,
     spec: &ClusterSpec,
     names: &Names,
     upstream: Upstream,
-    address: IpAddr,
+    tls_relay: Option<ResourceSpec>,
     size: u64,
     identity: &str,
 ) {
@@ -356,7 +409,6 @@ fn node_stack(
     let name = name.as_str();
     let run_dir = names.run_dir(name);
     let export = names.export_name();
-    let port = spec.cluster.port;
     let cache_file = names.cache_file(name);
     let node_dir = names.state_dir().join("nodes").join(name);
     let mut cache_prune = vec![names.cache_dir(name)];
@@ -378,32 +430,34 @@ fn node_stack(
         run_dir: run_dir.clone(),
         export: export.clone(),
     }));
+    stack.extend(tls_relay);
     stack.push(ResourceSpec::Keeper(Keeper {
         node: name.into(),
         run_dir,
         interval_ms: spec.cache.flush_interval_ms,
         cache_size: size,
     }));
-    for index in 1..=spec.snapshots.per_node {
-        stack.push(snapshot(names, name, address, port, size, index));
+    let daemon = stack.iter().find_map(|r| match r {
+        ResourceSpec::Daemon(d) => Some(d.clone()),
+        _ => None,
+    });
+    if let Some(daemon) = daemon {
+        for index in 1..=spec.snapshots.per_node {
+            stack.push(snapshot(names, &daemon, size, index));
+        }
     }
 }
 
-/// A VM disk on `node`: an overlay backed by the node's own export.
-fn snapshot(
-    names: &Names,
-    node: &str,
-    address: IpAddr,
-    port: u16,
-    size: u64,
-    index: u32,
-) -> ResourceSpec {
+/// A VM disk on a node: an overlay backed by the export of the node's `daemon`.
+fn snapshot(names: &Names, daemon: &Daemon, size: u64, index: u32) -> ResourceSpec {
+    let node = daemon.node.as_str();
     ResourceSpec::Snapshot(Snapshot {
         node: node.into(),
         index,
         file: names.snapshot_file(node, index),
-        host: address,
-        port,
+        host: daemon.address,
+        port: daemon.port,
+        socket: daemon.socket.clone(),
         export: names.export_name(),
         size,
         prune: vec![

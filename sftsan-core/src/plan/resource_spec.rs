@@ -13,7 +13,7 @@ use crate::backends::kernel::lio::LioTarget;
 use crate::backends::kernel::loopback::LoopFile;
 use crate::backends::tgt::TgtTarget;
 use crate::backends::userspace::{
-    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, Upstream,
+    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, TlsRelay, Upstream,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::resources::Resource;
@@ -42,6 +42,8 @@ pub enum ResourceSpec {
     Cache(Cache),
     /// Userspace: a node's NBD export of its cached image, for children and VMs.
     RelayExport(RelayExport),
+    /// Userspace, remote mode: a node's TLS-PSK export for its children on its data address.
+    TlsRelay(TlsRelay),
     /// Userspace: the keeper process that flushes a node's cache so fetched blocks survive a crash.
     Keeper(Keeper),
     /// Userspace: a VM disk, a qcow2 overlay backed by the node's relay export.
@@ -84,6 +86,7 @@ impl ResourceSpec {
             ResourceSpec::Upstream(r) => r,
             ResourceSpec::Cache(r) => r,
             ResourceSpec::RelayExport(r) => r,
+            ResourceSpec::TlsRelay(r) => r,
             ResourceSpec::Keeper(r) => r,
             ResourceSpec::Snapshot(r) => r,
             ResourceSpec::IscsiSession(r) => r,
@@ -120,6 +123,7 @@ impl ResourceSpec {
             ResourceSpec::Upstream(_) => "upstream",
             ResourceSpec::Cache(_) => "cache",
             ResourceSpec::RelayExport(_) => "relay-export",
+            ResourceSpec::TlsRelay(_) => "tls-relay",
             ResourceSpec::Keeper(_) => "keeper",
             ResourceSpec::Snapshot(_) => "snapshot",
             ResourceSpec::IscsiSession(_) => "iscsi-session",
@@ -152,7 +156,7 @@ impl ResourceSpec {
     ];
 
     /// The userspace backend's kinds (and local mode's), in the order a node's stack is
-    /// built.
+    /// built; remote mode adds `tls-relay` after `relay-export`.
     pub const KINDS: [&'static str; 11] = [
         "subnet-guard",
         "bridge",

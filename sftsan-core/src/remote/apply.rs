@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::check::remote_program;
 use super::fleet::Fleet;
 use super::host::{HostAction, HostEvent, HostRequest};
+use super::link_keys::LinkKeyStore;
 use crate::error::{Error, Result};
+use crate::names::Names;
 use crate::plan::{self, Plan};
 use crate::spec::{ClusterSpec, MeasuredImage, ValidatedSpec};
 use crate::status::{ClusterStatus, NodeState, NodeStatus};
@@ -73,16 +75,32 @@ impl<'a> Remote<'a> {
 
     /// Brings every host's node up, level by level. Stops after the first level where a
     /// host failed (that host rolled back; the others keep what they made, and the next
-    /// `up` completes them), returning every host's outcome so far.
-    pub fn up(&self, on_host: &OnHost) -> Vec<HostOutcome> {
-        self.by_levels(self.plan.setup_order(), HostAction::Up, on_host)
+    /// `up` completes them), returning every host's outcome so far. Each host gets its
+    /// links' keys, made on the first `up` and kept by the controller.
+    pub fn up(&self, on_host: &OnHost) -> Result<Vec<HostOutcome>> {
+        let keys = LinkKeyStore::open(&self.names(), &self.plan)?;
+        Ok(self.by_levels(
+            self.plan.setup_order(),
+            Some(&keys),
+            HostAction::Up,
+            on_host,
+        ))
     }
 
-    /// Takes every host's node down, children first.
-    pub fn down(&self, on_host: &OnHost) -> Vec<HostOutcome> {
+    /// Takes every host's node down, children first; once every host is down, the
+    /// controller forgets the links' keys.
+    pub fn down(&self, on_host: &OnHost) -> Result<Vec<HostOutcome>> {
         let mut levels = self.plan.setup_order();
         levels.reverse();
-        self.by_levels(levels, HostAction::Down, on_host)
+        let outcomes = self.by_levels(levels, None, HostAction::Down, on_host);
+        if outcomes.iter().all(|o| o.result.is_ok()) {
+            LinkKeyStore::forget(&self.names())?;
+        }
+        Ok(outcomes)
+    }
+
+    fn names(&self) -> Names {
+        Names::new(self.validated.spec())
     }
 
     /// Checks every node against its parent, parents first (so that each level finds
@@ -91,7 +109,7 @@ impl<'a> Remote<'a> {
         let mut results = vec![];
         for level in self.plan.setup_order() {
             let outcomes = self.fleet.each_of(&level, |node, host| {
-                self.request(node, host, HostAction::Verify, index)
+                self.request(node, host, HostAction::Verify, index, None)
             });
             results.extend(outcomes.into_iter().map(|o| {
                 let verified = o.events.iter().find_map(|e| match e {
@@ -124,13 +142,14 @@ impl<'a> Remote<'a> {
     fn by_levels(
         &self,
         levels: Vec<Vec<String>>,
+        keys: Option<&LinkKeyStore>,
         action: HostAction,
         on_host: &OnHost,
     ) -> Vec<HostOutcome> {
         let mut all = vec![];
         for level in levels {
             let outcomes = self.fleet.each_of(&level, |node, host| {
-                let outcome = self.request(node, host, action, 1);
+                let outcome = self.request(node, host, action, 1, keys);
                 on_host(&outcome);
                 outcome
             });
@@ -148,7 +167,7 @@ impl<'a> Remote<'a> {
     pub fn status(&self) -> ClusterStatus {
         let names: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
         let rows = self.fleet.each_of(&names, |node, host| {
-            self.request(node, host, HostAction::Status, 1)
+            self.request(node, host, HostAction::Status, 1, None)
         });
         let nodes = self
             .plan
@@ -209,6 +228,7 @@ impl<'a> Remote<'a> {
         host: &SshHost,
         action: HostAction,
         snapshot: u32,
+        keys: Option<&LinkKeyStore>,
     ) -> HostOutcome {
         let request = HostRequest {
             spec: self.spec_text.clone(),
@@ -216,6 +236,9 @@ impl<'a> Remote<'a> {
             image: self.validated.image().clone(),
             action,
             snapshot,
+            keys: keys
+                .map(|k| k.for_node(&self.plan, node))
+                .unwrap_or_default(),
         };
         let input = serde_json::to_vec(&request).expect("a request serializes");
         let program = self

@@ -16,6 +16,8 @@ use crate::spec::{ClusterSpec, MeasuredImage, ValidatedSpec};
 use crate::status::{self, NodeStatus};
 use crate::verify;
 
+use super::link_keys::{self, NodeLinkKeys};
+
 /// What the controller asks a host to do with its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -44,6 +46,9 @@ pub struct HostRequest {
     /// Which VM disk `verify` reads.
     #[serde(default = "first_snapshot")]
     pub snapshot: u32,
+    /// `up`: the pre-shared keys of the node's links (stdin is the only way keys travel).
+    #[serde(default)]
+    pub keys: NodeLinkKeys,
 }
 
 fn first_snapshot() -> u32 {
@@ -108,6 +113,7 @@ pub fn serve(request: &HostRequest, tools: Tools, emit: Emit) -> Result<()> {
     let spec = validated.spec();
     if request.action == HostAction::Up {
         cluster::install(spec, &request.spec, &request.image)?;
+        link_keys::install(&crate::names::Names::new(spec), &request.node, &request.keys)?;
     }
     let progress: Progress = {
         let emit = emit.clone();

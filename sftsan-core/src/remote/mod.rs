@@ -8,6 +8,7 @@ mod check;
 pub mod facts;
 mod fleet;
 pub mod host;
+pub mod link_keys;
 mod ship;
 
 pub use apply::{measured_image, HostOutcome, OnHost, Remote};

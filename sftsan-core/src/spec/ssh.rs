@@ -80,6 +80,15 @@ pub(super) fn check(spec: &ClusterSpec) -> Result<(), SpecError> {
     if let Some(ssh) = &spec.ssh {
         check_defaults(ssh)?;
     }
+    if spec.cluster.backend == crate::spec::Backend::Userspace
+        && spec.origin.protocol == crate::spec::OriginProtocol::Iscsi
+        && spec.origin.managed
+    {
+        return Err(SpecError::new(
+            "origin.protocol",
+            "a remote cluster's links between hosts are NBD over TLS: use \"nbd\" (the userspace iSCSI origin has no CHAP)",
+        ));
+    }
     if !spec.origin.managed && spec.origin.ssh.is_some() {
         return Err(SpecError::new(
             "origin.ssh",

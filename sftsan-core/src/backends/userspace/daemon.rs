@@ -24,6 +24,10 @@ pub struct Daemon {
     pub port: u16,
     /// The node's runtime directory: QMP sockets, pid file, log.
     pub run_dir: PathBuf,
+    /// Remote mode: the NBD server listens on this unix socket instead of `address:port`
+    /// (only the node's VMs and its TLS relay read it; children go through the relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 pub(crate) fn pidfile(run_dir: &Path) -> PathBuf {
@@ -41,31 +45,52 @@ impl Daemon {
     }
 
     fn remove_runtime_files(&self) -> Result<()> {
-        for f in [
-            self.pidfile(),
-            qmp_socket(&self.run_dir),
-            keeper_socket(&self.run_dir),
-        ] {
+        let sockets = [qmp_socket(&self.run_dir), keeper_socket(&self.run_dir)];
+        for f in sockets
+            .into_iter()
+            .chain([self.pidfile()])
+            .chain(self.socket.clone())
+        {
             process::remove_file_if_exists(&f)?;
         }
         Ok(())
     }
 }
 
-fn nbd_server_param(cmdline: &[String], key: &str) -> Option<String> {
+/// A key's value in the `--nbd-server` argument (`addr.type=...,key=value,...`).
+pub(crate) fn nbd_server_param(cmdline: &[String], key: &str) -> Option<String> {
     cmdline
         .iter()
-        .find(|a| a.starts_with("addr.type=inet"))?
+        .find(|a| a.starts_with("addr.type="))?
         .split(',')
         .find_map(|kv| kv.strip_prefix(key).map(str::to_string))
 }
 
+impl Daemon {
+    /// The `--nbd-server` argument: the unix socket, else the node's address and port.
+    fn nbd_server(&self) -> String {
+        match &self.socket {
+            Some(path) => format!(
+                "addr.type=unix,addr.path={}",
+                qemu_opt_escape(&path.display().to_string())
+            ),
+            None => format!(
+                "addr.type=inet,addr.host={},addr.port={}",
+                self.address, self.port
+            ),
+        }
+    }
+}
+
 impl Resource for Daemon {
     fn desired(&self) -> Params {
-        vec![
-            ("address", self.address.to_string()),
-            ("port", self.port.to_string()),
-        ]
+        match &self.socket {
+            Some(path) => vec![("socket", path.display().to_string())],
+            None => vec![
+                ("address", self.address.to_string()),
+                ("port", self.port.to_string()),
+            ],
+        }
     }
 
     fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
@@ -73,16 +98,14 @@ impl Resource for Daemon {
             return Ok(Observed::Absent);
         };
         let argv = process::cmdline(pid);
-        Ok(Observed::Present(vec![
-            (
-                "address",
-                nbd_server_param(&argv, "addr.host=").unwrap_or_default(),
-            ),
-            (
-                "port",
-                nbd_server_param(&argv, "addr.port=").unwrap_or_default(),
-            ),
-        ]))
+        let param = |key| nbd_server_param(&argv, key).unwrap_or_default();
+        Ok(Observed::Present(match &self.socket {
+            Some(_) => vec![("socket", param("addr.path=").replace(",,", ","))],
+            None => vec![
+                ("address", param("addr.host=")),
+                ("port", param("addr.port=")),
+            ],
+        }))
     }
 
     fn create(&self, ctx: &Ctx) -> Result<()> {
@@ -104,10 +127,7 @@ impl Resource for Daemon {
             "--monitor".into(),
             "chardev=keeper".into(),
             "--nbd-server".into(),
-            format!(
-                "addr.type=inet,addr.host={},addr.port={}",
-                self.address, self.port
-            ),
+            self.nbd_server(),
             "--pidfile".into(),
             self.pidfile().display().to_string(),
             // The parent returns only once the daemon is listening: that is our readiness event.
@@ -119,6 +139,9 @@ impl Resource for Daemon {
             &args,
         )
         .map_err(|e| e.context("starting qemu-storage-daemon"))?;
+        if let Some(socket) = &self.socket {
+            super::vm_readers::admit(socket)?;
+        }
         Ok(())
     }
 

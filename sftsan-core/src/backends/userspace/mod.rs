@@ -3,6 +3,8 @@
 //! Origin:  file -> raw -> NBD export `<image>`
 //! Node:    NBD upstream (parent's export) -> qcow2 cache -> copy-on-read -> NBD export
 //!          `<image>` for children and local VMs; qcow2 overlays per VM backed by it.
+//! Remote mode: a node's daemon serves on a unix socket (its VMs read there) and a second
+//! daemon, the TLS relay, serves that export to its children with a pre-shared key each.
 //! A keeper process per node flushes the cache so that what was fetched survives a crash.
 
 mod cache;
@@ -14,7 +16,9 @@ mod qmp;
 mod relay;
 mod snapshot;
 pub mod stats;
+mod tls_relay;
 mod upstream;
+mod vm_readers;
 
 pub use cache::Cache;
 pub use daemon::Daemon;
@@ -23,7 +27,8 @@ pub use origin::OriginExport;
 pub use qmp::Qmp;
 pub use relay::RelayExport;
 pub use snapshot::Snapshot;
-pub use upstream::{IscsiLogin, Upstream};
+pub use tls_relay::TlsRelay;
+pub use upstream::{IscsiLogin, LinkKey, Upstream};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -129,16 +134,31 @@ pub(crate) fn daemon_pid(run_dir: &Path) -> Option<i32> {
 /// every VM disk's header and compared when observed, so its text never changes: keys are
 /// sorted (through `Value`), as the first releases wrote them.
 pub fn nbd_backing(host: &std::net::IpAddr, port: u16, export: &str) -> String {
+    backing_json(SocketAddress::inet(*host, port), export)
+}
+
+/// Like [`nbd_backing`], for an export served on a unix socket (remote mode's nodes).
+pub fn nbd_unix_backing(socket: &Path, export: &str) -> String {
+    backing_json(
+        SocketAddress::Unix {
+            path: socket.to_path_buf(),
+        },
+        export,
+    )
+}
+
+fn backing_json(server: SocketAddress, export: &str) -> String {
     #[derive(serde::Serialize)]
     struct Backing {
         file: Driver,
     }
     let backing = Backing {
         file: Driver::Nbd {
-            server: SocketAddress::inet(*host, port),
+            server,
             export: export.into(),
             reconnect_delay: None,
             open_timeout: None,
+            tls_creds: None,
         },
     };
     serde_json::to_value(&backing)

@@ -64,6 +64,61 @@ pub struct BlockdevDel {
 }
 command!(BlockdevDel, "blockdev-del", Empty);
 
+/// Creates an object: here the TLS-PSK credentials of a node's link to its parent.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ObjectAdd(pub TlsCredsPsk);
+command!(ObjectAdd, "object-add", Empty);
+
+/// Deletes an object nothing uses any more.
+#[derive(Debug, Serialize)]
+pub struct ObjectDel {
+    /// The object's id.
+    pub id: String,
+}
+command!(ObjectDel, "object-del", Empty);
+
+/// Lists the children of a QOM path (`/objects` holds the objects `object-add` made).
+#[derive(Debug, Serialize)]
+pub struct QomList {
+    /// The path listed.
+    pub path: String,
+}
+command!(QomList, "qom-list", Vec<ObjectPropertyInfo>);
+
+/// One child or property of a QOM path.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ObjectPropertyInfo {
+    /// Its name (an object's id under `/objects`).
+    pub name: String,
+}
+
+/// TLS credentials with a pre-shared key: `dir/keys.psk` holds `username:hexkey` lines
+/// (a server's one per client it admits, a client's its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "qom-type", rename = "tls-creds-psk")]
+pub struct TlsCredsPsk {
+    /// The object's id, which `tls-creds` options name.
+    pub id: String,
+    /// `client` or `server`.
+    pub endpoint: TlsEndpoint,
+    /// The directory holding `keys.psk`.
+    pub dir: PathBuf,
+    /// The identity a client presents (its line in the server's file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// Which end of a TLS connection credentials are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsEndpoint {
+    /// The side that connects.
+    Client,
+    /// The side that listens.
+    Server,
+}
+
 /// Reopens block nodes with new options (the same options flush a qcow2 node's metadata).
 #[derive(Debug, Serialize)]
 pub struct BlockdevReopen {
@@ -193,6 +248,9 @@ pub enum Driver {
         /// Seconds the first connection may take.
         #[serde(skip_serializing_if = "Option::is_none")]
         open_timeout: Option<u64>,
+        /// The id of the TLS credentials object the connection authenticates with.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tls_creds: Option<String>,
     },
     /// An iSCSI LUN through libiscsi.
     Iscsi {
@@ -227,6 +285,11 @@ pub enum SocketAddress {
         host: String,
         /// The port, a string in QAPI.
         port: String,
+    },
+    /// A unix socket.
+    Unix {
+        /// Its path.
+        path: PathBuf,
     },
 }
 
@@ -343,6 +406,7 @@ mod tests {
                 export: "img".into(),
                 reconnect_delay: Some(5),
                 open_timeout: Some(2),
+                tls_creds: None,
             },
         };
         assert_eq!(
@@ -432,5 +496,27 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(exports[0].id, "relay");
+    }
+
+    #[test]
+    fn psk_credentials_and_unix_sockets_encode_as_qemu_names_them() {
+        let creds = ObjectAdd(TlsCredsPsk {
+            id: "upstream-tls".into(),
+            endpoint: TlsEndpoint::Client,
+            dir: "/s/link-keys/n2/client".into(),
+            username: Some("n2".into()),
+        });
+        assert_eq!(
+            serde_json::to_value(creds).unwrap(),
+            json!({"qom-type": "tls-creds-psk", "id": "upstream-tls", "endpoint": "client",
+                   "dir": "/s/link-keys/n2/client", "username": "n2"})
+        );
+        let server = SocketAddress::Unix {
+            path: "/s/run/n2/nbd.sock".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(server).unwrap(),
+            json!({"type": "unix", "path": "/s/run/n2/nbd.sock"})
+        );
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::nbd_backing;
+use super::{nbd_backing, nbd_unix_backing};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::prune_dirs;
 use crate::fsutil::remove_file_if_exists;
@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub port: u16,
     /// Name of the backing NBD export (the image's name).
     pub export: String,
+    /// Remote mode: the node's export is read on this unix socket instead of `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
     /// The overlay's virtual size in bytes (the image's size).
     pub size: u64,
     /// Directories sftsan made for snapshots, removed on teardown when empty.
@@ -43,7 +46,11 @@ struct ImageInfo {
 
 impl Snapshot {
     fn backing(&self) -> String {
-        format!("json:{}", nbd_backing(&self.host, self.port, &self.export))
+        let json = match &self.socket {
+            Some(socket) => nbd_unix_backing(socket, &self.export),
+            None => nbd_backing(&self.host, self.port, &self.export),
+        };
+        format!("json:{json}")
     }
 
     fn tmp(&self) -> PathBuf {

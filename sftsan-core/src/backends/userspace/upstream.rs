@@ -5,8 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::qapi::{BlockdevAdd, BlockdevOptions, Driver, IscsiTransport, SocketAddress};
-use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
+use super::qapi::{
+    BlockdevAdd, BlockdevOptions, Driver, IscsiTransport, ObjectAdd, ObjectDel, QomList,
+    SocketAddress, TlsCredsPsk, TlsEndpoint,
+};
+use super::{block_nodes, connect, delete_nodes, find_node, graph, require, Qmp};
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
 
@@ -34,6 +37,48 @@ pub struct Upstream {
     /// Set when the parent is an iSCSI origin: its target (LUN 1) and our initiator name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<IscsiLogin>,
+    /// Remote mode: the link is TLS with this pre-shared key (NBD parents only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<LinkKey>,
+}
+
+/// A child's end of a TLS-PSK link: `dir/keys.psk` holds `username:hexkey`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkKey {
+    /// The directory holding the child's `keys.psk`.
+    pub dir: PathBuf,
+    /// The identity the child presents (its node name): the parent keys its file by it.
+    pub username: String,
+}
+
+impl LinkKey {
+    /// The credentials object a daemon or `qemu-img` connects with, under `id`.
+    pub fn credentials(&self, id: &str) -> TlsCredsPsk {
+        TlsCredsPsk {
+            id: id.into(),
+            endpoint: TlsEndpoint::Client,
+            dir: self.dir.clone(),
+            username: Some(self.username.clone()),
+        }
+    }
+}
+
+/// The id of the upstream link's TLS credentials in a node's daemon.
+const TLS_ID: &str = "upstream-tls";
+
+/// Whether the daemon holds an object called `id`.
+fn has_object(qmp: &mut Qmp, id: &str) -> Result<bool> {
+    let objects = qmp.run(&QomList {
+        path: "/objects".into(),
+    })?;
+    Ok(objects.iter().any(|o| o.name == id))
+}
+
+fn delete_object(qmp: &mut Qmp, id: &str) -> Result<()> {
+    if has_object(qmp, id)? {
+        qmp.run(&ObjectDel { id: id.into() })?;
+    }
+    Ok(())
 }
 
 /// How a node logs in to an iSCSI origin's target.
@@ -50,6 +95,7 @@ impl Upstream {
         let addr = SocketAddr::new(self.host, self.port);
         match &self.iscsi {
             Some(login) => format!("iscsi://{addr}/{}/1", login.target),
+            None if self.tls.is_some() => format!("nbd://{addr}/{} (tls)", self.export),
             None => format!("nbd://{addr}/{}", self.export),
         }
     }
@@ -70,6 +116,7 @@ impl Upstream {
                 export: self.export.clone(),
                 reconnect_delay: Some(RECONNECT_DELAY_S),
                 open_timeout: Some(self.connect_timeout_ms.div_ceil(1000)),
+                tls_creds: self.tls.as_ref().map(|_| TLS_ID.to_string()),
             },
         };
         BlockdevOptions {
@@ -92,6 +139,11 @@ impl Resource for Upstream {
         let nodes = block_nodes(&mut qmp)?;
         Ok(match find_node(&nodes, graph::UPSTREAM) {
             None => Observed::Absent,
+            // QEMU names an NBD node by its URL alone: the credentials object tells a TLS
+            // link from a plain one.
+            Some(n) if has_object(&mut qmp, TLS_ID)? => {
+                Observed::Present(vec![("upstream", format!("{} (tls)", n.file))])
+            }
             Some(n) => Observed::Present(vec![("upstream", n.file.clone())]),
         })
     }
@@ -108,8 +160,19 @@ impl Resource for Upstream {
             )
         })?;
         let mut qmp = require(&self.run_dir, &self.node)?;
-        qmp.run(&BlockdevAdd(self.blockdev()))
-            .map_err(|e| e.context(format!("attaching to parent {} at {addr}", self.parent)))?;
+        let attaching =
+            |e: Error| e.context(format!("attaching to parent {} at {addr}", self.parent));
+        if let Some(key) = &self.tls {
+            // Made afresh: the client reads its key when the object is made.
+            delete_object(&mut qmp, TLS_ID)?;
+            qmp.run(&ObjectAdd(key.credentials(TLS_ID)))
+                .map_err(|e| attaching(e.context("the link's pre-shared key")))?;
+        }
+        if let Err(e) = qmp.run(&BlockdevAdd(self.blockdev())) {
+            // A refused key leaves no credentials behind.
+            delete_object(&mut qmp, TLS_ID)?;
+            return Err(attaching(e));
+        }
         Ok(())
     }
 
@@ -117,6 +180,7 @@ impl Resource for Upstream {
         let Some(mut qmp) = connect(&self.run_dir)? else {
             return Ok(());
         };
-        delete_nodes(&mut qmp, &[graph::UPSTREAM])
+        delete_nodes(&mut qmp, &[graph::UPSTREAM])?;
+        delete_object(&mut qmp, TLS_ID)
     }
 }
