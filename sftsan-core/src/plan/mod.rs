@@ -480,4 +480,6 @@ mod resource_spec;
 pub use resource_spec::ResourceSpec;
 
 #[cfg(test)]
+mod remote_links;
+#[cfg(test)]
 mod tree_properties;
