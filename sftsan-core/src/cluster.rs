@@ -76,10 +76,8 @@ pub fn engine(spec: &ValidatedSpec, tools: Tools, progress: Progress) -> Engine 
     )
 }
 
-/// Removes what [`install`] put on a host (and the links' key files the host's requests
-/// installed), and the state directory once it is empty.
+/// Removes what [`install`] put on a host, and the state directory once it is empty.
 pub fn uninstall(spec: &ClusterSpec) -> Result<()> {
-    crate::remote::link_keys::uninstall(&Names::new(spec))?;
     crate::fsutil::remove_file_if_exists(&installed_image_path(spec))?;
     crate::fsutil::remove_file_if_exists(&installed_spec_path(spec))?;
     let _ = std::fs::remove_dir(&spec.cluster.state_dir);

@@ -573,10 +573,13 @@ fn the_hook_on_a_host_makes_its_vms_disk_there() {
     assert!(!on_host.exists());
     run_hook("prepare", "begin");
     assert!(on_host.exists(), "prepare made no {}", on_host.display());
-    let out = std::process::Command::new("qemu-img")
+    // Read on the host, as the VM reads it: through its node's local socket.
+    let out = c
+        .hosts
+        .in_host(2, Path::new("qemu-img"))
         .args(["compare", "-f", "raw"])
         .arg(c.hosts.dir.path().join("base.raw"))
-        .arg(&on_host)
+        .arg(&disk)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));

@@ -132,6 +132,7 @@ pub fn serve(request: &HostRequest, tools: Tools, emit: Emit) -> Result<()> {
         HostAction::Up => engine.up_only(node)?,
         HostAction::Down => {
             let summary = engine.down_only(node)?;
+            link_keys::uninstall(&crate::names::Names::new(spec))?;
             cluster::uninstall(spec)?;
             summary
         }
