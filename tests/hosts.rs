@@ -271,10 +271,14 @@ impl TestHosts {
 
 impl Drop for TestHosts {
     fn drop(&mut self) {
+        // Every host's processes first: connections between hosts then close while both
+        // ends live, and no socket keeps a deleted namespace (and its veth) alive.
         for i in 0..self.hosts.len() {
             self.stop(i);
+        }
+        for host in &self.hosts {
             let _ = Command::new("ip")
-                .args(["netns", "delete", &self.hosts[i].netns])
+                .args(["netns", "delete", &host.netns])
                 .status();
         }
         let _ = Command::new("ip")
@@ -402,4 +406,146 @@ fn kill_netns_processes(netns: &str) {
         "processes left in {netns}: {:?}",
         pids()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// A host's own libvirtd, for remote VM tests.
+//
+// A host that runs VMs gets virtlogd and libvirtd inside its sshd's namespaces (network,
+// mount, UTS): the controller's qemu+ssh sessions (sshd runs virt-ssh-helper there), the
+// daemons, the sftsan hook they run and the guests then share one /run and one state
+// directory, as on a machine of their own. libvirt's directories are the host's own
+// (`<host dir>/libvirt/{etc,lib,log,cache}` bind-mounted over /etc/libvirt,
+// /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt in that mount namespace only;
+// /run/libvirt is in the host's private /run): Debian's defaults (QEMU runs as
+// libvirt-qemu), no networks, no private /dev per guest, the hook as hooks/qemu.d/sftsan,
+// and /dev/kvm hidden (an empty 0600 file over it), since guests hang under KVM here and
+// libvirt would re-probe QEMU on every define (see sftsan-libvirt's tests/common). The
+// daemons are processes of the host's network namespace, so [`TestHosts::stop`] (and
+// [`Drop`]) ends them and every guest with the rest; [`TestHosts::stop_libvirtd`] stops
+// them the orderly way first (guests destroyed through libvirt, then the daemons).
+
+impl TestHosts {
+    /// Host `i`'s libvirt directory (etc, lib, log, cache and the daemons' pid files), as
+    /// the controller sees it.
+    pub fn libvirt_dir(&self, i: usize) -> PathBuf {
+        self.hosts[i].dir.join("libvirt")
+    }
+
+    /// Starts virtlogd and libvirtd on host `i` with `hook` (sftsan-hook) installed, and
+    /// waits until libvirtd answers there. Also lets other users traverse (not list)
+    /// [`TestHosts::dir`]: QEMU, as libvirt-qemu, opens VM disks in the hosts' private
+    /// directories below it.
+    pub fn start_libvirtd(&self, i: usize, hook: &Path) {
+        require_root_with(&[
+            "libvirtd",
+            "virtlogd",
+            "virsh",
+            "nsenter",
+            "qemu-system-x86_64",
+        ]);
+        fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        let root = self.libvirt_dir(i);
+        for d in ["etc/hooks/qemu.d", "lib", "log", "cache"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let etc = root.join("etc");
+        let link = etc.join("hooks/qemu.d/sftsan");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(hook, &link).unwrap();
+        fs::write(etc.join("qemu.conf"), "namespaces = []\n").unwrap();
+        fs::write(
+            etc.join("libvirtd.conf"),
+            "log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
+        )
+        .unwrap();
+        let script = r#"
+            R=$1
+            mount --bind "$R/etc" /etc/libvirt
+            mount --bind "$R/lib" /var/lib/libvirt
+            mount --bind "$R/log" /var/log/libvirt
+            mount --bind "$R/cache" /var/cache/libvirt
+            if [ -e /dev/kvm ]; then
+                : > "$R/no-kvm"; chmod 600 "$R/no-kvm"
+                mount --bind "$R/no-kvm" /dev/kvm
+            fi
+            virtlogd -d -p "$R/virtlogd.pid"
+            libvirtd -d -p "$R/libvirtd.pid"
+        "#;
+        let path = std::env::var("PATH").unwrap_or_default();
+        checked(
+            self.in_host(i, Path::new("/bin/sh"))
+                .args(["-ec", script, "sh"])
+                .arg(&root)
+                .env("PATH", format!("{path}:/usr/local/sbin:/usr/sbin:/sbin")),
+        );
+        let answers = eventually(Duration::from_secs(30), || {
+            self.virsh(i, &["uri"]).status.success()
+        });
+        assert!(
+            answers,
+            "libvirtd of {} does not answer: {}",
+            self.hosts[i].name,
+            self.libvirt_log(i)
+        );
+    }
+
+    /// `virsh -c qemu:///system ARGS` as host `i` itself runs it.
+    pub fn virsh(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.in_host(i, Path::new("virsh"))
+            .args(["-q", "-c", "qemu:///system"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run virsh")
+    }
+
+    /// The last lines of host `i`'s libvirtd log and sftsan hook log, for failure messages.
+    pub fn libvirt_log(&self, i: usize) -> String {
+        let tail = |name: &str| {
+            let text =
+                fs::read_to_string(self.libvirt_dir(i).join("log").join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        format!(
+            "--- {} libvirtd.log (tail)\n{}\n--- sftsan-hook.log (tail)\n{}",
+            self.hosts[i].name,
+            tail("libvirtd.log"),
+            tail("sftsan-hook.log")
+        )
+    }
+
+    /// Stops host `i`'s guests (destroyed through libvirt), then libvirtd and virtlogd,
+    /// and waits until they are gone. Does nothing where none runs.
+    pub fn stop_libvirtd(&self, i: usize) {
+        let root = self.libvirt_dir(i);
+        let pid = |name: &str| -> Option<i32> {
+            fs::read_to_string(root.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let Some(libvirtd) = pid("libvirtd.pid") else {
+            return;
+        };
+        if !super::process_gone(libvirtd) {
+            let running = self.virsh(i, &["list", "--name"]);
+            for name in super::stdout(&running).split_whitespace() {
+                let _ = self.virsh(i, &["destroy", name]);
+            }
+        }
+        for p in [Some(libvirtd), pid("virtlogd.pid")].into_iter().flatten() {
+            if super::process_gone(p) {
+                continue;
+            }
+            // SAFETY: kill has no memory preconditions; the pid is a daemon of this host.
+            unsafe { libc::kill(p, libc::SIGTERM) };
+            if !eventually(Duration::from_secs(10), || super::process_gone(p)) {
+                // SAFETY: as above.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
 }

@@ -1,18 +1,29 @@
-//! `sftsan vm`: a cluster's VMs as libvirt domains, one per snapshot of each compute node.
+//! `sftsan vm`: a cluster's VMs as libvirt domains, one per snapshot of each compute node;
+//! on a remote cluster's controller, each node's in its own host's libvirt (qemu+ssh), with
+//! the snapshots made there by the host's hook (see `sftsan_libvirt::remote`).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sftsan_core::errln;
+use sftsan_core::plan::Plan;
+use sftsan_core::remote::{self, Fleet, HostCheck};
 use sftsan_core::resources::Tools;
+use sftsan_core::spec::{ClusterSpec, Mode, ValidatedSpec};
 use sftsan_core::stdio::out;
-use sftsan_libvirt::batch::{Batch, BatchOptions, Op, PoolSpec};
-use sftsan_libvirt::cluster::Cluster;
+use sftsan_core::transport::ssh::HostKeys;
+use sftsan_libvirt::batch::{run_on_hosts, Batch, BatchOptions, HostBatch, Op, PoolSpec};
+use sftsan_libvirt::cluster::{pool_name, Cluster};
 use sftsan_libvirt::identity::{NamePattern, DEFAULT_NAME_PATTERN};
 use sftsan_libvirt::libvirt::{Libvirt, DEFAULT_URI};
+use sftsan_libvirt::remote::{connect, HostSnapshots, SshWrappers};
 use sftsan_libvirt::vms::{load_template, plan_vms, Vm, VmSettings};
 use sftsan_libvirt::xml::VmMode;
+
+/// Hosts worked on at once unless `ssh.max_sessions` says otherwise (as `up` does).
+const DEFAULT_SESSIONS: u32 = 32;
 
 /// `sftsan vm ...`
 #[derive(Subcommand)]
@@ -68,7 +79,9 @@ pub struct Common {
     /// Only VMs of this node (repeatable; default: every compute node).
     #[arg(long = "node", value_name = "NODE")]
     nodes: Vec<String>,
-    /// libvirt connection URI [default: $LIBVIRT_DEFAULT_URI, else qemu:///system].
+    /// libvirt connection URI [default: $LIBVIRT_DEFAULT_URI, else qemu:///system]. Not
+    /// for a remote cluster, whose nodes' libvirt sftsan reaches as
+    /// qemu+ssh://USER@HOST/system, each at its node's SSH destination.
     #[arg(short, long, value_name = "URI")]
     connect: Option<String>,
     #[command(flatten)]
@@ -87,6 +100,23 @@ pub struct Common {
     remove_snapshots: bool,
 }
 
+/// What the operator chose for the VMs, checked.
+fn settings(domain: &DomainArgs, per_node: Option<u32>, nodes: Vec<String>) -> Result<VmSettings> {
+    let template = domain
+        .template
+        .as_deref()
+        .map(load_template)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    Ok(VmSettings {
+        name_pattern: NamePattern::new(&domain.name_pattern).map_err(anyhow::Error::msg)?,
+        mode: domain.mode,
+        template,
+        per_node,
+        nodes,
+    })
+}
+
 /// The cluster of `spec` and the VMs of `nodes` (all when empty), `per_node` each.
 fn load_vms(
     spec: &Path,
@@ -95,28 +125,78 @@ fn load_vms(
     nodes: Vec<String>,
 ) -> Result<(Cluster, Vec<Vm>)> {
     let cluster = Cluster::load(spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
-    let template = domain
-        .template
-        .as_deref()
-        .map(load_template)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let settings = VmSettings {
-        name_pattern: NamePattern::new(&domain.name_pattern).map_err(anyhow::Error::msg)?,
-        mode: domain.mode,
-        template,
-        per_node,
-        nodes,
-    };
+    let settings = settings(domain, per_node, nodes)?;
     let vms =
         plan_vms(&cluster.spec, cluster.plan(), spec, &settings).map_err(anyhow::Error::msg)?;
     Ok((cluster, vms))
 }
 
+/// The spec at `path` if it is a remote cluster's and this is its controller (not one of
+/// its hosts, where `up` installed it and the local path serves the host's own node).
+fn remote_spec(path: &Path) -> Result<Option<ClusterSpec>> {
+    let (_, spec) = super::load_rules(path)?;
+    let on_a_host = sftsan_core::cluster::installed_image(&spec)?.is_some();
+    Ok((spec.cluster.mode == Mode::Remote && !on_a_host).then_some(spec))
+}
+
+/// A remote cluster as `sftsan vm` sees it from the controller: its hosts (one SSH
+/// connection each, checked as `up` checks them), the image as the origin's host measured
+/// it, the plan, and where `up` installed the spec on every host (which the domains name,
+/// for the hook).
+struct RemoteCluster {
+    fleet: Fleet,
+    checked: Vec<HostCheck>,
+    spec: ValidatedSpec,
+    plan: Plan,
+    installed: PathBuf,
+}
+
+impl RemoteCluster {
+    fn open(path: &Path, spec: ClusterSpec) -> Result<RemoteCluster> {
+        let fleet = Fleet::open(&spec, HostKeys::Strict)?;
+        let checked = remote::check(&spec, &fleet);
+        // The image's measure comes from the origin's host (as for up and status).
+        if let Some(origin) = checked.iter().find(|r| r.node == spec.origin.name) {
+            if origin.facts.is_none() {
+                anyhow::bail!(
+                    "{} ({}): {} (the image is measured there)",
+                    origin.node,
+                    origin.destination,
+                    origin.problems.join("; ")
+                );
+            }
+        }
+        let image = remote::measured_image(&spec, &checked)?;
+        let installed = sftsan_core::cluster::installed_spec_path(&spec);
+        let spec = ValidatedSpec::measured(spec, image)
+            .map_err(sftsan_core::error::Error::from)
+            .with_context(|| path.display().to_string())?;
+        let plan = sftsan_core::plan::plan(&spec);
+        Ok(RemoteCluster {
+            fleet,
+            checked,
+            spec,
+            plan,
+            installed,
+        })
+    }
+
+    /// The VMs `settings` selects; each domain names the spec installed on its host.
+    fn vms(&self, settings: &VmSettings) -> Result<Vec<Vm>> {
+        plan_vms(&self.spec, &self.plan, &self.installed, settings).map_err(anyhow::Error::msg)
+    }
+}
+
 /// `sftsan vm xml`: the domain of one VM, as define would define it.
 fn print_xml(x: XmlArgs) -> Result<()> {
     anyhow::ensure!(x.index >= 1, "--index: snapshots are numbered from 1");
-    let (_, vms) = load_vms(&x.spec, &x.domain, Some(x.index), vec![x.node])?;
+    let vms = match remote_spec(&x.spec)? {
+        Some(spec) => {
+            let cluster = RemoteCluster::open(&x.spec, spec)?;
+            cluster.vms(&settings(&x.domain, Some(x.index), vec![x.node])?)?
+        }
+        None => load_vms(&x.spec, &x.domain, Some(x.index), vec![x.node])?.1,
+    };
     let vm = vms.last().context("no VM selected")?;
     out(&vm.domain.to_xml()).context("stdout")
 }
@@ -150,6 +230,9 @@ pub fn run(command: Command) -> Result<bool> {
         Command::List(c) => (Op::List, c),
     };
     anyhow::ensure!(c.concurrency >= 1, "--concurrency must be at least 1");
+    if let Some(spec) = remote_spec(&c.spec)? {
+        return run_remote(op, &c, spec);
+    }
     let (cluster, vms) = load_vms(&c.spec, &c.domain, c.count, c.nodes.clone())?;
     let uri = c
         .connect
@@ -179,6 +262,110 @@ pub fn run(command: Command) -> Result<bool> {
         },
     };
     let report = batch.run(op, &vms);
+    out(&report.table()).context("stdout")?;
+    Ok(report.failures() == 0)
+}
+
+/// One batch over a remote cluster's hosts: each compute node's VMs in its own host's
+/// libvirt (qemu+ssh, through sftsan's SSH options and connection), its snapshots made by
+/// that host's hook at start and asked of or removed by the host's own sftsan; the hosts
+/// side by side (at most `ssh.max_sessions`), each with the batch's concurrency and
+/// interval. Every host's libvirt must answer first: otherwise nothing is done anywhere.
+fn run_remote(op: Op, c: &Common, spec: ClusterSpec) -> Result<bool> {
+    if let Some(uri) = &c.connect {
+        anyhow::bail!(
+            "--connect {uri}: {} is a remote cluster's spec: each node's VMs are on its own host, whose libvirt sftsan reaches as qemu+ssh://USER@HOST/system at the node's [ssh] destination",
+            c.spec.display()
+        );
+    }
+    let sessions = spec
+        .ssh
+        .as_ref()
+        .and_then(|s| s.max_sessions)
+        .unwrap_or(DEFAULT_SESSIONS) as usize;
+    let cluster = RemoteCluster::open(&c.spec, spec)?;
+    let vms = cluster.vms(&settings(&c.domain, c.count, c.nodes.clone())?)?;
+    let mut nodes: Vec<&str> = vms.iter().map(|v| v.node.as_str()).collect();
+    nodes.dedup();
+
+    let wrappers = SshWrappers::new()?;
+    let connected = cluster.fleet.each_of(&nodes, |node, host| {
+        let row = cluster.checked.iter().find(|r| r.node == node);
+        match row {
+            // Not even SSH worked: say why, as the check found it.
+            Some(r) if r.facts.is_none() => Err(anyhow::anyhow!(
+                "{node} ({}): {}",
+                r.destination,
+                r.problems.join("; ")
+            )),
+            _ => connect(node, host, &wrappers).map_err(anyhow::Error::msg),
+        }
+    });
+    // A host whose libvirt does not answer stops the batch before anything is done: one
+    // line naming it (a line each, then a count, when there are several).
+    let failed: Vec<&anyhow::Error> = connected.iter().filter_map(|r| r.as_ref().err()).collect();
+    match failed.as_slice() {
+        [] => {}
+        [one] => anyhow::bail!("{one}; nothing was done on any host"),
+        several => {
+            for e in several {
+                errln!("sftsan vm: {e}");
+            }
+            anyhow::bail!(
+                "{} of {} hosts cannot be reached; nothing was done on any host",
+                several.len(),
+                nodes.len()
+            );
+        }
+    }
+    let libvirts: Vec<(&str, Libvirt)> = nodes
+        .iter()
+        .copied()
+        .zip(connected.into_iter().map(|r| r.expect("checked above")))
+        .collect();
+    let snapshots: Vec<HostSnapshots> = libvirts
+        .iter()
+        .map(|(node, _)| {
+            let (_, host) = cluster
+                .fleet
+                .hosts()
+                .find(|(n, _)| n == node)
+                .expect("every compute node has a host");
+            let program = cluster
+                .checked
+                .iter()
+                .find(|r| r.node == *node)
+                .map_or_else(
+                    || remote::remote_program(cluster.spec.spec()),
+                    |r| r.program.clone(),
+                );
+            HostSnapshots::new(node, host, &program, &cluster.installed, &cluster.plan)
+        })
+        .collect();
+    let names = sftsan_core::names::Names::new(cluster.spec.spec());
+    let hosts: Vec<HostBatch> = libvirts
+        .iter()
+        .zip(&snapshots)
+        .map(|((node, libvirt), snapshots)| HostBatch {
+            batch: Batch {
+                libvirt,
+                snapshots,
+                pools: vec![PoolSpec {
+                    cluster: cluster.plan.cluster.clone(),
+                    node: node.to_string(),
+                    name: pool_name(&cluster.plan, node),
+                    dir: names.snapshot_dir(node),
+                }],
+                options: BatchOptions {
+                    concurrency: c.concurrency,
+                    interval: c.interval,
+                    remove_snapshots: c.remove_snapshots,
+                },
+            },
+            vms: vms.iter().filter(|v| v.node == *node).cloned().collect(),
+        })
+        .collect();
+    let report = run_on_hosts(op, &hosts, sessions);
     out(&report.table()).context("stdout")?;
     Ok(report.failures() == 0)
 }

@@ -208,8 +208,33 @@ pub fn bounded<T: Sync, R: Send>(
         .collect()
 }
 
+/// A define's note where the VMs' hosts make their snapshots.
+const HOOK_MAKES_SNAPSHOTS: &str =
+    "snapshots: each VM's is made on its host by sftsan's libvirt hook when the VM starts";
+
 /// The persistent definition a define replaced (libvirt's XML), if there was one.
 type Previous = Option<String>;
+
+/// What the first half of a define did, for the second to report and, if the batch
+/// failed, undo.
+#[derive(Default)]
+struct DefineAttempt<'v> {
+    /// Snapshots this define made (they existed not before).
+    created_snapshots: Vec<&'v Vm>,
+    /// Each VM's snapshot, in order, up to the first that failed.
+    snap_results: Vec<Result<()>>,
+    snap_times: Vec<Duration>,
+    /// Each VM's domain (empty when a snapshot failed).
+    defined: Vec<(Result<Previous>, Duration)>,
+    /// The host's hook makes the snapshots: none were made here.
+    snapshots_by_hook: bool,
+}
+
+impl DefineAttempt<'_> {
+    fn failed(&self) -> bool {
+        self.snap_results.iter().any(Result::is_err) || self.defined.iter().any(|(r, _)| r.is_err())
+    }
+}
 
 /// A batch over one cluster's VMs.
 pub struct Batch<'a> {
@@ -275,36 +300,54 @@ impl Batch<'_> {
     /// domains in parallel. Any failure undoes the whole batch: the domains it defined are
     /// undefined and the snapshots it created are removed.
     fn define(&self, vms: &[Vm], notes: &mut Vec<String>) -> Vec<Row> {
-        let mut created_snapshots = Vec::new();
-        let mut snap_results: Vec<Result<()>> = Vec::new();
-        let mut snap_times = Vec::new();
-        for vm in vms {
-            let t = Instant::now();
-            let existed = self.snapshots.exists(&vm.node, vm.index);
-            let r = self.snapshots.ensure(&vm.node, vm.index).map(|_| ());
-            if r.is_ok() && !existed {
-                created_snapshots.push(vm);
-            }
-            snap_times.push(t.elapsed());
-            let failed = r.is_err();
-            snap_results.push(r);
-            if failed {
-                break;
+        let attempt = self.try_define(vms);
+        let failed = attempt.failed();
+        self.settle_define(vms, &attempt, failed, notes)
+    }
+
+    /// The first half of a define: every snapshot (unless the hook makes them), then every
+    /// domain; nothing is undone yet.
+    fn try_define<'v>(&self, vms: &'v [Vm]) -> DefineAttempt<'v> {
+        let mut attempt = DefineAttempt::default();
+        if self.snapshots.made_by_hook() {
+            attempt.snapshots_by_hook = true;
+        } else {
+            for vm in vms {
+                let t = Instant::now();
+                let existed = self.snapshots.exists(&vm.node, vm.index);
+                let r = self.snapshots.ensure(&vm.node, vm.index).map(|_| ());
+                if r.is_ok() && !existed {
+                    attempt.created_snapshots.push(vm);
+                }
+                attempt.snap_times.push(t.elapsed());
+                let failed = r.is_err();
+                attempt.snap_results.push(r);
+                if failed {
+                    break;
+                }
             }
         }
-        let snap_failed = snap_results.iter().any(Result::is_err);
-        let defined: Vec<(Result<Previous>, Duration)> = if snap_failed {
-            vec![]
-        } else {
-            bounded(vms, self.options.concurrency, Duration::ZERO, |vm| {
+        if !attempt.failed() {
+            attempt.defined = bounded(vms, self.options.concurrency, Duration::ZERO, |vm| {
                 self.define_one(vm)
-            })
-        };
-        let failed = snap_failed || defined.iter().any(|(r, _)| r.is_err());
+            });
+        }
+        attempt
+    }
+
+    /// The second half: each VM's row, and, when `failed` (this batch's attempt or, over
+    /// several hosts, any host's), the rollback of everything the attempt did.
+    fn settle_define(
+        &self,
+        vms: &[Vm],
+        attempt: &DefineAttempt,
+        failed: bool,
+        notes: &mut Vec<String>,
+    ) -> Vec<Row> {
         let mut rows = Vec::new();
         for (i, vm) in vms.iter().enumerate() {
-            let snap_t = snap_times.get(i).copied().unwrap_or_default();
-            let outcome = match (snap_results.get(i), defined.get(i)) {
+            let snap_t = attempt.snap_times.get(i).copied().unwrap_or_default();
+            let outcome = match (attempt.snap_results.get(i), attempt.defined.get(i)) {
                 (Some(Err(e)), _) => Err(e.clone()),
                 (_, Some((Err(e), _))) => Err(e.clone()),
                 // Rollback: what this batch defined goes, what it redefined gets its old
@@ -323,11 +366,11 @@ impl Batch<'_> {
                 (_, Some((Ok(Some(_)), _))) => Ok("redefined".into()),
                 _ => Ok("not attempted (the batch failed)".into()),
             };
-            let t = snap_t + defined.get(i).map(|d| d.1).unwrap_or_default();
+            let t = snap_t + attempt.defined.get(i).map(|d| d.1).unwrap_or_default();
             rows.push(row(vm, outcome, t));
         }
         if failed {
-            for vm in created_snapshots {
+            for vm in &attempt.created_snapshots {
                 match self.snapshots.remove(&vm.node, vm.index) {
                     Ok(_) => notes.push(format!(
                         "rollback: removed snapshot {}/{} created by this batch",
@@ -336,6 +379,8 @@ impl Batch<'_> {
                     Err(e) => notes.push(format!("rollback FAILED: {e}")),
                 }
             }
+        } else if attempt.snapshots_by_hook && !vms.is_empty() {
+            notes.push(HOOK_MAKES_SNAPSHOTS.into());
         }
         rows
     }
@@ -360,12 +405,15 @@ impl Batch<'_> {
     }
 
     /// Makes the snapshots of stopped VMs exist (so that starts work without the hook
-    /// too), then starts the domains with the concurrency bound and the interval.
+    /// too; where the hook makes them, it does at each start), then starts the domains
+    /// with the concurrency bound and the interval.
     fn start(&self, vms: &[Vm], _notes: &mut [String]) -> Vec<Row> {
         let mut prepared: Vec<Result<()>> = Vec::new();
         for vm in vms {
             let r = match self.libvirt.state(&vm.name) {
-                Ok(DomainState::Stopped) => self.snapshots.ensure(&vm.node, vm.index).map(|_| ()),
+                Ok(DomainState::Stopped) if !self.snapshots.made_by_hook() => {
+                    self.snapshots.ensure(&vm.node, vm.index).map(|_| ())
+                }
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -386,7 +434,10 @@ impl Batch<'_> {
                         "not defined (run `sftsan vm define` first)",
                     )),
                     DomainState::Running => Ok("already running".into()),
-                    DomainState::Stopped => self.libvirt.start(&vm.name).map(|_| "started".into()),
+                    DomainState::Stopped => match self.libvirt.start(&vm.name) {
+                        Ok(()) => Ok("started".into()),
+                        Err(e) => Err(self.start_failure(vm, e)),
+                    },
                 }
             },
         )
@@ -394,6 +445,18 @@ impl Batch<'_> {
         .zip(vms)
         .map(|((outcome, t), vm)| row(vm, outcome, t))
         .collect()
+    }
+
+    /// A failed start where the host's hook should have made the snapshot and did not:
+    /// most likely the hook is not installed there, which the error then says.
+    fn start_failure(&self, vm: &Vm, e: Error) -> Error {
+        if self.snapshots.made_by_hook() && !self.snapshots.exists(&vm.node, vm.index) {
+            return e.context(format!(
+                "the host has no {}/snapshot/{}, which sftsan's libvirt hook makes at each start (is the hook installed there?)",
+                vm.node, vm.index
+            ));
+        }
+        e
     }
 
     /// The mode libvirt's copy of the domain records (what it was defined with).
@@ -484,7 +547,7 @@ impl Batch<'_> {
                     Ok(false) => None,
                     Err(e) => Some(format!("pool {}: FAILED: {e}", pool.name)),
                 }
-            } else if !pool.dir.is_dir() {
+            } else if !self.snapshots.dir_exists(&pool.dir) {
                 None
             } else {
                 match self.libvirt.ensure_pool(&pool.name, &pool.dir) {
@@ -495,6 +558,69 @@ impl Batch<'_> {
             };
             notes.extend(note);
         }
+    }
+}
+
+/// One host's part of a batch over several hosts (a remote cluster's compute nodes): its
+/// own batch, over its own libvirt connection, and its VMs.
+pub struct HostBatch<'a> {
+    /// The batch on that host (its concurrency and interval: boot queueing per host).
+    pub batch: Batch<'a>,
+    /// The VMs on that host, in plan order.
+    pub vms: Vec<Vm>,
+}
+
+/// Runs `op` on several hosts side by side, at most `hosts_at_once` at a time, each
+/// host's VMs as its own [`Batch`] would; one report, with the hosts' rows and notes in
+/// the order given. A define stays all or nothing over every host: each host defines its
+/// domains, and if any VM on any host failed, every host rolls back what it did.
+pub fn run_on_hosts(op: Op, hosts: &[HostBatch], hosts_at_once: usize) -> Report {
+    let started = Instant::now();
+    let parts: Vec<(Vec<Row>, Vec<String>)> = if op == Op::Define {
+        // Items by reference, so that each attempt may borrow its host's VMs.
+        let each: Vec<&HostBatch> = hosts.iter().collect();
+        let attempts: Vec<DefineAttempt> = bounded(&each, hosts_at_once, Duration::ZERO, |h| {
+            let h: &HostBatch = h;
+            h.batch.try_define(&h.vms)
+        })
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+        let failed = attempts.iter().any(DefineAttempt::failed);
+        let settle: Vec<(&HostBatch, DefineAttempt)> = hosts.iter().zip(attempts).collect();
+        bounded(&settle, hosts_at_once, Duration::ZERO, |(h, attempt)| {
+            let mut notes = vec![];
+            let rows = h.batch.settle_define(&h.vms, attempt, failed, &mut notes);
+            h.batch.sync_pools(op, &mut notes);
+            (rows, notes)
+        })
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+    } else {
+        bounded(hosts, hosts_at_once, Duration::ZERO, |h| {
+            let r = h.batch.run(op, &h.vms);
+            (r.rows, r.notes)
+        })
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+    };
+    let (mut rows, mut notes) = (vec![], vec![]);
+    for (r, n) in parts {
+        rows.extend(r);
+        // A note every host makes alike is said once.
+        for note in n {
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    Report {
+        op,
+        rows,
+        notes,
+        elapsed: started.elapsed(),
     }
 }
 
@@ -509,6 +635,9 @@ mod tests {
     struct FakeSnapshots {
         dir: tempfile::TempDir,
         fail: Option<(String, u32)>,
+        /// Stands for a remote host whose hook makes the snapshots: ensure must not be
+        /// called.
+        by_hook: bool,
     }
 
     impl FakeSnapshots {
@@ -516,6 +645,7 @@ mod tests {
             FakeSnapshots {
                 dir: tempfile::tempdir().unwrap(),
                 fail: None,
+                by_hook: false,
             }
         }
         fn file(&self, node: &str, index: u32) -> PathBuf {
@@ -528,6 +658,10 @@ mod tests {
 
     impl Snapshots for FakeSnapshots {
         fn ensure(&self, node: &str, index: u32) -> Result<PathBuf> {
+            assert!(
+                !self.by_hook,
+                "ensure called where the hook makes snapshots"
+            );
             if self.fail.as_ref() == Some(&(node.to_string(), index)) {
                 return Err(Error::refused(
                     format!("{node}/snapshot/{index}"),
@@ -544,6 +678,9 @@ mod tests {
         }
         fn exists(&self, node: &str, index: u32) -> bool {
             self.file(node, index).exists()
+        }
+        fn made_by_hook(&self) -> bool {
+            self.by_hook
         }
     }
 
@@ -856,5 +993,64 @@ mod tests {
             "{}",
             r.table()
         );
+    }
+
+    /// Two hosts (two connections) whose hooks make the snapshots: define and start touch
+    /// only libvirt, and a define that fails on one host is undone on both.
+    #[test]
+    fn a_define_over_hosts_is_all_or_nothing_and_leaves_snapshots_to_the_hook() {
+        let (lv1, lv2) = (test_driver(), test_driver());
+        let mut snaps = FakeSnapshots::new();
+        snaps.by_hook = true;
+        let all = vms("ut-hosts", &snaps, &["n1", "n2"], 2, VmMode::Persistent);
+        let (on1, on2) = all.split_at(2);
+        let host = |lv, vms: &[Vm], node| HostBatch {
+            batch: Batch {
+                libvirt: lv,
+                snapshots: &snaps,
+                pools: pools("ut-hosts", &snaps, &[node]),
+                options: BatchOptions::default(),
+            },
+            vms: vms.to_vec(),
+        };
+        let hosts = [host(&lv1, on1, "n1"), host(&lv2, on2, "n2")];
+        // Someone else's domain holds the name of n2's second VM.
+        let mut foreign = on2[1].domain.clone();
+        foreign.set_uuid("00000000-0000-4000-8000-000000000002");
+        foreign.set_sftsan(None);
+        lv2.define(&foreign).unwrap();
+        let r = run_on_hosts(Op::Define, &hosts, 2);
+        assert_eq!(r.failures(), 1, "{}", r.table());
+        assert!(outcomes(&r)[3].contains("another UUID"), "{}", r.table());
+        for vm in &all[..3] {
+            assert_eq!(
+                lv1.state(&vm.name).unwrap(),
+                DomainState::Undefined,
+                "{}",
+                r.table()
+            );
+        }
+        assert!(outcomes(&r)[0].contains("then undefined"), "{}", r.table());
+        lv2.undefine(&foreign.name()).unwrap();
+
+        let r = run_on_hosts(Op::Define, &hosts, 2);
+        assert_eq!(outcomes(&r), ["defined"; 4], "{}", r.table());
+        // Said once, not once per host.
+        assert_eq!(r.notes, [HOOK_MAKES_SNAPSHOTS], "{}", r.table());
+        // No snapshot yet, so no directory for a pool either.
+        assert!(all.iter().all(|vm| !snaps.exists(&vm.node, vm.index)));
+        assert!(
+            !r.notes.iter().any(|n| n.starts_with("pool")),
+            "{}",
+            r.table()
+        );
+        let r = run_on_hosts(Op::Start, &hosts, 2);
+        assert_eq!(outcomes(&r), ["started"; 4], "{}", r.table());
+        assert_eq!(
+            r.rows.iter().map(|r| r.vm.as_str()).collect::<Vec<_>>(),
+            all.iter().map(|v| v.name.as_str()).collect::<Vec<_>>()
+        );
+        let r = run_on_hosts(Op::Undefine, &hosts, 2);
+        assert_eq!(outcomes(&r), ["destroyed, undefined"; 4], "{}", r.table());
     }
 }

@@ -23,6 +23,19 @@ pub trait Snapshots: Sync {
     fn remove(&self, node: &str, index: u32) -> Result<bool>;
     /// Whether the snapshot is there now (no lock taken, nothing brought up).
     fn exists(&self, node: &str, index: u32) -> bool;
+    /// Whether a node's snapshot directory exists where the VMs run (a libvirt `dir`
+    /// pool can show only a directory that is there).
+    fn dir_exists(&self, dir: &Path) -> bool {
+        dir.is_dir()
+    }
+    /// Whether the VMs' host makes their snapshots itself, with sftsan's libvirt hook at
+    /// `prepare begin` of every start: a batch then never calls [`Snapshots::ensure`]
+    /// (define and start only touch libvirt). True for a remote cluster's hosts, whose
+    /// disks the controller cannot make; false here, where a batch makes them first so
+    /// that starts work without the hook too.
+    fn made_by_hook(&self) -> bool {
+        false
+    }
 }
 
 /// A loaded cluster: its spec, plan and engine.
@@ -78,13 +91,18 @@ impl Cluster {
 
     /// The libvirt pool that shows one node's snapshots: `sftsan-<cluster>-<node>-<image>`.
     pub fn pool_name(&self, node: &str) -> String {
-        format!(
-            "{}-{}-{node}-{}",
-            sftsan_core::names::PREFIX,
-            self.plan().cluster,
-            self.plan().image
-        )
+        pool_name(self.plan(), node)
     }
+}
+
+/// The libvirt pool that shows one node's snapshots: `sftsan-<cluster>-<node>-<image>`.
+pub fn pool_name(plan: &Plan, node: &str) -> String {
+    format!(
+        "{}-{}-{node}-{}",
+        sftsan_core::names::PREFIX,
+        plan.cluster,
+        plan.image
+    )
 }
 
 /// Runs an engine call, retrying while another sftsan holds the cluster's lock (and only

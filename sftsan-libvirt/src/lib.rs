@@ -9,6 +9,8 @@
 //! - [`batch`]: define / start / destroy / undefine / list over many VMs, with a
 //!   concurrency limit, boot queueing and a per-VM result table (`sftsan vm`).
 //! - [`cluster`]: the core engine as batches and the hook use it (waits for the state lock).
+//! - [`remote`]: a remote cluster's hosts: their libvirt over qemu+ssh (host keys checked
+//!   as sftsan checks them), their snapshots through their own sftsan and hook.
 //! - [`hook`]: libvirt's QEMU hook (`sftsan-hook`): just-in-time stacks and snapshots.
 pub use sftsan_core as core;
 
@@ -19,5 +21,7 @@ pub mod hook;
 pub mod identity;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+#[cfg(feature = "libvirt")]
+pub mod remote;
 pub mod vms;
 pub mod xml;

@@ -81,17 +81,23 @@ pub struct Libvirt {
 impl Libvirt {
     /// Connects to `uri` and turns off libvirt's printing of errors to stderr.
     pub fn open(uri: &str) -> Result<Libvirt> {
+        Libvirt::open_as(uri, uri)
+    }
+
+    /// Connects to `uri`, which errors and [`Libvirt::uri`] call `shown` (a URI without
+    /// the parameters that are the caller's plumbing, such as a wrapper's path).
+    pub fn open_as(uri: &str, shown: &str) -> Result<Libvirt> {
         static QUIET: Once = Once::new();
         // Without this libvirt prints every error to stderr as well.
         QUIET.call_once(virt::error::clear_error_callback);
-        let conn = Connect::open(Some(uri)).map_err(|e| lv(format!("connect {uri}"), e))?;
+        let conn = Connect::open(Some(uri)).map_err(|e| lv(format!("libvirt at {shown}"), e))?;
         Ok(Libvirt {
             conn,
-            uri: uri.into(),
+            uri: shown.into(),
         })
     }
 
-    /// The URI this connection was opened with.
+    /// The URI this connection was opened with (as shown).
     pub fn uri(&self) -> &str {
         &self.uri
     }

@@ -132,6 +132,19 @@ impl SshHost {
         cmd
     }
 
+    /// The options sftsan gives ssh for this host, everything before the destination:
+    /// BatchMode, host keys checked only against sftsan's known_hosts, the shared master
+    /// connection, the destination's user, port and key. For a program that runs ssh to
+    /// the host itself (libvirt's qemu+ssh transport, through a wrapper that adds these),
+    /// so that its connection is checked as strictly and rides the same master.
+    pub fn client_options(&self) -> Vec<OsString> {
+        let cmd = self.command::<&str>(&[]);
+        cmd.get_args()
+            .take_while(|a| *a != "--")
+            .map(OsStr::to_os_string)
+            .collect()
+    }
+
     /// Ends the master connection, if one is open.
     pub fn close(&self) {
         let mut cmd = self.ssh(&["-O", "exit"]);
@@ -368,5 +381,12 @@ mod tests {
         assert_eq!(args[at("-l") + 1], "ops");
         assert_eq!(args[at("-p") + 1], "2222");
         assert_eq!(args[at("-i") + 1], "/etc/sftsan/id");
+        // What another program's ssh is given: the same options, without the destination.
+        let options: Vec<String> = host
+            .client_options()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(options, args[..at("--")]);
     }
 }
