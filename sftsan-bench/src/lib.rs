@@ -6,6 +6,7 @@ mod bed;
 mod boot;
 mod methods;
 mod plot;
+mod relay_tls;
 mod report;
 mod sampler;
 mod workload;
@@ -28,6 +29,10 @@ pub enum Command {
     /// Boot NODES x VMS_PER_NODE VMs at once through each method; report makespan, boot
     /// times, origin egress, node ingress and cache hits, with plots.
     BootStorm(BootStorm),
+    /// Readers fetch an image from a node's export with and without TLS (remote mode's
+    /// relay against local mode's plain export), in turns; report throughput, CPU per GiB
+    /// and the tls/plain ratios.
+    RelayTls(relay_tls::RelayTls),
 }
 
 /// The boot storm's parameters.
@@ -122,6 +127,7 @@ impl BootStorm {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::BootStorm(args) => boot_storm(&args),
+        Command::RelayTls(args) => relay_tls::relay_tls(&args),
     }
 }
 

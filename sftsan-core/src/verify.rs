@@ -178,11 +178,7 @@ fn link_pair(plan: &Plan, node: &str, index: u32) -> Result<LinkPair, String> {
                 u.tls.as_ref().map(|_| "link"),
             ),
             credentials: u.tls.as_ref().map(|key| {
-                format!(
-                    "tls-creds-psk,id=link,endpoint=client,dir={},username={}",
-                    key.dir.display().to_string().replace(',', ",,"),
-                    key.username
-                )
+                serde_json::to_string(&key.credentials("link")).expect("strings serialize")
             }),
         }),
         _ => Err(format!(

@@ -1,7 +1,8 @@
 //! The boot-storm benchmark, scaled down for CI: 8 nodes x 2 VMs replaying the recorded boot
 //! trace of the project's guest image, central against sftsan (binary tree), over links
 //! limited to 200 Mbit/s. sftsan's origin must send each child the working set once, and
-//! sftsan must boot every VM sooner than central does.
+//! sftsan must boot every VM sooner than central does. And the relay-tls benchmark, small:
+//! both arms measured, nothing left behind.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -158,4 +159,97 @@ fn sftsan_beats_central_and_sends_the_working_set_once_per_child() {
         let text = std::fs::read_to_string(out_dir.join(plot)).unwrap();
         assert!(text.contains("sftsan-2"), "{plot} does not show sftsan-2");
     }
+}
+
+/// Live qemu-storage-daemon processes whose argv mentions `dir`.
+fn daemons_of(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+            let program = argv.split(' ').next().unwrap_or_default();
+            (program.ends_with("qemu-storage-daemon") && argv.contains(&needle))
+                .then(|| format!("{pid}: {argv}"))
+        })
+        .collect()
+}
+
+/// `sftsan bench relay-tls`, small: both arms report positive throughput, results.json
+/// holds both arms and the tls/plain ratios, and nothing of the run is left.
+#[test]
+#[ignore = "root tier: needs root and QEMU (scripts/test.sh runs it)"]
+fn relay_tls_measures_both_arms_and_leaves_nothing() {
+    require_root_with(&["qemu-storage-daemon", "qemu-img"]);
+    let tmp = tempfile::Builder::new()
+        .prefix("sftsan-relay-tls")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let work = tmp.path().join("w");
+    let out_dir = tmp.path().join("out");
+    let run = Command::new(sftsan_bin())
+        .args(["bench", "relay-tls", "--size", "32MiB", "--rounds", "1"])
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!("{log}");
+    assert!(run.status.success(), "the benchmark failed:\n{log}");
+    assert_eq!(
+        daemons_of(tmp.path()),
+        Vec::<String>::new(),
+        "the benchmark left its daemons running"
+    );
+    assert!(!work.exists(), "the benchmark left its work directory");
+
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    let summaries = results["summaries"].as_array().unwrap();
+    for readers in [1, 4] {
+        for arm in ["plain", "tls"] {
+            let s = summaries
+                .iter()
+                .find(|s| s["arm"] == arm && s["readers"] == readers)
+                .unwrap_or_else(|| panic!("no {arm} arm with {readers} readers: {results}"));
+            let rate = s["median_mib_per_s"].as_f64().unwrap();
+            assert!(rate > 0.0, "{arm}, {readers} readers: {rate} MiB/s");
+            let reader_cpu = s["reader_cpu_s_per_gib"].as_f64().unwrap();
+            assert!(reader_cpu > 0.0, "{arm}: readers used no CPU: {s}");
+        }
+        let tls = summaries
+            .iter()
+            .find(|s| s["arm"] == "tls" && s["readers"] == readers)
+            .unwrap();
+        let by_process = tls["server_cpu_s_per_gib_by_process"].as_object().unwrap();
+        assert!(
+            by_process.contains_key("daemon") && by_process.contains_key("relay"),
+            "the tls arm's server CPU counts the daemon and the relay: {tls}"
+        );
+        let ratio = results["ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["readers"] == readers)
+            .unwrap_or_else(|| panic!("no ratio for {readers} readers: {results}"));
+        let throughput = ratio["throughput"].as_f64().unwrap();
+        assert!(throughput > 0.0, "tls/plain throughput {throughput}");
+        for key in [
+            "server_cpu_per_gib",
+            "reader_cpu_per_gib",
+            "total_cpu_per_gib",
+        ] {
+            assert!(ratio.get(key).is_some(), "no {key} in {ratio}");
+        }
+    }
+    let readme = std::fs::read_to_string(out_dir.join("README.md")).unwrap();
+    assert!(readme.contains("tls/plain"), "{readme}");
 }

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::daemon::nbd_server_param;
-use super::qapi::{BlockdevOptions, Driver, SocketAddress, TlsCredsPsk, TlsEndpoint};
+use super::qapi::{
+    BlockdevOptions, Driver, SocketAddress, TlsCredsPsk, TlsEndpoint, LINK_TLS_PRIORITY,
+};
 use super::qemu_opt_escape;
 use crate::error::{Error, IoContext, Result};
 use crate::process;
@@ -58,6 +60,7 @@ impl TlsRelay {
             endpoint: TlsEndpoint::Server,
             dir: self.keys.clone(),
             username: None,
+            priority: Some(LINK_TLS_PRIORITY.into()),
         };
         let upstream = BlockdevOptions {
             node_name: "node-export".into(),
@@ -143,6 +146,11 @@ impl Resource for TlsRelay {
         )
         .map_err(|e| e.context(format!("starting {}'s TLS relay", self.node)))?;
         Ok(())
+    }
+
+    fn runtime(&self) -> Params {
+        let pid = process::live_pid(&self.pidfile(), &self.marker());
+        vec![("pid", pid.map(|p| p.to_string()).unwrap_or_default())]
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::qapi::{
     BlockdevAdd, BlockdevOptions, Driver, IscsiTransport, ObjectAdd, ObjectDel, QomList,
-    SocketAddress, TlsCredsPsk, TlsEndpoint,
+    SocketAddress, TlsCredsPsk, TlsEndpoint, LINK_TLS_PRIORITY,
 };
 use super::{block_nodes, connect, delete_nodes, find_node, graph, require, Qmp};
 use crate::error::{Error, Result};
@@ -59,6 +59,7 @@ impl LinkKey {
             endpoint: TlsEndpoint::Client,
             dir: self.dir.clone(),
             username: Some(self.username.clone()),
+            priority: Some(LINK_TLS_PRIORITY.into()),
         }
     }
 }
