@@ -109,10 +109,13 @@ step root-tier root_tier
 # tests one at a time on about one core; fuzzing takes one target at a time beside it.
 parallel_step kernel-vm bash tests/kernel-vm/run
 parallel_step fuzz env SFTSAN_FUZZ_JOBS=1 bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}"
+# The .deb: a release build (under nice, in target/release, whose cargo lock is not the
+# kernel tier's target/debug one), cargo-deb, then an install into a fresh root.
+parallel_step deb bash tests/deb/run
 wait_parallel_steps
 
 if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED steps: ${failed[*]}"
     exit 1
 fi
-log "all steps passed: fmt, clippy, doc, test, root-tier, kernel-vm, fuzz"
+log "all steps passed: fmt, clippy, doc, test, root-tier, kernel-vm, fuzz, deb"
