@@ -113,7 +113,11 @@ pub fn serve(request: &HostRequest, tools: Tools, emit: Emit) -> Result<()> {
     let spec = validated.spec();
     if request.action == HostAction::Up {
         cluster::install(spec, &request.spec, &request.image)?;
-        link_keys::install(&crate::names::Names::new(spec), &request.node, &request.keys)?;
+        link_keys::install(
+            &crate::names::Names::new(spec),
+            &request.node,
+            &request.keys,
+        )?;
     }
     let progress: Progress = {
         let emit = emit.clone();
