@@ -231,6 +231,76 @@ impl TestHosts {
         cmd
     }
 
+    /// Names of the processes running in host `i`'s network namespace.
+    pub fn processes(&self, i: usize) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.hosts[i].netns])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .map(|comm| comm.trim().to_string())
+            .collect()
+    }
+
+    /// Runs `program ARGS` on host `i` (see [`TestHosts::in_host`]) with `input` on its
+    /// standard input, and returns its output.
+    pub fn run_in_host(
+        &self,
+        i: usize,
+        program: &Path,
+        args: &[&str],
+        input: &[u8],
+    ) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .in_host(i, program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// A remote-mode spec for these hosts: the first is the origin (serving `image`), the
+    /// others are `n1`, `n2`, ... (degree 2), with the state in `<dir>/state`, logging in
+    /// as root with the test's key, running `program`; `ssh_extra` adds lines to [ssh].
+    pub fn remote_spec(
+        &self,
+        name: &str,
+        image: &Path,
+        per_node: u32,
+        program: &str,
+        ssh_extra: &str,
+    ) -> String {
+        let dir = self.dir.path();
+        let mut text = format!(
+            "[cluster]\nname = \"{name}\"\nstate_dir = \"{state}\"\nmode = \"remote\"\ndegree = 2\n\
+             [image]\nname = \"base\"\nsource = \"{image}\"\n\
+             [origin]\naddress = \"{origin}\"\n\
+             [cache]\nsize = \"32MiB\"\n\
+             [snapshots]\nper_node = {per_node}\n\
+             [ssh]\nuser = \"root\"\nidentity_file = \"{key}\"\nknown_hosts = \"{known}\"\n\
+             program = \"{program}\"\nconnect_timeout_s = 3\n{ssh_extra}",
+            state = dir.join("state").display(),
+            image = image.display(),
+            origin = self.hosts[0].address,
+            key = self.client_key().display(),
+            known = dir.join("known_hosts").display(),
+        );
+        for (i, host) in self.hosts.iter().enumerate().skip(1) {
+            text += &format!(
+                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\n",
+                host.address
+            );
+        }
+        text
+    }
+
     /// Stops host `i`'s sshd and every process in its namespace (sessions included).
     pub fn stop(&mut self, i: usize) {
         let host = &mut self.hosts[i];

@@ -24,30 +24,10 @@ impl RemoteCluster {
     fn running(prefix: &str, subnet: u8, count: usize, program: &str) -> RemoteCluster {
         let hosts = TestHosts::new(prefix, subnet, count, &["state", "bin"]);
         let dir = hosts.dir.path();
-        let state = dir.join("state");
         let image = dir.join("base.raw");
         write_image(&image, 16 * MIB, prefix);
-        let mut text = format!(
-            "[cluster]\nname = \"{prefix}\"\nstate_dir = \"{state}\"\nmode = \"remote\"\ndegree = 2\n\
-             [image]\nname = \"base\"\nsource = \"{image}\"\n\
-             [origin]\naddress = \"{origin}\"\n\
-             [cache]\nsize = \"32MiB\"\n\
-             [snapshots]\nper_node = 1\n\
-             [ssh]\nuser = \"root\"\nidentity_file = \"{key}\"\nknown_hosts = \"{known}\"\n\
-             program = \"{program}\"\ninstall_dir = \"{bin}\"\nconnect_timeout_s = 3\n",
-            state = state.display(),
-            image = image.display(),
-            origin = hosts.hosts[0].address,
-            key = hosts.client_key().display(),
-            known = dir.join("known_hosts").display(),
-            bin = dir.join("bin").display(),
-        );
-        for (i, host) in hosts.hosts.iter().enumerate().skip(1) {
-            text += &format!(
-                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\n",
-                host.address
-            );
-        }
+        let install_dir = format!("install_dir = \"{}\"\n", dir.join("bin").display());
+        let text = hosts.remote_spec(prefix, &image, 1, program, &install_dir);
         let spec = dir.join("spec.toml");
         std::fs::write(&spec, text).unwrap();
         RemoteCluster { hosts, spec }
@@ -226,15 +206,7 @@ fn assert_only_sshd_runs(c: &RemoteCluster) {
 
 /// Processes running in host `i`'s namespace, by name.
 fn processes(c: &RemoteCluster, i: usize) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", &c.hosts.hosts[i].netns])
-        .output()
-        .unwrap();
-    stdout(&out)
-        .split_whitespace()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-        .map(|comm| comm.trim().to_string())
-        .collect()
+    c.hosts.processes(i)
 }
 
 /// `sftsan status --json`: each node as `name=state`.
@@ -481,6 +453,45 @@ fn hosts_without_sftsan_get_the_controllers_copy_and_run_it() {
     assert_only_sshd_runs(&c);
 }
 
+/// Hosts whose sftsan is another version (here: the real one, claiming 0.0.1 in its
+/// facts) get the controller's copy, and the cluster runs on it.
+#[test]
+#[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
+fn hosts_with_another_version_get_the_controllers_copy() {
+    let dir = tempfile::Builder::new()
+        .prefix("sftsan-old.")
+        .tempdir()
+        .unwrap();
+    let old = dir.path().join("sftsan");
+    let script = format!(
+        "#!/bin/sh\nexec {} \"$@\" | sed 's/\"sftsan\":\"{}\"/\"sftsan\":\"0.0.1\"/'\n",
+        sftsan_bin().display(),
+        sftsan_core::remote::facts::VERSION
+    );
+    std::fs::write(&old, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = RemoteCluster::running("sfro", 87, 2, &old.display().to_string());
+    c.trust();
+    let out = sftsan([
+        "hosts".as_ref(),
+        "check".as_ref(),
+        "--json".as_ref(),
+        c.spec.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    for row in rows.as_array().unwrap() {
+        let program = row["program"].as_str().unwrap();
+        assert!(program.contains("/sftsan-"), "{row}");
+        assert_eq!(row["shipped"], true, "{row}");
+    }
+    connections_for(&c, &["up"]);
+    assert_eq!(status(&c), all(&c, "up"));
+    connections_for(&c, &["down"]);
+    assert_only_sshd_runs(&c);
+}
+
 /// A host's `host apply` dies midway (killed right after it made its cache, before
 /// journaling it): the controller names that host, the level stops, and the next `up`
 /// resumes the host from its own journal and completes the cluster.
@@ -545,23 +556,8 @@ fn the_hook_on_a_host_makes_its_vms_disk_there() {
     let xml = stdout(&out);
     let hook = sftsan_bin().with_file_name("sftsan-hook");
     let run_hook = |op: &str, subop: &str| {
-        let mut child = c
-            .hosts
-            .in_host(2, &hook)
-            .args(["sfrh9-n2-2", op, subop, "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(xml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let args = ["sfrh9-n2-2", op, subop, "-"];
+        let out = c.hosts.run_in_host(2, &hook, &args, xml.as_bytes());
         assert!(out.status.success(), "hook {op} {subop}: {}", stderr(&out));
     };
     let spec = sftsan_core::spec::ClusterSpec::load(&c.spec).unwrap();
@@ -724,23 +720,8 @@ fn links_admit_only_their_own_childs_key_and_exports_listen_only_on_data_address
         .to_string()
     };
     let apply = |input: String| {
-        let mut child = c
-            .hosts
-            .in_host(3, sftsan_bin())
-            .args(["host", "apply"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        c.hosts
+            .run_in_host(3, sftsan_bin(), &["host", "apply"], input.as_bytes())
     };
     let out = apply(request("down", ""));
     assert!(out.status.success(), "down n3: {}", stderr(&out));

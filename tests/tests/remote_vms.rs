@@ -51,27 +51,8 @@ impl RemoteVms {
         let dir = hosts.dir.path();
         let image = dir.join("base.raw");
         write_image(&image, 16 * MIB, prefix);
-        let mut text = format!(
-            "[cluster]\nname = \"{prefix}\"\nstate_dir = \"{state}\"\nmode = \"remote\"\ndegree = 2\n\
-             [image]\nname = \"base\"\nsource = \"{image}\"\n\
-             [origin]\naddress = \"{origin}\"\n\
-             [cache]\nsize = \"32MiB\"\n\
-             [snapshots]\nper_node = 0\n\
-             [ssh]\nuser = \"root\"\nidentity_file = \"{key}\"\nknown_hosts = \"{known}\"\n\
-             program = \"{program}\"\nconnect_timeout_s = 3\n",
-            state = dir.join("state").display(),
-            image = image.display(),
-            origin = hosts.hosts[0].address,
-            key = hosts.client_key().display(),
-            known = dir.join("known_hosts").display(),
-            program = sftsan_bin().display(),
-        );
-        for (i, host) in hosts.hosts.iter().enumerate().skip(1) {
-            text += &format!(
-                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\n",
-                host.address
-            );
-        }
+        let program = sftsan_bin().display().to_string();
+        let text = hosts.remote_spec(prefix, &image, 0, &program, "");
         let spec = dir.join("spec.toml");
         std::fs::write(&spec, text).unwrap();
         let c = RemoteVms {
@@ -178,15 +159,7 @@ impl RemoteVms {
 
     /// Processes running in host `i`'s namespace, by name.
     fn processes(&self, i: usize) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &self.hosts.hosts[i].netns])
-            .output()
-            .unwrap();
-        stdout(&out)
-            .split_whitespace()
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-            .map(|comm| comm.trim().to_string())
-            .collect()
+        self.hosts.processes(i)
     }
 
     fn connections(&self) -> Vec<usize> {
