@@ -90,7 +90,7 @@ fn check_host(spec: &ClusterSpec, node: &str, host: &SshHost) -> HostCheck {
             sent,
             received,
         } => {
-            let skew = facts.time_ms as i64 - ((sent + received) / 2) as i64;
+            let skew = skew_ms(facts.time_ms, sent, received);
             row.skew_ms = Some(skew);
             row.problems = problems(&row, &facts, skew);
             row.facts = Some(*facts);
@@ -98,6 +98,17 @@ fn check_host(spec: &ClusterSpec, node: &str, host: &SshHost) -> HostCheck {
         other => row.problems.push(describe(&other, &row.program)),
     }
     row
+}
+
+/// How far a host's clock is off: its reading `host` was taken while the controller's
+/// clock went from `sent` to `received`, so with equal clocks it lies in between; only
+/// the distance outside that interval is skew (a slow answer under load is not).
+fn skew_ms(host: u64, sent: u64, received: u64) -> i64 {
+    if host < sent {
+        -((sent - host) as i64)
+    } else {
+        host.saturating_sub(received) as i64
+    }
 }
 
 /// What asking a host for its facts gave.
@@ -313,6 +324,13 @@ mod tests {
         assert!(needs_our_binary(&Asked::Missing));
         assert!(needs_our_binary(&Asked::NoFacts("unknown command".into())));
         assert!(!needs_our_binary(&Asked::Failed("unreachable".into())));
+    }
+
+    #[test]
+    fn skew_is_only_what_lies_outside_the_round_trip() {
+        assert_eq!(skew_ms(15_000, 10_000, 20_000), 0, "a slow answer");
+        assert_eq!(skew_ms(26_000, 10_000, 20_000), 6_000);
+        assert_eq!(skew_ms(3_000, 10_000, 20_000), -7_000);
     }
 
     #[test]
