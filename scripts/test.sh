@@ -107,11 +107,30 @@ step root-tier root_tier
 # a regression shows (scripts/fuzz.sh 600 is the long run docs/fuzzing.md reports); fuzzing
 # builds in fuzz/target, so the two share neither files nor cargo's lock. The guest runs its
 # tests one at a time on about one core; fuzzing takes one target at a time beside it.
+#
+# The .deb (a release build in target/release, whose cargo lock is not the kernel tier's
+# target/debug one, cargo-deb, then an install into a fresh root) follows the fuzzers in
+# their lane: two lanes for two cores, so the guest's timing-bound iSCSI logins never
+# share a core with two other CPU-bound jobs.
+lane_step() { # lane_step NAME COMMAND...: a step inside a parallel lane
+    local name=$1 start=$SECONDS
+    shift
+    log "$name: $*"
+    if "$@"; then
+        log "$name: ok ($((SECONDS - start)) s)"
+    else
+        log "$name: FAILED ($((SECONDS - start)) s)"
+        return 1
+    fi
+}
+fuzz_then_deb() {
+    local rc=0
+    lane_step fuzz env SFTSAN_FUZZ_JOBS=1 bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}" || rc=1
+    lane_step deb bash tests/deb/run || rc=1
+    return "$rc"
+}
 parallel_step kernel-vm bash tests/kernel-vm/run
-parallel_step fuzz env SFTSAN_FUZZ_JOBS=1 bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}"
-# The .deb: a release build (under nice, in target/release, whose cargo lock is not the
-# kernel tier's target/debug one), cargo-deb, then an install into a fresh root.
-parallel_step deb bash tests/deb/run
+parallel_step fuzz-then-deb fuzz_then_deb
 wait_parallel_steps
 
 if [ "${#failed[@]}" -gt 0 ]; then
