@@ -268,7 +268,7 @@ impl TestHosts {
 
     /// A remote-mode spec for these hosts: the first is the origin (serving `image`), the
     /// others are `n1`, `n2`, ... (degree 2), with the state in `<dir>/state`, logging in
-    /// as root with the test's key, running `program`; `ssh_extra` adds lines to [ssh].
+    /// as root with the test's key, running `program`; `ssh_extra` adds lines to `[ssh]`.
     pub fn remote_spec(
         &self,
         name: &str,
