@@ -492,43 +492,46 @@ fn hosts_with_another_version_get_the_controllers_copy() {
     assert_only_sshd_runs(&c);
 }
 
-/// A host's `host apply` dies midway (killed right after it made its cache, before
-/// journaling it): the controller names that host, the level stops, and the next `up`
-/// resumes the host from its own journal and completes the cluster.
+/// A host's `host apply` dies midway (killed right after it made its cache, and again
+/// right after its TLS relay, each before journaling it): the controller names that
+/// host, the level stops, and the next `up` resumes the host from its own journal and
+/// completes the cluster.
 #[test]
 #[ignore = "root tier: network namespaces, sshd, qemu-storage-daemon"]
 fn a_host_killed_during_its_apply_is_resumed_by_the_next_up() {
     let mut c = RemoteCluster::new("sfrh8", 97, 4);
     c.trust();
-    c.hosts
-        .set_session_env(1, &[(sftsan_core::engine::KILL_AFTER_ENV, "cache")]);
-    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
-    assert!(
-        !out.status.success(),
-        "up survived a killed host: {}",
-        stderr(&out)
-    );
-    let err = stderr(&out);
-    let named: Vec<&str> = err.lines().filter(|l| l.starts_with("sftsan: ")).collect();
-    assert_eq!(named.len(), 1, "one line, for n1: {err}");
-    assert!(
-        named[0].starts_with("sftsan: n1 (root@198.18.97.2): "),
-        "{err}"
-    );
-    // n1's level stopped there: its children were not started.
-    assert!(!err.contains("n3:"), "{err}");
-    let journal = c.hosts.hosts[1].dir.join("private0/journal.json");
-    assert!(journal.exists(), "the killed host kept its journal");
+    for kind in ["cache", "tls-relay"] {
+        c.hosts
+            .set_session_env(1, &[(sftsan_core::engine::KILL_AFTER_ENV, kind)]);
+        let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+        assert!(
+            !out.status.success(),
+            "up survived a host killed after its {kind}: {}",
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        let named: Vec<&str> = err.lines().filter(|l| l.starts_with("sftsan: ")).collect();
+        assert_eq!(named.len(), 1, "one line, for n1: {err}");
+        assert!(
+            named[0].starts_with("sftsan: n1 (root@198.18.97.2): "),
+            "{err}"
+        );
+        // n1's level stopped there: its children were not started.
+        assert!(!err.contains("n3:"), "{err}");
+        let journal = c.hosts.hosts[1].dir.join("private0/journal.json");
+        assert!(journal.exists(), "the killed host kept its journal");
 
-    c.hosts.set_session_env(1, &[]);
-    let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(status(&c), all(&c, "up"));
-    let out = sftsan(["verify".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_only_sshd_runs(&c);
+        c.hosts.set_session_env(1, &[]);
+        let out = sftsan(["up".as_ref(), c.spec.as_os_str()]);
+        assert!(out.status.success(), "after {kind}: {}", stderr(&out));
+        assert_eq!(status(&c), all(&c, "up"), "after {kind}");
+        let out = sftsan(["verify".as_ref(), c.spec.as_os_str()]);
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        let out = sftsan(["down".as_ref(), c.spec.as_os_str()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_only_sshd_runs(&c);
+    }
 }
 
 /// The libvirt hook on a host of a remote cluster finds the spec `up` installed there and
