@@ -38,7 +38,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 failed=()
-step() { # step NAME COMMAND...
+timed_step() { # timed_step NAME COMMAND...: runs it, logging its outcome and time
     local name=$1 start=$SECONDS
     shift
     log "$name: $*"
@@ -46,8 +46,11 @@ step() { # step NAME COMMAND...
         log "$name: ok ($((SECONDS - start)) s)"
     else
         log "$name: FAILED ($((SECONDS - start)) s)"
-        failed+=("$name")
+        return 1
     fi
+}
+step() { # step NAME COMMAND...: a step of the run; a failure is reported at the end
+    timed_step "$@" || failed+=("$1")
 }
 
 # Steps that share nothing run side by side: each one's output goes to a file, shown
@@ -112,21 +115,10 @@ step root-tier root_tier
 # target/debug one, cargo-deb, then an install into a fresh root) follows the fuzzers in
 # their lane: two lanes for two cores, so the guest's timing-bound iSCSI logins never
 # share a core with two other CPU-bound jobs.
-lane_step() { # lane_step NAME COMMAND...: a step inside a parallel lane
-    local name=$1 start=$SECONDS
-    shift
-    log "$name: $*"
-    if "$@"; then
-        log "$name: ok ($((SECONDS - start)) s)"
-    else
-        log "$name: FAILED ($((SECONDS - start)) s)"
-        return 1
-    fi
-}
 fuzz_then_deb() {
     local rc=0
-    lane_step fuzz env SFTSAN_FUZZ_JOBS=1 bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}" || rc=1
-    lane_step deb bash tests/deb/run || rc=1
+    timed_step fuzz env SFTSAN_FUZZ_JOBS=1 bash scripts/fuzz.sh "${SFTSAN_FUZZ_SECONDS:-30}" || rc=1
+    timed_step deb bash tests/deb/run || rc=1
     return "$rc"
 }
 parallel_step kernel-vm bash tests/kernel-vm/run

@@ -244,6 +244,25 @@ impl TestHosts {
             .collect()
     }
 
+    /// `qemu-img compare FLAGS -f raw IMAGE DISK` on host `i`: reads `disk` as the host's
+    /// VMs do (its backing through the node's local socket), against the raw `image`.
+    pub fn compare_on_host(
+        &self,
+        i: usize,
+        flags: &[&str],
+        image: &Path,
+        disk: &Path,
+    ) -> std::process::Output {
+        self.in_host(i, Path::new("qemu-img"))
+            .arg("compare")
+            .args(flags)
+            .args(["-f", "raw"])
+            .arg(image)
+            .arg(disk)
+            .output()
+            .unwrap()
+    }
+
     /// Runs `program ARGS` on host `i` (see [`TestHosts::in_host`]) with `input` on its
     /// standard input, and returns its output.
     pub fn run_in_host(

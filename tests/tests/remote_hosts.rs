@@ -235,6 +235,16 @@ fn all(c: &RemoteCluster, state: &str) -> Vec<String> {
         .collect()
 }
 
+/// `up`, every node then up, `down`, and nothing but sshd left on any host; returns what
+/// `up` logged.
+fn up_then_down(c: &RemoteCluster) -> String {
+    let (_, log) = connections_for(c, &["up"]);
+    assert_eq!(status(c), all(c, "up"));
+    connections_for(c, &["down"]);
+    assert_only_sshd_runs(c);
+    log
+}
+
 /// Runs `sftsan ARGS SPEC`, asserting success, and returns how many SSH connections each
 /// host accepted meanwhile.
 fn connections_for(c: &RemoteCluster, args: &[&str]) -> (Vec<usize>, String) {
@@ -282,14 +292,10 @@ fn a_remote_cluster_comes_up_serves_the_image_and_goes_down_host_by_host() {
     let names = sftsan_core::names::Names::new(&spec);
     for i in 1..c.hosts.hosts.len() {
         let node = format!("n{i}");
+        let image = c.hosts.dir.path().join("base.raw");
         let out = c
             .hosts
-            .in_host(i, Path::new("qemu-img"))
-            .args(["compare", "-f", "raw"])
-            .arg(c.hosts.dir.path().join("base.raw"))
-            .arg(names.snapshot_file(&node, 1))
-            .output()
-            .unwrap();
+            .compare_on_host(i, &[], &image, &names.snapshot_file(&node, 1));
         assert!(
             out.status.success(),
             "{node}: {}{}",
@@ -446,11 +452,8 @@ fn hosts_without_sftsan_get_the_controllers_copy_and_run_it() {
         assert_eq!(row["problems"].as_array().unwrap().len(), 0, "{row}");
     }
     // The cluster runs on the copies.
-    let (_, log) = connections_for(&c, &["up"]);
+    let log = up_then_down(&c);
     assert!(log.contains("up: 3 of 3 hosts done"), "{log}");
-    assert_eq!(status(&c), all(&c, "up"));
-    connections_for(&c, &["down"]);
-    assert_only_sshd_runs(&c);
 }
 
 /// Hosts whose sftsan is another version (here: the real one, claiming 0.0.1 in its
@@ -486,10 +489,7 @@ fn hosts_with_another_version_get_the_controllers_copy() {
         assert!(program.contains("/sftsan-"), "{row}");
         assert_eq!(row["shipped"], true, "{row}");
     }
-    connections_for(&c, &["up"]);
-    assert_eq!(status(&c), all(&c, "up"));
-    connections_for(&c, &["down"]);
-    assert_only_sshd_runs(&c);
+    up_then_down(&c);
 }
 
 /// A host's `host apply` dies midway (killed right after it made its cache, and again
@@ -573,14 +573,8 @@ fn the_hook_on_a_host_makes_its_vms_disk_there() {
     run_hook("prepare", "begin");
     assert!(on_host.exists(), "prepare made no {}", on_host.display());
     // Read on the host, as the VM reads it: through its node's local socket.
-    let out = c
-        .hosts
-        .in_host(2, Path::new("qemu-img"))
-        .args(["compare", "-f", "raw"])
-        .arg(c.hosts.dir.path().join("base.raw"))
-        .arg(&disk)
-        .output()
-        .unwrap();
+    let image = c.hosts.dir.path().join("base.raw");
+    let out = c.hosts.compare_on_host(2, &[], &image, &disk);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     // Nothing of n2's ancestors was made on n2's host.
     let journal =
@@ -744,11 +738,7 @@ fn links_admit_only_their_own_childs_key_and_exports_listen_only_on_data_address
         left.iter().all(|p| p == "sshd"),
         "n3's host still runs {left:?}"
     );
-    connections_for(&c, &["up"]);
-    assert_eq!(status(&c), all(&c, "up"));
-
-    connections_for(&c, &["down"]);
-    assert_only_sshd_runs(&c);
+    up_then_down(&c);
 }
 
 /// A local user made for one test (a login without root), removed when dropped.
@@ -819,8 +809,5 @@ fn a_login_without_root_is_refused_before_anything_changes() {
 
     // Logging in as root instead, the same cluster comes up.
     std::fs::write(&c.spec, text).unwrap();
-    connections_for(&c, &["up"]);
-    assert_eq!(status(&c), all(&c, "up"));
-    connections_for(&c, &["down"]);
-    assert_only_sshd_runs(&c);
+    up_then_down(&c);
 }

@@ -252,14 +252,10 @@ fn vms_boot_on_two_hosts_over_qemu_ssh_with_snapshots_from_each_hosts_hook() {
             "{name} read nothing from its disk\n{}",
             c.logs()
         );
+        let image = c.hosts.dir.path().join("base.raw");
         let out = c
             .hosts
-            .in_host(i, Path::new("qemu-img"))
-            .args(["compare", "-U", "-f", "raw"])
-            .arg(c.hosts.dir.path().join("base.raw"))
-            .arg(c.disk(node, 1))
-            .output()
-            .unwrap();
+            .compare_on_host(i, &["-U"], &image, &c.disk(node, 1));
         assert!(
             out.status.success(),
             "{node}: {}{}",
