@@ -92,17 +92,7 @@ impl BootStorm {
         if self.methods.is_empty() {
             bail!("--methods: name at least one method");
         }
-        if !self.work_dir.is_absolute() {
-            bail!(
-                "--work-dir: {} is not an absolute path",
-                self.work_dir.display()
-            );
-        }
-        // QEMU's option syntax separates with commas; the path goes into -qmp unix:PATH,...
-        let text = self.work_dir.to_string_lossy();
-        if text.contains(',') || text.chars().any(char::is_whitespace) || text.len() > 60 {
-            bail!("--work-dir: {text:?} must have no commas or spaces and at most 60 bytes");
-        }
+        check_work_dir(&self.work_dir)?;
         if !(10..=10_000).contains(&self.tick_ms) {
             bail!("--tick-ms: {} is out of range (10 to 10000)", self.tick_ms);
         }
@@ -121,6 +111,19 @@ impl BootStorm {
             ))
         })
     }
+}
+
+/// `--work-dir` of a benchmark: absolute, and fit for QEMU option strings (commas
+/// separate options) and unix socket addresses (their length is bounded).
+fn check_work_dir(dir: &std::path::Path) -> Result<()> {
+    if !dir.is_absolute() {
+        bail!("--work-dir: {} is not an absolute path", dir.display());
+    }
+    let text = dir.to_string_lossy();
+    if text.contains(',') || text.chars().any(char::is_whitespace) || text.len() > 60 {
+        bail!("--work-dir: {text:?} must have no commas or spaces and at most 60 bytes");
+    }
+    Ok(())
 }
 
 /// Runs one benchmark.

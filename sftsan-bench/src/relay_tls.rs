@@ -105,17 +105,8 @@ impl RelayTls {
         if !(1..=16).contains(&self.depth) {
             bail!("--depth: {} is out of range (1 to 16)", self.depth);
         }
-        if !self.work_dir.is_absolute() {
-            bail!(
-                "--work-dir: {} is not an absolute path",
-                self.work_dir.display()
-            );
-        }
-        // The path goes into QEMU option strings (commas) and unix socket addresses (length).
+        super::check_work_dir(&self.work_dir)?;
         let text = self.work_dir.to_string_lossy();
-        if text.contains(',') || text.chars().any(char::is_whitespace) || text.len() > 60 {
-            bail!("--work-dir: {text:?} must have no commas or spaces and at most 60 bytes");
-        }
         if self.work_dir.parent().is_none() {
             bail!("--work-dir: {text:?} cannot be the root directory");
         }
