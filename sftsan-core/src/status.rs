@@ -51,9 +51,36 @@ pub struct NodeStatus {
     pub served_bytes: u64,
     /// How many of its planned qcow2 snapshots (VM disks) exist.
     pub snapshots: usize,
+    /// Where the node reads the image from now, for nodes with an upstream switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamLink>,
     /// Problems met while looking (a resource that could not be observed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+/// A node's link to the tree above it, as its upstream switch reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamLink {
+    /// The node it reads from now: its parent, or an ancestor after a failover.
+    pub current: String,
+    /// Its parent in the planned tree: where it returns once that answers again.
+    pub planned: String,
+    /// How many times it moved to another upstream (away or back).
+    pub failovers: u64,
+    /// When it last moved, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reparent_unix_ms: Option<u64>,
+    /// How long its last move took, from the first sign of trouble to the new upstream
+    /// answering, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reparent_took_ms: Option<u64>,
+    /// Requests sent again to another upstream after the one they went to failed.
+    pub retried_requests: u64,
+    /// Requests that failed for good (every upstream tried until the give-up time).
+    pub failed_requests: u64,
+    /// Bytes read from upstreams since the switch started.
+    pub upstream_bytes: u64,
 }
 
 /// The whole cluster as observed now.
@@ -143,6 +170,7 @@ pub fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>)
         upstream_bytes: 0,
         served_bytes: 0,
         snapshots,
+        upstream: None,
         problems,
     };
     if present == 0 {

@@ -217,6 +217,7 @@ impl<'a> Remote<'a> {
             upstream_bytes: 0,
             served_bytes: 0,
             snapshots: 0,
+            upstream: None,
             problems,
         }
     }
