@@ -234,6 +234,7 @@ fn session_for(target: &LioTarget, node: &str, who: &Admitted) -> IscsiSession {
         }),
         size: target.size(),
         timeout_ms: TIMEOUT.as_millis() as u64,
+        replacement_timeout_s: 3,
     }
 }
 

@@ -1,9 +1,15 @@
 //! A kernel-backend node's stack. The origin exports its image as an LIO target; every
-//! node logs in to its parent's target, caches the disk with dm-cache or dm-clone over
-//! loop-backed files or block devices the spec names, relays the cache as its own LIO
+//! node logs in to its parent's target (and, below the first level, to its grandparent's as
+//! a standby), reads them as one dm-multipath device, caches that with dm-cache or dm-clone
+//! over loop-backed files or block devices the spec names, relays the cache as its own LIO
 //! target, and gives each VM a persistent dm-snapshot or a thin volume with the cache as
-//! external origin. Only the node's children may log in, with the cluster's CHAP
-//! credentials.
+//! external origin. Only the node's children and grandchildren may log in, with the
+//! cluster's CHAP credentials.
+//!
+//! Failover: the parent's session gives up after [`FAILOVER_REPLACEMENT_S`], the kernel then
+//! fails that path and resubmits the I/O to the grandparent's path, logged in ahead of
+//! time; a last path never gives up (its I/O waits for the session to come back), and
+//! `queue_if_no_path` keeps whatever finds no path queued rather than failed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,6 +22,7 @@ use crate::backends::kernel::dm_devices::{
 use crate::backends::kernel::initiator::{Chap, IscsiSession};
 use crate::backends::kernel::lio::{Acl, Backing, LioTarget};
 use crate::backends::kernel::loopback::LoopFile;
+use crate::backends::kernel::multipath::DmMultipath;
 use crate::backends::tgt::TgtTarget;
 use crate::names::Names;
 use crate::plan::ResourceSpec;
@@ -29,6 +36,14 @@ const BLOCK_SECTORS: Sectors = Sectors(128);
 const CHUNK_SECTORS: Sectors = Sectors(8);
 /// COW store of the never-written upstream view.
 const UPSTREAM_COW: u64 = 1 << 20;
+
+/// Seconds the parent's session waits to be re-established before its I/O moves to the
+/// standby path: long enough for a connection blip, short enough to re-parent within 5 s.
+pub const FAILOVER_REPLACEMENT_S: i32 = 3;
+/// A path with nothing behind it never gives up: its I/O waits until the session logs back
+/// in (a parent's restart costs a stall, not an error), as dm-multipath without multipathd
+/// would never reinstate a path it failed.
+pub const LAST_PATH_REPLACEMENT_S: i32 = -1;
 
 /// Smallest COW device of a VM's dm-snapshot: its header and a few chunks. What a VM can
 /// write is bounded by its COW device, as with LVM snapshots.
@@ -180,9 +195,11 @@ pub fn stack(
         username: kernel.chap_user.clone(),
         password: kernel.chap_secret.clone(),
     };
+    // Children log in as their upstream; grandchildren as their standby path.
     let acls: Vec<Acl> = tree
         .children(index)
         .into_iter()
+        .flat_map(|c| std::iter::once(c).chain(tree.children(c)))
         .map(|c| Acl {
             initiator: names.initiator_iqn(&all[c - 1].0),
             chap: Some(chap.clone()),
@@ -234,29 +251,58 @@ pub fn stack(
         return vec![target(image)];
     };
     let stores = stores.expect("a node's stack needs its stores");
-    let (parent_name, parent_address) = &all[parent - 1];
     let sectors = Sectors(size / 512);
-    let session = IscsiSession {
-        node: name.clone(),
-        parent: parent_name.clone(),
-        portal: SocketAddr::new(*parent_address, kernel.iscsi_port),
-        target: names.node_target_iqn(parent_name),
-        // tgt's LUN 0 is its controller; LIO exports the disk as LUN 0.
-        lun: if tgt { 1 } else { 0 },
-        initiator: names.initiator_iqn(name),
-        chap: Some(chap.clone()),
-        size,
-        timeout_ms: spec.cluster.connect_timeout_ms,
+    let standby_of = tree.parent(parent);
+    let session_to = |upstream: usize, replacement_timeout_s: i32| {
+        let (upstream_name, upstream_address) = &all[upstream - 1];
+        IscsiSession {
+            node: name.clone(),
+            parent: upstream_name.clone(),
+            portal: SocketAddr::new(*upstream_address, kernel.iscsi_port),
+            target: names.node_target_iqn(upstream_name),
+            // tgt's LUN 0 is its controller; LIO exports the disk as LUN 0.
+            lun: if tgt { 1 } else { 0 },
+            initiator: names.initiator_iqn(name),
+            chap: Some(chap.clone()),
+            size,
+            timeout_ms: spec.cluster.connect_timeout_ms,
+            replacement_timeout_s,
+        }
+    };
+    let session = session_to(
+        parent,
+        match standby_of {
+            Some(_) => FAILOVER_REPLACEMENT_S,
+            None => LAST_PATH_REPLACEMENT_S,
+        },
+    );
+    let standby = standby_of.map(|g| session_to(g, LAST_PATH_REPLACEMENT_S));
+    let path = |s: &IscsiSession| DevRef::Iscsi {
+        session: Box::new(s.clone()),
+    };
+    let mpath_name = names.dm_name(name, "mpath");
+    let upstream = DevRef::Dm {
+        name: mpath_name.clone(),
     };
     let cache_name = names.dm_name(name, "cache");
     let cache = DevRef::Dm {
         name: cache_name.clone(),
     };
     let mut stack = vec![ResourceSpec::IscsiSession(session.clone())];
+    stack.extend(standby.clone().map(ResourceSpec::IscsiStandby));
+    stack.push(ResourceSpec::DmMultipath(DmMultipath {
+        node: name.clone(),
+        name: mpath_name,
+        paths: std::iter::once(&session)
+            .chain(standby.as_ref())
+            .map(path)
+            .collect(),
+        sectors,
+    }));
     match kernel.cache {
         KernelCache::DmCache => {
-            // dm-cache opens its origin read-write, but the parent's LUN is write-protected.
-            // A transient dm-snapshot opens its origin read-only and is writable itself:
+            // dm-cache opens its origin read-write, but the upstream is read-only. A
+            // transient dm-snapshot opens its origin read-only and is writable itself:
             // dm-cache builds on that view. Nothing writes to it (VMs write to their own
             // disks, children cannot write), so its small COW store stays empty.
             let upstream_name = names.dm_name(name, "upstream");
@@ -269,9 +315,7 @@ pub fn stack(
                     node: name.clone(),
                     index: 0,
                     name: upstream_name.clone(),
-                    origin: DevRef::Iscsi {
-                        session: Box::new(session.clone()),
-                    },
+                    origin: upstream,
                     cow: upstream_cow_dev,
                     sectors,
                     chunk_sectors: CHUNK_SECTORS,
@@ -292,7 +336,7 @@ pub fn stack(
                 }),
             ]);
         }
-        // dm-clone opens its source read-only: it builds on the parent's LUN itself.
+        // dm-clone opens its source read-only: it builds on the upstream itself.
         KernelCache::DmClone => {
             let [(copy_store, copy_dev), (meta_store, meta_dev)] = stores.cache("clone", size);
             stack.extend([
@@ -301,9 +345,7 @@ pub fn stack(
                 ResourceSpec::DmClone(DmClone {
                     node: name.clone(),
                     name: cache_name.clone(),
-                    source: DevRef::Iscsi {
-                        session: Box::new(session.clone()),
-                    },
+                    source: upstream,
                     destination: copy_dev,
                     metadata: meta_dev,
                     sectors,
@@ -635,9 +677,10 @@ mod tests {
         let stack = &p.node("n1").unwrap().stack;
         let kinds: Vec<&str> = stack.iter().map(|r| r.kind()).collect();
         assert_eq!(
-            kinds[..6],
+            kinds[..7],
             [
                 "iscsi-session",
+                "dm-multipath",
                 "loop-file",
                 "loop-file",
                 "dm-clone",
@@ -653,7 +696,12 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert!(matches!(clone.source, DevRef::Iscsi { .. }), "{clone:?}");
+        assert_eq!(
+            clone.source,
+            DevRef::Dm {
+                name: "sftsan-kc-n1-mpath".into()
+            }
+        );
         assert_eq!(clone.name, "sftsan-kc-n1-cache");
         assert_eq!(clone.sectors, Sectors((1 << 20) / 512));
         let wanted = p.kernel_features();
@@ -668,6 +716,7 @@ mod tests {
             Feature::DmTarget("snapshot"),
             Feature::DmTarget("thin-pool"),
             Feature::DmTarget("thin"),
+            Feature::DmTarget("multipath"),
             Feature::IscsiInitiator,
             Feature::LioIscsiTarget,
             Feature::Loop,
@@ -675,5 +724,149 @@ mod tests {
             assert!(wanted.contains(&f), "{f} missing from {wanted:?}");
         }
         assert!(!wanted.contains(&Feature::DmTarget("clone")), "{wanted:?}");
+    }
+
+    /// origin -> n1 -> n2 (degree 1) on `relay`.
+    fn chain_plan(relay: &str) -> (crate::plan::Plan, tempfile::NamedTempFile) {
+        let image = tempfile::NamedTempFile::new().unwrap();
+        image.as_file().set_len(1 << 20).unwrap();
+        let text = format!(
+            r#"
+            [cluster]
+            name = "kc"
+            state_dir = "/var/lib/sftsan/kc"
+            backend = "kernel"
+            degree = 1
+            [image]
+            name = "base"
+            source = "{}"
+            [origin]
+            address = "127.0.0.1"
+            [[nodes]]
+            name = "n1"
+            address = "127.0.0.2"
+            [[nodes]]
+            name = "n2"
+            address = "127.0.0.3"
+            [cache]
+            size = "8MiB"
+            [snapshots]
+            per_node = 1
+            kind = "dm-snapshot"
+            [kernel]
+            relay = "{relay}"
+            chap_user = "sftsan"
+            chap_secret = "a-long-secret"
+            "#,
+            image.path().display()
+        );
+        (
+            plan(&validate(ClusterSpec::from_toml(&text).unwrap()).unwrap()),
+            image,
+        )
+    }
+
+    /// A node below the first level reads its parent and, as a standby path group behind
+    /// it, its grandparent, logged in ahead of time; the grandparent's target admits it.
+    #[test]
+    fn a_grandchild_reads_through_multipath_with_a_standby_to_its_grandparent() {
+        use crate::backends::kernel::devref::DevRef;
+        use crate::backends::kernel::initiator::IscsiSession;
+        let (p, _image) = chain_plan("lio");
+        let stack = |node: &str| p.node(node).unwrap().stack.clone();
+        let sessions = |node: &str| -> Vec<IscsiSession> {
+            stack(node)
+                .into_iter()
+                .filter_map(|r| match r {
+                    ResourceSpec::IscsiSession(s) | ResourceSpec::IscsiStandby(s) => Some(s),
+                    _ => None,
+                })
+                .collect()
+        };
+        let n2 = sessions("n2");
+        let targets: Vec<(&str, i32)> = n2
+            .iter()
+            .map(|s| (s.target.as_str(), s.replacement_timeout_s))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                (
+                    "iqn.2014-12.org.sftsan:kc.n1.base",
+                    super::FAILOVER_REPLACEMENT_S
+                ),
+                (
+                    "iqn.2014-12.org.sftsan:kc.origin.base",
+                    super::LAST_PATH_REPLACEMENT_S
+                ),
+            ]
+        );
+        let kinds: Vec<&str> = stack("n2").iter().map(|r| r.kind()).collect();
+        assert_eq!(
+            kinds[..3],
+            ["iscsi-session", "iscsi-standby", "dm-multipath"]
+        );
+        let mpath = stack("n2")
+            .into_iter()
+            .find_map(|r| match r {
+                ResourceSpec::DmMultipath(m) => Some(m),
+                _ => None,
+            })
+            .unwrap();
+        let paths: Vec<DevRef> = n2
+            .iter()
+            .map(|s| DevRef::Iscsi {
+                session: Box::new(s.clone()),
+            })
+            .collect();
+        assert_eq!(mpath.paths, paths, "the parent first, then the standby");
+        assert_eq!(mpath.name, "sftsan-kc-n2-mpath");
+        // The upstream view dm-cache builds on reads the multipath device.
+        let view = stack("n2").into_iter().find_map(|r| match r {
+            ResourceSpec::DmSnapshot(s) if s.index == 0 => Some(s.origin),
+            _ => None,
+        });
+        assert_eq!(
+            view,
+            Some(DevRef::Dm {
+                name: "sftsan-kc-n2-mpath".into()
+            })
+        );
+        // n1 has nowhere else to go: one path that never gives up.
+        let n1 = sessions("n1");
+        assert_eq!(n1.len(), 1);
+        assert_eq!(n1[0].replacement_timeout_s, super::LAST_PATH_REPLACEMENT_S);
+        // The origin admits its grandchild; n1 admits only its child.
+        let admitted = |node: &str| -> Vec<String> {
+            stack(node)
+                .into_iter()
+                .find_map(|r| match r {
+                    ResourceSpec::LioTarget(t) => {
+                        Some(t.acls.into_iter().map(|a| a.initiator).collect())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            admitted("origin"),
+            [
+                "iqn.2014-12.org.sftsan:kc.node.n1",
+                "iqn.2014-12.org.sftsan:kc.node.n2"
+            ]
+        );
+        assert_eq!(admitted("n1"), ["iqn.2014-12.org.sftsan:kc.node.n2"]);
+        // tgt's origin admits the same initiators.
+        let (p, _image) = chain_plan("tgt");
+        let origin = p
+            .node("origin")
+            .unwrap()
+            .stack
+            .iter()
+            .find_map(|r| match r {
+                ResourceSpec::OriginTarget(t) => Some(t.initiators.clone()),
+                _ => None,
+            });
+        assert_eq!(origin.unwrap().len(), 2);
     }
 }

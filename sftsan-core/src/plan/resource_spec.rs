@@ -11,6 +11,7 @@ use crate::backends::kernel::dm_devices::{
 use crate::backends::kernel::initiator::IscsiSession;
 use crate::backends::kernel::lio::LioTarget;
 use crate::backends::kernel::loopback::LoopFile;
+use crate::backends::kernel::multipath::DmMultipath;
 use crate::backends::tgt::TgtTarget;
 use crate::backends::userspace::{
     Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, TlsRelay, Upstream,
@@ -50,6 +51,11 @@ pub enum ResourceSpec {
     Snapshot(Snapshot),
     /// Kernel: an open-iscsi session from a node to its parent's target.
     IscsiSession(IscsiSession),
+    /// Kernel: a node's standby session to its grandparent's target, logged in ahead of
+    /// time as its upstream's second path.
+    IscsiStandby(IscsiSession),
+    /// Kernel: a node's upstream, dm-multipath over its sessions' disks (queue_if_no_path).
+    DmMultipath(DmMultipath),
     /// Kernel: a file attached to a loop device, as one of a node's stores.
     LoopFile(LoopFile),
     /// Kernel: a block device from the spec, taken over as one of a node's stores.
@@ -90,6 +96,8 @@ impl ResourceSpec {
             ResourceSpec::Keeper(r) => r,
             ResourceSpec::Snapshot(r) => r,
             ResourceSpec::IscsiSession(r) => r,
+            ResourceSpec::IscsiStandby(r) => r,
+            ResourceSpec::DmMultipath(r) => r,
             ResourceSpec::LoopFile(r) => r,
             ResourceSpec::BlockStore(r) => r,
             ResourceSpec::DmCache(r) => r,
@@ -127,6 +135,8 @@ impl ResourceSpec {
             ResourceSpec::Keeper(_) => "keeper",
             ResourceSpec::Snapshot(_) => "snapshot",
             ResourceSpec::IscsiSession(_) => "iscsi-session",
+            ResourceSpec::IscsiStandby(_) => "iscsi-standby",
+            ResourceSpec::DmMultipath(_) => "dm-multipath",
             ResourceSpec::LoopFile(_) => "loop-file",
             ResourceSpec::BlockStore(_) => "block-device",
             ResourceSpec::DmCache(_) => "dm-cache",
@@ -141,8 +151,10 @@ impl ResourceSpec {
     }
 
     /// The kernel backend's kinds, in the order a node's stack is built.
-    pub const KERNEL_KINDS: [&'static str; 11] = [
+    pub const KERNEL_KINDS: [&'static str; 13] = [
         "iscsi-session",
+        "iscsi-standby",
+        "dm-multipath",
         "loop-file",
         "block-device",
         "dm-cache",

@@ -82,6 +82,24 @@ pub struct IscsiSession {
     pub size: u64,
     /// Bounds the probe, the login and the wait for the disk, each.
     pub timeout_ms: u64,
+    /// Seconds a broken session waits to be re-established before its I/O fails
+    /// (open-iscsi's `replacement_timeout`); negative: never fail, I/O waits until the
+    /// session logs back in.
+    #[serde(
+        default = "default_replacement_timeout",
+        skip_serializing_if = "is_default_replacement_timeout"
+    )]
+    pub replacement_timeout_s: i32,
+}
+
+/// open-iscsi's own default: what sessions journaled before sftsan set it have, and
+/// their records keep reading as they were written.
+fn default_replacement_timeout() -> i32 {
+    120
+}
+
+fn is_default_replacement_timeout(seconds: &i32) -> bool {
+    *seconds == default_replacement_timeout()
 }
 
 /// A block device of a session, as sysfs describes it.
@@ -130,6 +148,9 @@ pub struct SessionInfo {
     pub state: String,
     /// The portal its (first) connection was made to.
     pub portal: Option<SocketAddr>,
+    /// Seconds its I/O waits for a broken connection to be re-established
+    /// (`recovery_tmo`, set from `replacement_timeout`).
+    pub recovery_tmo: Option<i32>,
     /// Disks by LUN.
     pub disks: Vec<(u64, Disk)>,
 }
@@ -164,6 +185,7 @@ pub fn sessions_in(sys: &Path) -> Vec<SessionInfo> {
                 iface: read_attr(&dir.join("ifacename")).unwrap_or_default(),
                 state: read_attr(&dir.join("state")).unwrap_or_default(),
                 portal: connection_portal(sys, sid),
+                recovery_tmo: read_attr(&dir.join("recovery_tmo")).and_then(|t| t.parse().ok()),
                 disks: session_disks(&dir.join("device")),
             })
         })
@@ -608,6 +630,11 @@ impl IscsiSession {
         self.update(ctx, "node.session.scan", "auto")?;
         self.update(ctx, "node.session.initial_login_retry_max", "1")?;
         self.update(ctx, "node.conn[0].timeo.login_timeout", &login_timeout)?;
+        self.update(
+            ctx,
+            "node.session.timeo.replacement_timeout",
+            &self.replacement_timeout_s.to_string(),
+        )?;
         match &self.chap {
             Some(chap) => {
                 self.update(ctx, "node.session.auth.authmethod", "CHAP")?;
@@ -924,6 +951,7 @@ mod tests {
             }),
             size: 16 << 20,
             timeout_ms: 5000,
+            replacement_timeout_s: 3,
         }
     }
 
@@ -1069,6 +1097,7 @@ mod tests {
         w(attrs.join("initiatorname"), &format!("{initiator}\n"));
         w(attrs.join("ifacename"), "sftsan-0000000000000001\n");
         w(attrs.join("state"), "LOGGED_IN\n");
+        w(attrs.join("recovery_tmo"), "3\n");
         let conn = sess.join("connection3:0/iscsi_connection/connection3:0");
         w(conn.join("persistent_address"), "127.0.0.1\n");
         w(conn.join("persistent_port"), "3260\n");
@@ -1102,6 +1131,7 @@ mod tests {
         assert_eq!(f.initiator, s.initiator);
         assert_eq!(f.state, "LOGGED_IN");
         assert_eq!(f.portal, Some(s.portal));
+        assert_eq!(f.recovery_tmo, Some(3));
         let disk = f.disk(0).expect("LUN 0");
         assert_eq!(
             disk,

@@ -10,6 +10,7 @@ pub mod dm_targets;
 pub mod initiator;
 pub mod lio;
 pub mod loopback;
+pub mod multipath;
 pub mod probe;
 pub mod store;
 pub mod target_probe;

@@ -33,6 +33,8 @@ impl Feature {
             Feature::DmTarget("thin-pool" | "thin") => &["dm_thin_pool"],
             Feature::DmTarget("cache") => &["dm_cache", "dm_cache_smq"],
             Feature::DmTarget("clone") => &["dm_clone"],
+            // Its tables name the round-robin path selector, a module of its own.
+            Feature::DmTarget("multipath") => &["dm_multipath", "dm_round_robin"],
             Feature::DmTarget(_) => &["dm_mod"],
             Feature::Loop => &["loop"],
             Feature::Configfs => &["configfs"],
@@ -82,7 +84,7 @@ impl fmt::Display for Missing {
 }
 
 /// Everything a kernel-backend node with dm-cache, dm-snapshot or dm-thin, LIO relays and
-/// an iSCSI upstream needs.
+/// a multipath iSCSI upstream needs.
 pub const NODE_FEATURES: &[Feature] = &[
     Feature::DeviceMapper,
     Feature::DmTarget("linear"),
@@ -91,6 +93,7 @@ pub const NODE_FEATURES: &[Feature] = &[
     Feature::DmTarget("snapshot-origin"),
     Feature::DmTarget("thin-pool"),
     Feature::DmTarget("thin"),
+    Feature::DmTarget("multipath"),
     Feature::Loop,
     Feature::Configfs,
     Feature::LioIscsiTarget,
@@ -115,7 +118,8 @@ pub fn features_for<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Vec<Feature
 fn kind_features(kind: &str) -> &'static [Feature] {
     const DM: Feature = Feature::DeviceMapper;
     match kind {
-        "iscsi-session" => &[Feature::IscsiInitiator],
+        "iscsi-session" | "iscsi-standby" => &[Feature::IscsiInitiator],
+        "dm-multipath" => &[DM, Feature::DmTarget("multipath")],
         "loop-file" => &[Feature::Loop],
         "dm-cache" => &[DM, Feature::DmTarget("cache")],
         "dm-clone" => &[DM, Feature::DmTarget("clone")],
