@@ -4,6 +4,7 @@
 
 mod bed;
 mod boot;
+mod faults;
 mod methods;
 mod plot;
 mod relay_tls;
@@ -33,6 +34,10 @@ pub enum Command {
     /// relay against local mode's plain export), in turns; report throughput, CPU per GiB
     /// and the tls/plain ratios.
     RelayTls(relay_tls::RelayTls),
+    /// Faults injected while readers read through VM disks (a parent's daemon killed or
+    /// stopped, its link down or lossy, the origin restarted, a keeper killed, or --chaos);
+    /// report read errors, wrong bytes, stalls, re-parent and down times, leftovers.
+    Faults(faults::Faults),
 }
 
 /// The boot storm's parameters.
@@ -131,6 +136,7 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::BootStorm(args) => boot_storm(&args),
         Command::RelayTls(args) => relay_tls::relay_tls(&args),
+        Command::Faults(args) => faults::faults(&args),
     }
 }
 

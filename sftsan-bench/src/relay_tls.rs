@@ -127,12 +127,12 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// SIGINT and SIGTERM set a flag while it lives (the previous handlers come back after).
-struct Signals {
+pub(crate) struct Signals {
     old: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 impl Signals {
-    fn catch() -> Signals {
+    pub(crate) fn catch() -> Signals {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let mut old = Vec::new();
         for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -162,7 +162,7 @@ impl Drop for Signals {
     }
 }
 
-fn interrupted() -> Result<()> {
+pub(crate) fn interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }

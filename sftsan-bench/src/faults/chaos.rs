@@ -1,0 +1,245 @@
+//! The chaos run: one cluster, readers on every node, and a fault every few seconds on a
+//! random node (the origin included), each undone after a moment: a daemon killed and
+//! revived by `up`, stopped and continued, its link down and up, its loss on and off, a
+//! keeper killed and revived. Every choice comes from the seed, printed first, so a run
+//! can be replayed.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+use sftsan_core::errln;
+
+use super::bar;
+use super::cluster::{Layout, Testbed, Topology};
+use super::guard::{Down, Guard};
+use super::inject;
+use super::rng::Rng;
+use super::setup::{self, Ingress, Settings, STOP_GRACE};
+use super::single::cluster_name;
+use super::summary::{summarize, ReadStats};
+use crate::relay_tls::interrupted;
+
+/// How long readers keep reading after the last fault is undone.
+const SETTLE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// SIGKILL the node's daemon; `up` revives it after the hold.
+    Kill,
+    /// SIGSTOP the daemon; SIGCONT after the hold.
+    Stop,
+    /// The link down; up after the hold.
+    LinkDown,
+    /// 100% loss on the link; off after the hold.
+    Loss,
+    /// SIGKILL the node's keeper; `up` revives it after the hold.
+    KeeperKill,
+}
+
+const ACTIONS: [Action; 5] = [
+    Action::Kill,
+    Action::Stop,
+    Action::LinkDown,
+    Action::Loss,
+    Action::KeeperKill,
+];
+
+/// One fault of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Seconds since the chaos started.
+    pub at_s: f64,
+    pub action: Action,
+    pub node: String,
+    pub hold_ms: u64,
+    /// How long the reviving `up` took (kill, keeper-kill).
+    pub revive_s: Option<f64>,
+    /// What went wrong injecting or undoing it.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosRun {
+    pub topology: Topology,
+    pub cluster: String,
+    pub seed: u64,
+    pub seconds: u64,
+    pub reader_nodes: Vec<String>,
+    pub events: Vec<Event>,
+    /// Bytes into the reader nodes' links during the chaos.
+    pub upstream_bytes: u64,
+    pub guard_route_kept: bool,
+    pub reads: ReadStats,
+    pub down: Down,
+    pub failures: Vec<String>,
+}
+
+/// The schedule's next fault: gap before it, action, node, hold (all from the seed).
+fn next(rng: &mut Rng, nodes: &[String], with_origin: &[String]) -> (u64, Action, String, u64) {
+    let gap = rng.between(1000, 3000);
+    let action = *rng.pick(&ACTIONS);
+    // The origin has no keeper.
+    let node = match action {
+        Action::KeeperKill => rng.pick(nodes),
+        _ => rng.pick(with_origin),
+    }
+    .clone();
+    let hold = rng.between(500, 2500);
+    (gap, action, node, hold)
+}
+
+pub fn run(
+    layout: &Layout,
+    topology: Topology,
+    seconds: u64,
+    seed: u64,
+    s: &Settings,
+) -> Result<ChaosRun> {
+    let bed = Testbed::new(layout, topology, &cluster_name(topology, "chaos"))?;
+    let mut guard = Guard::new(&bed)?;
+    let t0 = Instant::now();
+    setup::up(&bed, s)?;
+    let nodes = bed.nodes();
+    let with_origin: Vec<String> = std::iter::once(bed.origin())
+        .chain(nodes.iter().cloned())
+        .collect();
+    let readers = setup::start_readers(&bed, &nodes, s, t0);
+    let readers =
+        setup::warm_up(readers, s).map_err(|(logs, why)| setup::reader_failure(&logs, &why))?;
+    let ingress = Ingress::new(&bed, &nodes);
+    errln!("chaos: seed {seed} ({seconds} s on a {})", topology.name());
+    let start = Instant::now();
+    let fault_at = t0.elapsed().as_secs_f64();
+    let end = start + Duration::from_secs(seconds);
+    let mut rng = Rng::new(seed);
+    let mut events = Vec::new();
+    let mut stopped = Ok(());
+    loop {
+        let (gap, action, node, hold) = next(&mut rng, &nodes, &with_origin);
+        let at = Instant::now() + Duration::from_millis(gap);
+        if at >= end {
+            break;
+        }
+        if let Err(e) = setup::wait_until(at) {
+            stopped = Err(e);
+            break;
+        }
+        let mut event = Event {
+            at_s: start.elapsed().as_secs_f64(),
+            action,
+            node,
+            hold_ms: hold,
+            revive_s: None,
+            problem: None,
+        };
+        errln!(
+            "[{:6.1}s] {:?} {} for {} ms",
+            event.at_s,
+            action,
+            event.node,
+            hold
+        );
+        if let Err(e) = inject_and_undo(&bed, &guard, &mut event, s) {
+            errln!("           {e:#}");
+            event.problem = Some(format!("{e:#}"));
+        }
+        events.push(event);
+        if let Err(e) = interrupted() {
+            stopped = Err(e);
+            break;
+        }
+    }
+    if stopped.is_ok() {
+        stopped = setup::wait_until(Instant::now() + SETTLE);
+    }
+    let upstream_bytes = ingress.bytes();
+    let guard_route_kept = bed.guard_route_present();
+    let logs = readers.stop(STOP_GRACE);
+    stopped?;
+    let down = guard.measured_down(s.down_timeout)?;
+    let mut run = ChaosRun {
+        topology,
+        cluster: bed.name.clone(),
+        seed,
+        seconds,
+        reader_nodes: nodes,
+        events,
+        upstream_bytes,
+        guard_route_kept,
+        reads: summarize(&logs, fault_at),
+        down,
+        failures: Vec::new(),
+    };
+    run.failures = bar::chaos(&run);
+    Ok(run)
+}
+
+/// One fault: injected, held, undone. A fault that could not be undone is undone by the
+/// guard's cleanup at the latest.
+fn inject_and_undo(bed: &Testbed, guard: &Guard, event: &mut Event, s: &Settings) -> Result<()> {
+    let node = bed.node(&event.node);
+    let hold = Duration::from_millis(event.hold_ms);
+    let revive = |event: &mut Event| -> Result<()> {
+        setup::wait_until(Instant::now() + hold)?;
+        let o = bed.up(s.up_timeout)?;
+        event.revive_s = Some(o.seconds);
+        if !o.ok {
+            anyhow::bail!("up after {:.1} s: {}", o.seconds, o.message);
+        }
+        Ok(())
+    };
+    match event.action {
+        Action::Kill => {
+            inject::kill(inject::daemon_pid(&node)?)?;
+            revive(event)
+        }
+        Action::KeeperKill => {
+            inject::kill(inject::keeper_pid(&node)?)?;
+            revive(event)
+        }
+        Action::Stop | Action::LinkDown | Action::Loss => {
+            let active = match event.action {
+                Action::Stop => inject::stop(&node, inject::daemon_pid(&node)?)?,
+                Action::LinkDown => inject::link_down(&node)?,
+                _ => inject::loss_on(&node)?,
+            };
+            guard.hold(active);
+            let held = setup::wait_until(Instant::now() + hold);
+            guard.undo_last()?;
+            held
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_schedule() {
+        let nodes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        let all: Vec<String> = ["origin", "n1", "n2", "n3"].map(String::from).to_vec();
+        let schedule = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..50)
+                .map(|_| next(&mut rng, &nodes, &all))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(schedule(11), schedule(11));
+        assert_ne!(schedule(11), schedule(12));
+        let s = schedule(11);
+        assert!(s
+            .iter()
+            .all(|(gap, _, _, hold)| (1000..=3000).contains(gap) && (500..=2500).contains(hold)));
+        assert!(s
+            .iter()
+            .all(|(_, a, n, _)| *a != Action::KeeperKill || n != "origin"));
+        // Every action and the origin come up in 50 faults.
+        for a in ACTIONS {
+            assert!(s.iter().any(|(_, x, _, _)| *x == a), "{a:?} never chosen");
+        }
+        assert!(s.iter().any(|(_, _, n, _)| n == "origin"));
+    }
+}
