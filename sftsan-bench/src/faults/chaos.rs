@@ -38,6 +38,18 @@ pub enum Action {
     KeeperKill,
 }
 
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Stop => "stop",
+            Action::LinkDown => "link-down",
+            Action::Loss => "loss",
+            Action::KeeperKill => "keeper-kill",
+        }
+    }
+}
+
 const ACTIONS: [Action; 5] = [
     Action::Kill,
     Action::Stop,
@@ -109,7 +121,10 @@ pub fn run(
     let readers =
         setup::warm_up(readers, s).map_err(|(logs, why)| setup::reader_failure(&logs, &why))?;
     let ingress = Ingress::new(&bed, &nodes);
-    errln!("chaos: seed {seed} ({seconds} s on a {})", topology.name());
+    errln!(
+        "chaos: {seconds} s on a {}, seed {seed} (--chaos {seconds} --seed {seed} replays it)",
+        topology.name()
+    );
     let start = Instant::now();
     let fault_at = t0.elapsed().as_secs_f64();
     let end = start + Duration::from_secs(seconds);
@@ -135,9 +150,9 @@ pub fn run(
             problem: None,
         };
         errln!(
-            "[{:6.1}s] {:?} {} for {} ms",
+            "[{:6.1}s] {} {} for {} ms",
             event.at_s,
-            action,
+            action.name(),
             event.node,
             hold
         );

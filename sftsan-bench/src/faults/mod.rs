@@ -256,10 +256,6 @@ fn measure(args: &Faults, program: &Path) -> Result<Results> {
     match args.chaos {
         Some(seconds) => {
             let topology = topologies[0];
-            errln!(
-                "chaos for {seconds} s on a {}, seed {seed}",
-                topology.name()
-            );
             match chaos::run(&layout, topology, seconds, seed, &settings) {
                 Ok(run) => {
                     dirty(&run.down)?;

@@ -29,6 +29,8 @@ pub struct ChildReparent {
 pub struct Reparents {
     pub children: Vec<ChildReparent>,
     pub polls: u32,
+    /// The longest one `status --json` took.
+    pub slowest_poll_s: f64,
     /// Polls that failed or timed out, and the last reason.
     pub failed_polls: u32,
     pub last_problem: Option<String>,
@@ -88,10 +90,17 @@ impl Poller {
                     })
                     .collect(),
                 polls: 0,
+                slowest_poll_s: 0.0,
                 failed_polls: 0,
                 last_problem: None,
             };
-            while !flag.load(Ordering::SeqCst) {
+            loop {
+                let stopping = flag.load(Ordering::SeqCst);
+                // One last poll after the stop when a child has not been seen moving: the
+                // time is recorded by the switch, so a late answer still gives it.
+                if stopping && r.time_ms().is_some() {
+                    break;
+                }
                 let started = Instant::now();
                 r.polls += 1;
                 let problem = match cli.run(&["status", "--json"], STATUS_TIMEOUT) {
@@ -108,9 +117,13 @@ impl Poller {
                     )),
                     Err(e) => Some(format!("{e:#}")),
                 };
+                r.slowest_poll_s = r.slowest_poll_s.max(started.elapsed().as_secs_f64());
                 if let Some(p) = problem {
                     r.failed_polls += 1;
                     r.last_problem = Some(p);
+                }
+                if stopping {
+                    break;
                 }
                 let next = started + POLL_EVERY;
                 while !flag.load(Ordering::SeqCst) && Instant::now() < next {
@@ -151,6 +164,7 @@ mod tests {
                 })
                 .collect(),
             polls: 0,
+            slowest_poll_s: 0.0,
             failed_polls: 0,
             last_problem: None,
         }

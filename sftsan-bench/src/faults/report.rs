@@ -140,6 +140,12 @@ fn details(results: &Results) -> String {
                 if o.ok { "" } else { " (failed)" }
             ));
         }
+        if run.reparent.slowest_poll_s > 2.0 {
+            notes.push(format!(
+                "status --json took up to {:.1} s",
+                run.reparent.slowest_poll_s
+            ));
+        }
         if run.reparent.failed_polls > 0 {
             notes.push(format!(
                 "{} of {} status polls failed ({})",
