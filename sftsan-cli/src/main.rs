@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sftsan_core::backends::userspace::{run_keeper, KeeperArgs};
+use sftsan_core::backends::userspace::{run_keeper, run_switch, KeeperArgs, SwitchArgs};
 use sftsan_core::engine::{Engine, Event, Progress};
 use sftsan_core::resources::Tools;
 use sftsan_core::spec::{import_legacy, ClusterSpec, LegacyMode, ValidatedSpec};
@@ -107,6 +107,21 @@ enum Command {
     /// (internal) What a host runs when its controller asks over SSH.
     #[command(subcommand, hide = true)]
     Host(hosts::HostCommand),
+    /// (internal) A node's upstream switch, started by `up`: the node's daemon reads
+    /// through it, and it fails over from the parent to the ancestors above.
+    #[command(hide = true)]
+    Switch {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        pidfile: PathBuf,
+        #[arg(long)]
+        upstreams: PathBuf,
+        #[arg(long)]
+        report: PathBuf,
+        #[arg(long)]
+        export: String,
+    },
     /// (internal) The per-node cache keeper, started by `up`.
     #[command(hide = true)]
     Keeper {
@@ -117,7 +132,9 @@ enum Command {
         #[arg(long)]
         interval_ms: u64,
         #[arg(long)]
-        cache_size: u64,
+        export: String,
+        #[arg(long)]
+        export_address: sftsan_core::backends::userspace::nbd::Address,
         #[arg(long)]
         daemon_pid: i32,
     },
@@ -371,17 +388,33 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Host(command) => hosts::run_host(command)?,
+        Command::Switch {
+            socket,
+            pidfile,
+            upstreams,
+            report,
+            export,
+        } => run_switch(&SwitchArgs {
+            socket,
+            pidfile,
+            upstreams,
+            report,
+            export,
+        })
+        .map_err(anyhow::Error::msg)?,
         Command::Keeper {
             qmp,
             pidfile,
             interval_ms,
-            cache_size,
+            export,
+            export_address,
             daemon_pid,
         } => run_keeper(&KeeperArgs {
             qmp,
             pidfile,
             interval: Duration::from_millis(interval_ms),
-            cache_size,
+            export,
+            export_address,
             daemon_pid,
         })
         .map_err(anyhow::Error::msg)?,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::backends::userspace::stats;
+use crate::backends::userspace::switch::{report_file, Report};
 use crate::plan::ResourceSpec;
 use crate::plan::{Plan, Role};
 use crate::resources::{Ctx, Observed, Tools};
@@ -81,6 +82,21 @@ pub struct UpstreamLink {
     pub failed_requests: u64,
     /// Bytes read from upstreams since the switch started.
     pub upstream_bytes: u64,
+}
+
+impl From<Report> for UpstreamLink {
+    fn from(r: Report) -> UpstreamLink {
+        UpstreamLink {
+            current: r.current,
+            planned: r.planned,
+            failovers: r.failovers,
+            last_reparent_unix_ms: r.last_reparent_unix_ms,
+            last_reparent_took_ms: r.last_reparent_took_ms,
+            retried_requests: r.retried_requests,
+            failed_requests: r.failed_requests,
+            upstream_bytes: r.upstream_bytes,
+        }
+    }
 }
 
 /// The whole cluster as observed now.
@@ -200,6 +216,21 @@ pub fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>)
             st.served_bytes = t.served_bytes;
         }
         Err(e) => st.problems.push(format!("traffic: {e}")),
+    }
+    if let Some(s) = node.stack.iter().find_map(|r| match r {
+        ResourceSpec::UpstreamSwitch(s) => Some(s),
+        _ => None,
+    }) {
+        match Report::read(&report_file(&s.run_dir)) {
+            Ok(Some(r)) => {
+                // After a failover the parent's connection counts nothing: the switch
+                // counts what came from every upstream.
+                st.upstream_bytes = r.upstream_bytes;
+                st.upstream = Some(UpstreamLink::from(r));
+            }
+            Ok(None) => {}
+            Err(e) => st.problems.push(format!("upstream switch: {e}")),
+        }
     }
     st
 }

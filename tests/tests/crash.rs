@@ -15,7 +15,7 @@ fn up_resumes_after_a_crash_after_each_kind() {
     require_clusters();
     let failed: Vec<&str> = ResourceSpec::KINDS
         .iter()
-        .zip(30..)
+        .zip(110..)
         .filter(|&(kind, subnet)| std::panic::catch_unwind(|| crash_after(kind, subnet)).is_err())
         .map(|(kind, _)| *kind)
         .collect();

@@ -4,13 +4,15 @@
 mod kernel;
 
 use serde::Serialize;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::backends::tgt::TgtTarget;
+use crate::backends::userspace::nbd::Address;
+use crate::backends::userspace::switch::{switch_socket, Ancestor};
 use crate::backends::userspace::{
     Cache, Daemon, IscsiLogin, Keeper, LinkKey, OriginExport, RelayExport, Snapshot, TlsRelay,
-    Upstream,
+    Upstream, UpstreamSwitch,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::names::Names;
@@ -294,10 +296,25 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                                 .filter(|_| tree.parent(index) != Some(1) || spec.origin.managed)
                                 .filter(|_| !from_iscsi_origin)
                                 .map(|l| l.upstream_key(name)),
+                            switch: None,
                         };
                         let relay = links
                             .as_ref()
                             .and_then(|l| l.relay(name, *address, port, &tree, index));
+                        // TLS links and an iSCSI parent are attached directly: the switch
+                        // speaks plain NBD only.
+                        let switch =
+                            (links.is_none() && !from_iscsi_origin).then(|| UpstreamSwitch {
+                                node: name.clone(),
+                                run_dir: run_dir.clone(),
+                                export: export.clone(),
+                                ancestors: ancestors(&tree, index, &all, port, iscsi_origin),
+                            });
+                        let upstream = Upstream {
+                            switch: switch.as_ref().map(|_| switch_socket(&run_dir)),
+                            ..upstream
+                        };
+                        stack.extend(switch.map(ResourceSpec::UpstreamSwitch));
                         node_stack(&mut stack, spec, &names, upstream, relay, size, &identity)
                     }
                 }
@@ -331,6 +348,24 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
         backend: spec.cluster.backend,
         snapshot_kind: spec.snapshots.kind,
     }
+}
+
+/// Where a node may read the image from, nearest first: its parent, the parent's parent,
+/// ..., the origin (unless the origin serves iSCSI, which the switch does not speak).
+fn ancestors(
+    tree: &Tree,
+    index: usize,
+    all: &[(String, IpAddr)],
+    port: u16,
+    iscsi_origin: bool,
+) -> Vec<Ancestor> {
+    std::iter::successors(tree.parent(index), |&p| tree.parent(p))
+        .filter(|&p| !(p == 1 && iscsi_origin))
+        .map(|p| Ancestor {
+            node: all[p - 1].0.clone(),
+            address: SocketAddr::new(all[p - 1].1, port),
+        })
+        .collect()
 }
 
 fn daemon(
@@ -431,16 +466,20 @@ fn node_stack(
         export: export.clone(),
     }));
     stack.extend(tls_relay);
-    stack.push(ResourceSpec::Keeper(Keeper {
-        node: name.into(),
-        run_dir,
-        interval_ms: spec.cache.flush_interval_ms,
-        cache_size: size,
-    }));
     let daemon = stack.iter().find_map(|r| match r {
         ResourceSpec::Daemon(d) => Some(d.clone()),
         _ => None,
     });
+    stack.push(ResourceSpec::Keeper(Keeper {
+        node: name.into(),
+        run_dir,
+        interval_ms: spec.cache.flush_interval_ms,
+        export: export.clone(),
+        export_address: daemon.as_ref().map(|d| match &d.socket {
+            Some(path) => Address::Unix(path.clone()),
+            None => Address::Tcp(SocketAddr::new(d.address, d.port)),
+        }),
+    }));
     if let Some(daemon) = daemon {
         for index in 1..=spec.snapshots.per_node {
             stack.push(snapshot(names, &daemon, size, index));

@@ -14,7 +14,7 @@ use crate::backends::kernel::loopback::LoopFile;
 use crate::backends::kernel::multipath::DmMultipath;
 use crate::backends::tgt::TgtTarget;
 use crate::backends::userspace::{
-    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, TlsRelay, Upstream,
+    Cache, Daemon, Keeper, OriginExport, RelayExport, Snapshot, TlsRelay, Upstream, UpstreamSwitch,
 };
 use crate::local::{Bridge, Namespace, SubnetGuard};
 use crate::resources::Resource;
@@ -37,6 +37,9 @@ pub enum ResourceSpec {
     /// The origin's private tgtd serving the image as one read-only iSCSI LUN (userspace
     /// `origin.protocol = "iscsi"`, or the kernel backend with `kernel.relay = "tgt"`).
     OriginTarget(TgtTarget),
+    /// Userspace: the process a node's daemon reads its upstream through, which fails over
+    /// from the parent to the grandparent, ..., the origin.
+    UpstreamSwitch(UpstreamSwitch),
     /// Userspace: a node's read-only attachment to its parent's export.
     Upstream(Upstream),
     /// Userspace: a node's qcow2 cache, filled by copy-on-read from the upstream.
@@ -89,6 +92,7 @@ impl ResourceSpec {
             ResourceSpec::Daemon(r) => r,
             ResourceSpec::OriginExport(r) => r,
             ResourceSpec::OriginTarget(r) => r,
+            ResourceSpec::UpstreamSwitch(r) => r,
             ResourceSpec::Upstream(r) => r,
             ResourceSpec::Cache(r) => r,
             ResourceSpec::RelayExport(r) => r,
@@ -128,6 +132,7 @@ impl ResourceSpec {
             ResourceSpec::Daemon(_) => "daemon",
             ResourceSpec::OriginExport(_) => "origin-export",
             ResourceSpec::OriginTarget(_) => "origin-target",
+            ResourceSpec::UpstreamSwitch(_) => "upstream-switch",
             ResourceSpec::Upstream(_) => "upstream",
             ResourceSpec::Cache(_) => "cache",
             ResourceSpec::RelayExport(_) => "relay-export",
@@ -169,13 +174,14 @@ impl ResourceSpec {
 
     /// The userspace backend's kinds (and local mode's), in the order a node's stack is
     /// built; remote mode adds `tls-relay` after `relay-export`.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "subnet-guard",
         "bridge",
         "namespace",
         "daemon",
         "origin-export",
         "origin-target",
+        "upstream-switch",
         "upstream",
         "cache",
         "relay-export",

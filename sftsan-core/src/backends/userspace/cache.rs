@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::qapi::{BlockdevAdd, BlockdevOptions, Driver};
-use super::{block_nodes, connect, delete_nodes, find_node, graph, require};
+use super::{block_nodes, connect, delete_nodes, find_node, graph, require, teardown_in_daemon};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::prune_dirs;
 use crate::fsutil::{remove_file_if_exists, write_atomic};
@@ -161,9 +161,9 @@ impl Resource for Cache {
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
-        if let Some(mut qmp) = connect(&self.run_dir)? {
-            delete_nodes(&mut qmp, &[graph::COR, graph::CACHE, graph::CACHE_FILE])?;
-        }
+        teardown_in_daemon(&self.run_dir, |qmp| {
+            delete_nodes(qmp, &[graph::COR, graph::CACHE, graph::CACHE_FILE])
+        })?;
         remove_file_if_exists(&self.file)?;
         remove_file_if_exists(&tmp_path(&self.file))?;
         remove_file_if_exists(&self.identity_file())?;

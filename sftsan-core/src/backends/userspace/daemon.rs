@@ -160,13 +160,14 @@ impl Resource for Daemon {
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             // `quit` closes every block node cleanly (flushing the cache) before exiting.
+            // A daemon that does not answer, or does not finish in time, is killed.
             let asked = connect(&self.run_dir)
                 .ok()
                 .flatten()
                 .map(|mut q| q.run(&Quit {}).is_ok())
                 .unwrap_or(false);
-            if !asked || !process::wait_exit(pid, Duration::from_secs(20)) {
-                process::stop(pid, Duration::from_secs(10))?;
+            if !asked || !process::wait_exit(pid, Duration::from_secs(10)) {
+                process::stop(pid, Duration::from_secs(2))?;
             }
         }
         self.remove_runtime_files()?;

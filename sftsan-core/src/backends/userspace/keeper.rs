@@ -2,9 +2,11 @@
 //!
 //! Copy-on-read writes land in the qcow2 cache, but its metadata stays in the daemon's
 //! memory until a flush: a daemon killed before then forgets blocks it had fetched. QMP has
-//! no plain "flush" command; reopening the cache node with its own options flushes it.
-//! The keeper does that whenever the cache grew, at most every `interval`, and once more on
-//! SIGTERM. It exits by itself when its daemon goes away.
+//! no plain "flush" command, and reopening the node (which flushes) drains the whole block
+//! graph first, freezing the node while any read waits on its upstream. So the keeper sends
+//! an NBD flush through the node's own export instead: it flushes the cache under the
+//! export and waits for nothing else. It does that whenever the cache grew, at most every
+//! `interval`, and once more on SIGTERM. It exits by itself when its daemon goes away.
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::cache::cache_node_options;
-use super::qapi::{BlockdevOptions, BlockdevReopen, QueryBlockstats};
+use super::nbd::{Address, Connection};
+use super::qapi::QueryBlockstats;
 use super::{daemon_pid, graph, keeper_socket, Qmp};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{remove_file_if_exists, write_atomic};
@@ -30,8 +32,12 @@ pub struct Keeper {
     pub run_dir: PathBuf,
     /// Least time between two flushes, in milliseconds (the spec's `cache.flush_interval_ms`).
     pub interval_ms: u64,
-    /// The cache's virtual size (its node options depend on it).
-    pub cache_size: u64,
+    /// The name of the node's export, which the keeper flushes through.
+    #[serde(default)]
+    pub export: String,
+    /// Where the node's daemon serves that export (journals of earlier releases lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_address: Option<Address>,
 }
 
 impl Keeper {
@@ -82,6 +88,12 @@ impl Resource for Keeper {
                 "is not running",
             )
         })?;
+        let address = self.export_address.as_ref().ok_or_else(|| {
+            Error::invalid(
+                format!("{}/keeper", self.node),
+                "has no export address (a journal of an earlier release): run `sftsan up`",
+            )
+        })?;
         let args = [
             "keeper".to_string(),
             "--qmp".into(),
@@ -90,8 +102,10 @@ impl Resource for Keeper {
             self.pidfile().display().to_string(),
             "--interval-ms".into(),
             self.interval_ms.to_string(),
-            "--cache-size".into(),
-            self.cache_size.to_string(),
+            "--export".into(),
+            self.export.clone(),
+            "--export-address".into(),
+            address.to_string(),
             "--daemon-pid".into(),
             daemon.to_string(),
         ];
@@ -108,7 +122,8 @@ impl Resource for Keeper {
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
-            process::stop(pid, Duration::from_secs(10))?;
+            // Its last flush is bounded by FINAL_FLUSH_DEADLINE.
+            process::stop(pid, FINAL_FLUSH_DEADLINE + Duration::from_secs(2))?;
         }
         remove_file_if_exists(&self.pidfile())?;
         Ok(())
@@ -124,8 +139,10 @@ pub struct KeeperArgs {
     pub pidfile: PathBuf,
     /// Least time between two flushes.
     pub interval: Duration,
-    /// The cache's virtual size in bytes (its node options depend on it).
-    pub cache_size: u64,
+    /// The node's export and where it is served: flushes go through it.
+    pub export: String,
+    /// See `export`.
+    pub export_address: Address,
     /// The daemon served: the keeper exits as soon as it does.
     pub daemon_pid: i32,
 }
@@ -179,15 +196,34 @@ fn written_up_to(qmp: &mut Qmp) -> Result<u64> {
         .map_or(0, |s| s.stats.wr_highest_offset))
 }
 
-fn flush(qmp: &mut Qmp, options: &BlockdevOptions) -> Result<()> {
-    qmp.run(&BlockdevReopen {
-        options: vec![options.clone()],
-    })
-    .map(drop)
+/// How long one flush may take before the keeper drops its connection and tries again.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
+/// The flush on SIGTERM: teardown does not wait longer for it.
+const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The keeper's connection to the node's export, made again after a failure.
+struct Flusher<'a> {
+    args: &'a KeeperArgs,
+    conn: Option<Connection>,
+}
+
+impl Flusher<'_> {
+    fn flush(&mut self, deadline: Duration) -> bool {
+        if self.conn.as_ref().is_none_or(Connection::is_lost) {
+            self.conn =
+                Connection::open(&self.args.export_address, &self.args.export, deadline).ok();
+        }
+        let Some(conn) = &self.conn else { return false };
+        let done = conn.flush(deadline).is_ok();
+        if !done {
+            self.conn = None; // a connection with a request stuck on it is not reused
+        }
+        done
+    }
 }
 
 fn flush_loop(mut qmp: Qmp, daemon: &OwnedFd, args: &KeeperArgs) -> i32 {
-    let options = cache_node_options(args.cache_size);
+    let mut flusher = Flusher { args, conn: None };
     let mut flushed_at = 0;
     loop {
         // Wait one interval, or less: SIGTERM interrupts the wait, and the daemon's pidfd
@@ -203,11 +239,14 @@ fn flush_loop(mut qmp: Qmp, daemon: &OwnedFd, args: &KeeperArgs) -> i32 {
             return 0; // the daemon is gone: nothing left to keep
         }
         let terminating = TERMINATE.load(Ordering::SeqCst);
+        let deadline = if terminating {
+            FINAL_FLUSH_DEADLINE
+        } else {
+            FLUSH_DEADLINE
+        };
         match written_up_to(&mut qmp) {
-            Ok(now) if now != flushed_at || terminating => {
-                if flush(&mut qmp, &options).is_err() && !terminating {
-                    return 1;
-                }
+            // A flush that fails is tried again next round.
+            Ok(now) if (now != flushed_at || terminating) && flusher.flush(deadline) => {
                 flushed_at = now;
             }
             Ok(_) => {}

@@ -10,12 +10,14 @@
 mod cache;
 mod daemon;
 mod keeper;
+pub mod nbd;
 mod origin;
 pub mod qapi;
 mod qmp;
 mod relay;
 mod snapshot;
 pub mod stats;
+pub mod switch;
 mod tls_relay;
 mod upstream;
 mod vm_readers;
@@ -27,13 +29,16 @@ pub use origin::OriginExport;
 pub use qmp::Qmp;
 pub use relay::RelayExport;
 pub use snapshot::Snapshot;
+pub use switch::{run_switch, SwitchArgs, UpstreamSwitch};
 pub use tls_relay::TlsRelay;
 pub use upstream::{IscsiLogin, LinkKey, Upstream};
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use qapi::{
     BlockDeviceInfo, BlockExportDel, BlockExportDeleted, BlockdevDel, Driver, ExportRemoveMode,
     QueryBlockExports, QueryNamedBlockNodes, SocketAddress,
@@ -61,17 +66,77 @@ pub fn keeper_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("keeper.sock")
 }
 
-const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long observing or tearing down waits for a daemon's answer: a healthy daemon
+/// answers in milliseconds; one that does not is stopped or stuck.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Creating waits longer: opening a block node may wait for a parent to answer.
+const QMP_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Daemons (by QMP socket) that did not answer in time earlier in this process: they are
+/// not waited on again, so one stuck daemon costs a command one timeout, not one per step.
+static WEDGED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+fn wedged_error(socket: &Path) -> Error {
+    Error::timeout(
+        format!("QMP socket {}", socket.display()),
+        "the daemon did not answer in time",
+    )
+}
 
 /// Connects to a node's daemon; `Ok(None)` when no daemon listens (so nothing in it exists).
 pub(crate) fn connect(run_dir: &Path) -> Result<Option<Qmp>> {
-    Qmp::try_connect(&qmp_socket(run_dir), QMP_TIMEOUT)
+    let socket = qmp_socket(run_dir);
+    if WEDGED.lock().unwrap().contains(&socket) {
+        return Err(wedged_error(&socket));
+    }
+    Qmp::try_connect(&socket, QMP_TIMEOUT).inspect_err(|e| {
+        if e.kind() == ErrorKind::Timeout {
+            WEDGED.lock().unwrap().insert(socket.clone());
+        }
+    })
 }
 
 /// Like [`connect`] but a missing daemon is an error: used when creating.
 pub(crate) fn require(run_dir: &Path, node: &str) -> Result<Qmp> {
-    connect(run_dir)?
+    Qmp::try_connect(&qmp_socket(run_dir), QMP_CREATE_TIMEOUT)?
         .ok_or_else(|| Error::not_found(format!("the storage daemon of {node}"), "is not running"))
+}
+
+/// Runs a teardown step inside the node's daemon. A daemon that does not answer in time
+/// (stopped, or stuck on something that never comes) is killed instead: what the step
+/// would have removed goes with it, and teardown goes on.
+pub(crate) fn teardown_in_daemon(
+    run_dir: &Path,
+    step: impl FnOnce(&mut Qmp) -> Result<()>,
+) -> Result<()> {
+    let result = connect(run_dir).and_then(|qmp| match qmp {
+        Some(mut qmp) => step(&mut qmp),
+        None => Ok(()),
+    });
+    match result {
+        Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unreachable) => {
+            WEDGED.lock().unwrap().insert(qmp_socket(run_dir));
+            kill_daemon(run_dir, &e)
+        }
+        other => other,
+    }
+}
+
+/// Kills the node's daemon (if it still runs) after `why`.
+fn kill_daemon(run_dir: &Path, why: &Error) -> Result<()> {
+    let Some(pid) = daemon_pid(run_dir) else {
+        return Ok(());
+    };
+    tracing::warn!("{why}; killing the storage daemon (pid {pid})");
+    crate::process::signal(pid, libc::SIGKILL).map_err(|e| Error::io(format!("/proc/{pid}"), e))?;
+    if crate::process::wait_exit(pid, Duration::from_secs(10)) {
+        Ok(())
+    } else {
+        Err(Error::timeout(
+            format!("pid {pid}"),
+            "survived SIGKILL for 10 s",
+        ))
+    }
 }
 
 /// Every block node of the daemon.
@@ -100,7 +165,7 @@ pub(crate) fn delete_export(qmp: &mut Qmp, id: &str) -> Result<()> {
         id: id.into(),
         mode: ExportRemoveMode::Hard,
     })?;
-    qmp.wait_event(Duration::from_secs(30), |d: &BlockExportDeleted| d.id == id)?;
+    qmp.wait_event(QMP_TIMEOUT, |d: &BlockExportDeleted| d.id == id)?;
     Ok(())
 }
 

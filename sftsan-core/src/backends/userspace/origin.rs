@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::qapi::{BlockExportAdd, BlockExportOptions, BlockdevAdd, BlockdevOptions, Driver};
 use super::{
     block_nodes, connect, delete_export, delete_nodes, export_exists, find_node, graph, require,
+    teardown_in_daemon,
 };
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
@@ -83,10 +84,9 @@ impl Resource for OriginExport {
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
-        let Some(mut qmp) = connect(&self.run_dir)? else {
-            return Ok(());
-        };
-        delete_export(&mut qmp, graph::ORIGIN_EXPORT_ID)?;
-        delete_nodes(&mut qmp, &[graph::ORIGIN, graph::ORIGIN_FILE])
+        teardown_in_daemon(&self.run_dir, |qmp| {
+            delete_export(qmp, graph::ORIGIN_EXPORT_ID)?;
+            delete_nodes(qmp, &[graph::ORIGIN, graph::ORIGIN_FILE])
+        })
     }
 }

@@ -26,7 +26,7 @@ impl Qmp {
     /// Connects, reads the greeting and leaves capabilities negotiation mode. `Ok(None)`:
     /// nothing listens at `path` (no socket, or a socket nobody accepts on).
     pub fn try_connect(path: &Path, timeout: Duration) -> Result<Option<Qmp>> {
-        let stream = match UnixStream::connect(path) {
+        let stream = match super::nbd::client::connect_unix(path, timeout) {
             Ok(s) => s,
             Err(e)
                 if matches!(
@@ -35,6 +35,12 @@ impl Qmp {
                 ) =>
             {
                 return Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(Error::timeout(
+                    format!("QMP socket {}", path.display()),
+                    e.to_string(),
+                ))
             }
             Err(e) => return Err(Error::io(path, e).context("QMP")),
         };

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use super::qapi::{BlockExportAdd, BlockExportOptions};
-use super::{connect, delete_export, export_exists, graph, require};
+use super::{connect, delete_export, export_exists, graph, require, teardown_in_daemon};
 use crate::error::Result;
 use crate::resources::{Ctx, Observed, Params, Resource};
 
@@ -47,9 +47,8 @@ impl Resource for RelayExport {
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
-        match connect(&self.run_dir)? {
-            Some(mut qmp) => delete_export(&mut qmp, graph::RELAY_EXPORT_ID),
-            None => Ok(()),
-        }
+        teardown_in_daemon(&self.run_dir, |qmp| {
+            delete_export(qmp, graph::RELAY_EXPORT_ID)
+        })
     }
 }

@@ -156,7 +156,7 @@ impl Resource for TlsRelay {
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
         if let Some(pid) = process::live_pid(&self.pidfile(), &self.marker()) {
             // SIGTERM: the relay holds nothing to flush (read-only, no cache of its own).
-            process::stop(pid, Duration::from_secs(10))?;
+            process::stop(pid, Duration::from_secs(3))?;
         }
         process::remove_file_if_exists(&self.pidfile())
     }

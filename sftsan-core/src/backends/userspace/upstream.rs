@@ -9,13 +9,19 @@ use super::qapi::{
     BlockdevAdd, BlockdevOptions, Driver, IscsiTransport, ObjectAdd, ObjectDel, QomList,
     SocketAddress, TlsCredsPsk, TlsEndpoint, LINK_TLS_PRIORITY,
 };
-use super::{block_nodes, connect, delete_nodes, find_node, graph, require, Qmp};
+use super::{
+    block_nodes, connect, delete_nodes, find_node, graph, require, teardown_in_daemon, Qmp,
+};
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
 
 /// A lost parent fails reads after this many seconds (EIO) instead of hanging them, and the
 /// connection is re-established when the parent returns.
 const RECONNECT_DELAY_S: u64 = 5;
+
+/// Through the node's switch, reads wait this long for a restarted switch: the switch
+/// itself never fails a read before its own give-up time.
+const SWITCH_RECONNECT_DELAY_S: u64 = 60;
 
 /// A node's read-only block node of its parent's export (NBD, or iSCSI from an iSCSI origin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +46,10 @@ pub struct Upstream {
     /// Remote mode: the link is TLS with this pre-shared key (NBD parents only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<LinkKey>,
+    /// Set when the node reads through its upstream switch, which listens here (the parent
+    /// named above is then where the switch reads first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<PathBuf>,
 }
 
 /// A child's end of a TLS-PSK link: `dir/keys.psk` holds `username:hexkey`.
@@ -94,6 +104,10 @@ pub struct IscsiLogin {
 impl Upstream {
     fn url(&self) -> String {
         let addr = SocketAddr::new(self.host, self.port);
+        if let Some(socket) = &self.switch {
+            // As QEMU names an NBD node on a unix socket.
+            return format!("nbd+unix:///{}?socket={}", self.export, socket.display());
+        }
         match &self.iscsi {
             Some(login) => format!("iscsi://{addr}/{}/1", login.target),
             None if self.tls.is_some() => format!("nbd://{addr}/{} (tls)", self.export),
@@ -111,6 +125,15 @@ impl Upstream {
                 target: login.target.clone(),
                 initiator_name: login.initiator.clone(),
                 lun: 1,
+            },
+            None if self.switch.is_some() => Driver::Nbd {
+                server: SocketAddress::Unix {
+                    path: self.switch.clone().unwrap_or_default(),
+                },
+                export: self.export.clone(),
+                reconnect_delay: Some(SWITCH_RECONNECT_DELAY_S),
+                open_timeout: Some(self.connect_timeout_ms.div_ceil(1000)),
+                tls_creds: None,
             },
             None => Driver::Nbd {
                 server: SocketAddress::inet(self.host, self.port),
@@ -151,15 +174,18 @@ impl Resource for Upstream {
 
     fn create(&self, ctx: &Ctx) -> Result<()> {
         // Probe from the node's own network first: a refused or unroutable parent gets a
-        // clear message instead of QEMU's generic open failure.
+        // clear message instead of QEMU's generic open failure. (The switch made the same
+        // check when it started.)
         let addr = SocketAddr::new(self.host, self.port);
         let timeout = Duration::from_millis(self.connect_timeout_ms);
-        ctx.transport.probe_tcp(addr, timeout).map_err(|e| {
-            Error::unreachable(
-                format!("parent {} at {addr}", self.parent),
-                format!("from {}: {e}", self.node),
-            )
-        })?;
+        if self.switch.is_none() {
+            ctx.transport.probe_tcp(addr, timeout).map_err(|e| {
+                Error::unreachable(
+                    format!("parent {} at {addr}", self.parent),
+                    format!("from {}: {e}", self.node),
+                )
+            })?;
+        }
         let mut qmp = require(&self.run_dir, &self.node)?;
         let attaching =
             |e: Error| e.context(format!("attaching to parent {} at {addr}", self.parent));
@@ -178,10 +204,9 @@ impl Resource for Upstream {
     }
 
     fn teardown(&self, _ctx: &Ctx) -> Result<()> {
-        let Some(mut qmp) = connect(&self.run_dir)? else {
-            return Ok(());
-        };
-        delete_nodes(&mut qmp, &[graph::UPSTREAM])?;
-        delete_object(&mut qmp, TLS_ID)
+        teardown_in_daemon(&self.run_dir, |qmp| {
+            delete_nodes(qmp, &[graph::UPSTREAM])?;
+            delete_object(qmp, TLS_ID)
+        })
     }
 }
