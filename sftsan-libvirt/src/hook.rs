@@ -97,10 +97,10 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome>
             // like one (a spec whose state_dir moved, a hand edit).
             let want = cluster.plan().vm_disk_path(&meta.node, meta.snapshot);
             let want = want.display().to_string();
-            if !disks
+            let Some(disk) = disks
                 .iter()
-                .any(|d| d.path.as_deref() == Some(want.as_str()))
-            {
+                .find(|d| d.path.as_deref() == Some(want.as_str()))
+            else {
                 let have: Vec<String> = disks
                     .iter()
                     .filter(|d| d.device == "disk")
@@ -123,10 +123,17 @@ pub fn handle(op: &str, subop: &str, xml: &str, tools: Tools) -> Result<Outcome>
                         }
                     ),
                 ));
-            }
+            };
             let file = cluster.ensure(&meta.node, meta.snapshot)?;
+            // A domain not defined by sftsan (hand-written XML) may lack the policies; the
+            // hook cannot change libvirt's XML, so it says so in its log.
+            let policy = if disk.stops_on_error() {
+                ""
+            } else {
+                "; WARNING: the disk lacks error_policy='stop' rerror_policy='stop', so an I/O error from its node fails the guest's request instead of pausing the VM (redefine it with `sftsan vm define`)"
+            };
             Ok(Outcome::Done(format!(
-                "{}/snapshot/{} ready: {}",
+                "{}/snapshot/{} ready: {}{policy}",
                 meta.node,
                 meta.snapshot,
                 file.display()

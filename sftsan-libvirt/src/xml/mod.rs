@@ -13,6 +13,10 @@ pub const SFTSAN_NS: &str = "https://sftsan.org/xmlns/domain/1";
 pub const SFTSAN_PREFIX: &str = "sftsan";
 /// The device name sftsan gives the VM's disk when the template has no boot disk.
 pub const DEFAULT_DISK_TARGET: &str = "vda";
+/// The boot disk's `error_policy` and `rerror_policy`: an I/O error on the VM's snapshot
+/// (its node's daemon restarting under it) pauses the VM instead of failing the guest's
+/// request; QEMU retries the request when the VM is resumed (`sftsan vm resume`).
+pub const DISK_ERROR_POLICY: &str = "stop";
 
 /// Why a domain's XML cannot be read or used; one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,6 +138,19 @@ pub struct DiskInfo {
     pub bus: Option<String>,
     /// The driver's `type`: `raw`, `qcow2`, ...
     pub format: Option<String>,
+    /// The driver's `error_policy` (writes, and reads without `rerror_policy`).
+    pub error_policy: Option<String>,
+    /// The driver's `rerror_policy` (reads).
+    pub rerror_policy: Option<String>,
+}
+
+impl DiskInfo {
+    /// Whether an I/O error on this disk pauses the VM, for reads and writes alike, as
+    /// sftsan's VM disks do ([`DISK_ERROR_POLICY`]).
+    pub fn stops_on_error(&self) -> bool {
+        let stop = Some(DISK_ERROR_POLICY);
+        self.error_policy.as_deref() == stop && self.rerror_policy.as_deref() == stop
+    }
 }
 
 /// The disk sftsan gives a VM: its snapshot.
@@ -342,6 +359,11 @@ impl Domain {
             .map(|disk| {
                 let source = disk.child("source");
                 let target = disk.child("target");
+                let driver = |name| {
+                    disk.child("driver")
+                        .and_then(|d| d.attr(name))
+                        .map(Into::into)
+                };
                 DiskInfo {
                     kind: disk.attr("type").unwrap_or_default().into(),
                     device: disk.attr("device").unwrap_or("disk").into(),
@@ -350,10 +372,9 @@ impl Domain {
                         .map(Into::into),
                     target: target.and_then(|t| t.attr("dev")).map(Into::into),
                     bus: target.and_then(|t| t.attr("bus")).map(Into::into),
-                    format: disk
-                        .child("driver")
-                        .and_then(|d| d.attr("type"))
-                        .map(Into::into),
+                    format: driver("type"),
+                    error_policy: driver("error_policy"),
+                    rerror_policy: driver("rerror_policy"),
                 }
             })
             .collect()
@@ -394,7 +415,8 @@ impl Domain {
     /// Makes `disk` the domain's boot disk. The template's boot disk (the disk device with
     /// the lowest `<boot order>`, else the first disk device) keeps its target, bus, boot
     /// order, address and driver options and gets the snapshot as its source; a template
-    /// without one gets a virtio disk `vda` as the first disk.
+    /// without one gets a virtio disk `vda` as the first disk. Either way the disk's driver
+    /// gets sftsan's error policies ([`DISK_ERROR_POLICY`]), replacing the template's.
     pub fn set_boot_disk(&mut self, disk: &VmDisk) -> Result<(), XmlError> {
         let root = &mut self.doc.root;
         if root.child("devices").is_none() {
@@ -425,7 +447,9 @@ impl Domain {
                     .with_child(
                         Element::new("driver")
                             .with_attr("name", "qemu")
-                            .with_attr("type", disk.format()),
+                            .with_attr("type", disk.format())
+                            .with_attr("error_policy", DISK_ERROR_POLICY)
+                            .with_attr("rerror_policy", DISK_ERROR_POLICY),
                     )
                     .with_child(disk.source())
                     .with_child(
@@ -469,16 +493,17 @@ fn boot_disk(devices: &Element) -> Option<usize> {
     disks.min_by_key(|(_, e)| order(e)).map(|(i, _)| i)
 }
 
-/// Points an existing disk at the snapshot: its type, its driver's format and its source
-/// change; a backing chain libvirt recorded for the old source goes.
+/// Points an existing disk at the snapshot: its type, its driver's format and error
+/// policies and its source change; a backing chain libvirt recorded for the old source goes.
 fn replace_source(element: &mut Element, disk: &VmDisk) {
     element.set_attr("type", disk.kind());
     if element.child("driver").is_none() {
         element.insert_after(&[], Element::new("driver").with_attr("name", "qemu"));
     }
-    element
-        .ensure_child("driver")
-        .set_attr("type", disk.format());
+    let driver = element.ensure_child("driver");
+    driver.set_attr("type", disk.format());
+    driver.set_attr("error_policy", DISK_ERROR_POLICY);
+    driver.set_attr("rerror_policy", DISK_ERROR_POLICY);
     element.remove_children("backingStore");
     match element
         .children

@@ -16,7 +16,8 @@ fn meta(node: &str, index: u32) -> SftsanMeta {
 
 /// The tree without what sftsan owns: name, UUID, MAC addresses, sftsan's metadata
 /// element (and a `<metadata>` left empty by its removal), and the boot disk's type,
-/// format, source and backing chain (all of it, when `added`: sftsan added the disk).
+/// format, error policies, source and backing chain (all of it, when `added`: sftsan
+/// added the disk).
 /// Written apart from the code under test, so that what it leaves must come through a
 /// build unchanged.
 fn without_owned_parts(root: &Element, boot_target: &str, added: bool) -> Element {
@@ -49,7 +50,9 @@ fn without_owned_parts(root: &Element, boot_target: &str, added: bool) -> Elemen
                 element.remove_children("source");
                 element.remove_children("backingStore");
                 if let Some(driver) = element.child_mut("driver") {
-                    driver.attrs.retain(|(n, _)| n != "type");
+                    driver.attrs.retain(|(n, _)| {
+                        !["type", "error_policy", "rerror_policy"].contains(&n.as_str())
+                    });
                 }
             }
             _ => {}
@@ -91,6 +94,7 @@ fn check_round_trip(template_text: &str, boot_target: &str, snapshot: &str) -> D
         boot[0].format.as_deref(),
         Some(if block { "raw" } else { "qcow2" })
     );
+    assert!(boot[0].stops_on_error(), "{text}");
 
     let added = !template
         .disks()
@@ -322,4 +326,74 @@ fn memory_reads_and_sets() {
         Domain::from_xml(&d.to_xml()).unwrap().memory_bytes(),
         Some(64 << 20)
     );
+}
+
+/// The VM's disk pauses the VM on an I/O error, whether sftsan added it or took over the
+/// template's (whose own policies it replaces), file or block; other disks keep theirs.
+#[test]
+fn the_boot_disk_stops_on_errors_and_other_disks_keep_their_policy() {
+    let built = |template: &Domain, snapshot: &str| {
+        let d = build_domain(template, "c-n1-1", Path::new(snapshot), meta("n1", 1)).unwrap();
+        Domain::from_xml(&d.to_xml()).unwrap()
+    };
+    let added = built(&default_template(), "/s/n1/base-1.qcow2");
+    assert!(
+        added.to_xml().contains(
+            r#"<driver name="qemu" type="qcow2" error_policy="stop" rerror_policy="stop"/>"#
+        ),
+        "{}",
+        added.to_xml()
+    );
+    let block = built(&default_template(), "/dev/mapper/sftsan-c-n1-snap-1");
+    assert!(
+        block.to_xml().contains(
+            r#"<driver name="qemu" type="raw" error_policy="stop" rerror_policy="stop"/>"#
+        ),
+        "{}",
+        block.to_xml()
+    );
+
+    let template = parse_template(
+        "<domain type='kvm'><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw' cache='none' error_policy='report' rerror_policy='ignore'/><source file='/old.raw'/><target dev='vda' bus='virtio'/></disk>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='report'/><source file='/data.raw'/><target dev='vdb' bus='virtio'/></disk>\
+         <disk type='file' device='disk'><source file='/bare.raw'/><target dev='vdc' bus='virtio'/></disk>\
+         </devices></domain>",
+    )
+    .unwrap();
+    for snapshot in ["/s/n1/base-1.qcow2", "/dev/mapper/sftsan-c-n1-snap-1"] {
+        let d = built(&template, snapshot);
+        let disks = d.disks();
+        assert_eq!(disks[0].path.as_deref(), Some(snapshot));
+        assert!(disks[0].stops_on_error(), "{}", d.to_xml());
+        let driver = d.root().child("devices").unwrap().child("disk").unwrap();
+        assert_eq!(
+            driver.child("driver").unwrap().attr("cache"),
+            Some("none"),
+            "the template's other driver options stay"
+        );
+        assert_eq!(disks[1].error_policy.as_deref(), Some("report"));
+        assert_eq!(disks[1].rerror_policy, None);
+        assert!(!disks[1].stops_on_error());
+        assert_eq!(
+            (
+                disks[2].error_policy.as_deref(),
+                disks[2].rerror_policy.as_deref()
+            ),
+            (None, None)
+        );
+    }
+    // A template that names a disk without a driver gets one with the policies.
+    let template = parse_template(
+        "<domain type='kvm'><devices><disk type='file' device='disk'><source file='/old.raw'/><target dev='sda' bus='sata'/></disk></devices></domain>",
+    )
+    .unwrap();
+    assert!(built(&template, "/s/n1/base-1.qcow2").disks()[0].stops_on_error());
+    // libvirt's own XML of a disk reads back with its policies.
+    let libvirt = LIBVIRT_LIKE.replace(
+        "<driver name='qemu' type='raw'/>",
+        "<driver name='qemu' type='raw' error_policy='stop' rerror_policy='stop'/>",
+    );
+    assert!(Domain::from_xml(&libvirt).unwrap().disks()[0].stops_on_error());
+    assert!(!Domain::from_xml(LIBVIRT_LIKE).unwrap().disks()[0].stops_on_error());
 }
