@@ -26,6 +26,9 @@ pub enum Op {
     Undefine,
     /// Report each VM's domain state, snapshot and mode; changes nothing.
     List,
+    /// Resume the domains an I/O error paused (see [`crate::resume`]); others stay as
+    /// they are.
+    Resume,
 }
 
 impl Op {
@@ -37,6 +40,7 @@ impl Op {
             Op::Destroy => "destroy",
             Op::Undefine => "undefine",
             Op::List => "list",
+            Op::Resume => "resume",
         }
     }
 }
@@ -269,6 +273,15 @@ impl Batch<'_> {
             Op::Start => self.start(vms, &mut notes),
             Op::Destroy => self.parallel(vms, |vm| self.destroy_one(vm)),
             Op::Undefine => self.parallel(vms, |vm| self.undefine_one(vm)),
+            Op::Resume => {
+                let options = crate::resume::ResumeOptions {
+                    concurrency: self.options.concurrency,
+                    ..Default::default()
+                };
+                self.parallel(vms, |vm| {
+                    crate::resume::resume_domain(self.libvirt, &vm.name, &options)
+                })
+            }
             Op::List => vms
                 .iter()
                 .map(|vm| {
@@ -277,7 +290,7 @@ impl Batch<'_> {
                 })
                 .collect(),
         };
-        if op != Op::List {
+        if !matches!(op, Op::List | Op::Resume) {
             self.sync_pools(op, &mut notes);
         }
         Report {

@@ -8,6 +8,7 @@
 //! - [`libvirt`]: the libvirt calls, through the `virt` crate: domains and dir pools.
 //! - [`batch`]: define / start / destroy / undefine / list over many VMs, with a
 //!   concurrency limit, boot queueing and a per-VM result table (`sftsan vm`).
+//! - [`resume`]: resuming the VMs an I/O error paused (their disks stop the VM on errors).
 //! - [`cluster`]: the core engine as batches and the hook use it (waits for the state lock).
 //! - [`remote`]: a remote cluster's hosts: their libvirt over qemu+ssh (host keys checked
 //!   as sftsan checks them), their snapshots through their own sftsan and hook.
@@ -23,5 +24,7 @@ pub mod identity;
 pub mod libvirt;
 #[cfg(feature = "libvirt")]
 pub mod remote;
+#[cfg(feature = "libvirt")]
+pub mod resume;
 pub mod vms;
 pub mod xml;

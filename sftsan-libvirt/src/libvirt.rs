@@ -72,6 +72,82 @@ impl DomainState {
     }
 }
 
+/// Why libvirt says a domain is paused (the ones sftsan acts on, and the rest by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PauseReason {
+    /// A disk's I/O error with `error_policy='stop'`: the VM waits to be resumed.
+    IoError,
+    /// Someone paused it (`virsh suspend`): left alone.
+    User,
+    /// QEMU stopped and libvirt was not told why. libvirt says this of an I/O error whose
+    /// BLOCK_IO_ERROR event QEMU delivered after the STOP event (QEMU sends at most one
+    /// BLOCK_IO_ERROR per second).
+    Unknown,
+    /// Any other reason, as libvirt names it (`migration`, `snapshot`, ...).
+    Other(String),
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            PauseReason::IoError => f.write_str("I/O error"),
+            PauseReason::User => f.write_str("user"),
+            PauseReason::Unknown => f.write_str("unknown"),
+            PauseReason::Other(r) => f.write_str(r),
+        }
+    }
+}
+
+/// A domain's state with the reason libvirt gives for a pause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// No domain by that name.
+    Undefined,
+    /// Defined but not active.
+    ShutOff,
+    /// Active and running.
+    Running,
+    /// Active but paused, and why.
+    Paused(PauseReason),
+    /// Anything else (shutting down, crashed, suspended to RAM, blocked), in libvirt's word.
+    Other(String),
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            RunState::Undefined => f.write_str("undefined"),
+            RunState::ShutOff => f.write_str("shut off"),
+            RunState::Running => f.write_str("running"),
+            RunState::Paused(reason) => write!(f, "paused ({reason})"),
+            RunState::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One disk error libvirt reports for a domain (`virsh domblkerror`). QEMU keeps a
+/// device's error status after a resume (it resets only drives made with `-drive`, and
+/// libvirt uses `-blockdev`), so this says a disk failed since the domain started, not
+/// that it fails now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskError {
+    /// The disk's target (`vda`).
+    pub disk: String,
+    /// The host ran out of space for it (else an unspecified I/O error).
+    pub no_space: bool,
+}
+
+impl std::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let what = if self.no_space {
+            "no space"
+        } else {
+            "I/O error"
+        };
+        write!(f, "{}: {what}", self.disk)
+    }
+}
+
 /// One connection, shared by a batch's threads (libvirt connections are thread-safe).
 pub struct Libvirt {
     conn: Connect,
@@ -125,6 +201,111 @@ impl Libvirt {
                 Err(e) => Err(lv(name, e)),
             },
         }
+    }
+
+    /// The state of the domain named `name` with libvirt's reason for a pause.
+    pub fn run_state(&self, name: &str) -> Result<RunState> {
+        use virt::domain::{DomainPausedReason as P, DomainState as S, DomainStateReason};
+        use virt::enumutil::Enum;
+        let Some(d) = self.lookup(name)? else {
+            return Ok(RunState::Undefined);
+        };
+        let (state, reason) = d.state().map_err(|e| lv(name, e))?;
+        let state = match state {
+            Enum::Known(s) => s,
+            // virt's state() drops libvirt's error and reports it as an unknown state:
+            // ask again in a way that returns the error.
+            Enum::Unknown(raw) => {
+                d.info().map_err(|e| lv(name, e))?;
+                return Err(Error::refused(name, format!("libvirt gave state {raw}")));
+            }
+        };
+        Ok(match state {
+            S::Running => RunState::Running,
+            S::Shutoff => RunState::ShutOff,
+            S::Paused => RunState::Paused(match reason {
+                Enum::Known(DomainStateReason::Paused(r)) => match r {
+                    Enum::Known(P::IOError) => PauseReason::IoError,
+                    Enum::Known(P::User) => PauseReason::User,
+                    Enum::Known(P::Unknown) => PauseReason::Unknown,
+                    Enum::Known(other) => PauseReason::Other(other.to_string()),
+                    Enum::Unknown(raw) => PauseReason::Other(format!("reason {raw}")),
+                },
+                _ => PauseReason::Unknown,
+            }),
+            S::NoState => RunState::Other("no state".into()),
+            S::Blocked => RunState::Other("blocked".into()),
+            S::Shutdown => RunState::Other("shutting down".into()),
+            S::Crashed => RunState::Other("crashed".into()),
+            S::PMSuspended => RunState::Other("suspended (power management)".into()),
+        })
+    }
+
+    /// Resumes a paused domain (QEMU's `cont`: the requests an I/O error stopped are
+    /// retried).
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.get(name)?
+            .resume()
+            .map_err(|e| lv(format!("{name}: resume"), e))
+    }
+
+    /// Pauses a running domain, as a user would (`virsh suspend`).
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        self.get(name)?
+            .suspend()
+            .map_err(|e| lv(format!("{name}: suspend"), e))
+    }
+
+    /// The disk errors libvirt reports for a running domain (see [`DiskError`]).
+    pub fn disk_errors(&self, name: &str) -> Result<Vec<DiskError>> {
+        use virt::sys;
+        let d = self.get(name)?;
+        let failed = |what: &str| lv(format!("{name}: {what}"), virt::error::Error::last_error());
+        // SAFETY: d is a live domain; a NULL array with 0 entries asks for the count.
+        let count = unsafe { sys::virDomainGetDiskErrors(d.as_ptr(), std::ptr::null_mut(), 0, 0) };
+        if count < 0 {
+            return Err(failed("disk errors"));
+        }
+        if count == 0 {
+            return Ok(vec![]);
+        }
+        let mut errors = vec![
+            sys::virDomainDiskError {
+                disk: std::ptr::null_mut(),
+                error: 0,
+            };
+            count as usize
+        ];
+        // SAFETY: the array holds `count` entries; libvirt fills at most that many and
+        // returns how many it filled, each with a string this code frees below.
+        let filled = unsafe {
+            sys::virDomainGetDiskErrors(d.as_ptr(), errors.as_mut_ptr(), count as u32, 0)
+        };
+        if filled < 0 {
+            return Err(failed("disk errors"));
+        }
+        let mut out = Vec::new();
+        for e in errors.iter().take(filled as usize) {
+            if e.disk.is_null() {
+                continue;
+            }
+            // SAFETY: libvirt returned a NUL-terminated string it allocated with malloc;
+            // it is read once and freed once.
+            let disk = unsafe {
+                let s = std::ffi::CStr::from_ptr(e.disk)
+                    .to_string_lossy()
+                    .into_owned();
+                libc::free(e.disk.cast());
+                s
+            };
+            if e.error as u32 != sys::VIR_DOMAIN_DISK_ERROR_NONE {
+                out.push(DiskError {
+                    disk,
+                    no_space: e.error as u32 == sys::VIR_DOMAIN_DISK_ERROR_NO_SPACE,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The UUID of a defined domain, if there is one by that name.
@@ -210,7 +391,12 @@ impl Libvirt {
             .map_err(|e| lv("list domains", e))?;
         let mut out = Vec::new();
         for d in all {
-            let xml = d.xml_desc(0).map_err(|e| lv("domain XML", e))?;
+            let xml = match d.xml_desc(0) {
+                Ok(xml) => xml,
+                // Undefined since the listing: not there any more.
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(lv("domain XML", e)),
+            };
             if let Ok(parsed) = Domain::from_xml(&xml) {
                 if parsed.sftsan().is_some() {
                     out.push(parsed);
