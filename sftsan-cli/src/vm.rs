@@ -19,7 +19,10 @@ use sftsan_libvirt::cluster::{pool_name, Cluster};
 use sftsan_libvirt::identity::{NamePattern, DEFAULT_NAME_PATTERN};
 use sftsan_libvirt::libvirt::{Libvirt, DEFAULT_URI};
 use sftsan_libvirt::remote::{connect, HostSnapshots, SshWrappers};
-use sftsan_libvirt::vms::{load_template, plan_vms, Vm, VmSettings};
+use sftsan_libvirt::resume::{
+    cluster_domains, resume_cluster, resume_members, select, Member, ResumeOptions, Selection,
+};
+use sftsan_libvirt::vms::{check_compute_node, load_template, plan_vms, Vm, VmSettings};
 use sftsan_libvirt::xml::VmMode;
 
 /// Hosts worked on at once unless `ssh.max_sessions` says otherwise (as `up` does).
@@ -40,6 +43,34 @@ pub enum Command {
     List(Common),
     /// Print the domain XML `define` would give one VM, touching nothing.
     Xml(XmlArgs),
+    /// Resume the VMs an I/O error paused (their node's storage went away: bring it back
+    /// with `sftsan up` first); a VM paused by its user, or in any other state, is left
+    /// alone. One line per domain of the cluster.
+    Resume(ResumeArgs),
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The cluster spec.
+    spec: PathBuf,
+    /// Only these domains (default: every domain of the cluster, found by sftsan's
+    /// metadata whatever its name).
+    #[arg(value_name = "VM")]
+    vms: Vec<String>,
+    /// Only VMs of this node (repeatable; default: every compute node).
+    #[arg(long = "node", value_name = "NODE")]
+    nodes: Vec<String>,
+    /// libvirt connection URI [default: $LIBVIRT_DEFAULT_URI, else qemu:///system]. Not
+    /// for a remote cluster (see `sftsan vm list --help`).
+    #[arg(short, long, value_name = "URI")]
+    connect: Option<String>,
+    /// How long to keep resuming a VM that pauses again (its node not serving yet, or
+    /// QEMU still reconnecting to it, which can take 16 s), e.g. 30s, 2s.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    wait: Duration,
+    /// VMs resumed at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
 }
 
 #[derive(Args)]
@@ -219,10 +250,116 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * scale))
 }
 
+/// The libvirt URI of a local cluster's commands.
+fn local_uri(connect: &Option<String>) -> String {
+    connect
+        .clone()
+        .or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok())
+        .unwrap_or_else(|| DEFAULT_URI.into())
+}
+
+/// `sftsan vm resume`: the table of what was done to each domain; Ok(false) when a VM
+/// could not be resumed.
+fn resume(r: ResumeArgs) -> Result<bool> {
+    anyhow::ensure!(r.concurrency >= 1, "--concurrency must be at least 1");
+    let options = ResumeOptions {
+        wait: r.wait,
+        concurrency: r.concurrency,
+        ..Default::default()
+    };
+    let selection = Selection {
+        nodes: r.nodes.clone(),
+        names: r.vms.clone(),
+    };
+    if let Some(spec) = remote_spec(&r.spec)? {
+        if let Some(uri) = &r.connect {
+            anyhow::bail!(
+                "--connect {uri}: {} is a remote cluster's spec: each node's VMs are on its own host",
+                r.spec.display()
+            );
+        }
+        return resume_remote(&r.spec, spec, &selection, &options);
+    }
+    let cluster = Cluster::load(&r.spec, Tools::from_env()).map_err(anyhow::Error::msg)?;
+    for n in &r.nodes {
+        check_compute_node(cluster.plan(), n).map_err(anyhow::Error::msg)?;
+    }
+    let libvirt = Libvirt::open(&local_uri(&r.connect)).map_err(anyhow::Error::msg)?;
+    let report = resume_cluster(&libvirt, &cluster.plan().cluster, &selection, &options)
+        .map_err(anyhow::Error::msg)?;
+    out(&report.table()).context("stdout")?;
+    Ok(report.failures() == 0)
+}
+
+/// `sftsan vm resume` over a remote cluster: each selected compute node's domains in its
+/// own host's libvirt, the hosts side by side.
+fn resume_remote(
+    path: &Path,
+    spec: ClusterSpec,
+    selection: &Selection,
+    options: &ResumeOptions,
+) -> Result<bool> {
+    let started = std::time::Instant::now();
+    let sessions = spec
+        .ssh
+        .as_ref()
+        .and_then(|s| s.max_sessions)
+        .unwrap_or(DEFAULT_SESSIONS) as usize;
+    let cluster = RemoteCluster::open(path, spec)?;
+    for n in &selection.nodes {
+        check_compute_node(&cluster.plan, n).map_err(anyhow::Error::msg)?;
+    }
+    let nodes: Vec<&str> = cluster
+        .plan
+        .nodes
+        .iter()
+        .filter(|n| n.role == sftsan_core::plan::Role::Node)
+        .map(|n| n.name.as_str())
+        .filter(|n| selection.nodes.is_empty() || selection.nodes.iter().any(|s| s == n))
+        .collect();
+    let wrappers = SshWrappers::new()?;
+    let libvirts = connect_hosts(&cluster, &nodes, &wrappers)?;
+    let name = cluster.plan.cluster.clone();
+    // Every host's domains first, so that a name on no host stops everything.
+    let found: Vec<(&Libvirt, Vec<Member>)> = libvirts
+        .iter()
+        .map(|(node, libvirt)| {
+            let members = cluster_domains(libvirt, &name, &[node.to_string()])
+                .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
+            Ok((libvirt, members))
+        })
+        .collect::<Result<_>>()?;
+    let all: Vec<Member> = found.iter().flat_map(|(_, m)| m.clone()).collect();
+    let chosen = select(all, &selection.names, &name).map_err(anyhow::Error::msg)?;
+    let per_host: Vec<(&Libvirt, Vec<Member>)> = found
+        .into_iter()
+        .map(|(libvirt, members)| {
+            let members = members.into_iter().filter(|m| chosen.contains(m)).collect();
+            (libvirt, members)
+        })
+        .collect();
+    let rows = sftsan_libvirt::batch::bounded(&per_host, sessions, Duration::ZERO, |(lv, m)| {
+        let libvirt: &Libvirt = lv;
+        resume_members(libvirt, m, options)
+    })
+    .into_iter()
+    .flat_map(|(rows, _)| rows)
+    .collect();
+    let report = sftsan_libvirt::batch::Report {
+        op: Op::Resume,
+        rows,
+        notes: vec![],
+        elapsed: started.elapsed(),
+    };
+    out(&report.table()).context("stdout")?;
+    Ok(report.failures() == 0)
+}
+
 /// Runs one batch and prints its table; Ok(false) when a VM failed.
 pub fn run(command: Command) -> Result<bool> {
     let (op, c) = match command {
         Command::Xml(x) => return print_xml(x).map(|()| true),
+        Command::Resume(r) => return resume(r),
         Command::Define(c) => (Op::Define, c),
         Command::Start(c) => (Op::Start, c),
         Command::Destroy(c) => (Op::Destroy, c),
@@ -234,12 +371,7 @@ pub fn run(command: Command) -> Result<bool> {
         return run_remote(op, &c, spec);
     }
     let (cluster, vms) = load_vms(&c.spec, &c.domain, c.count, c.nodes.clone())?;
-    let uri = c
-        .connect
-        .clone()
-        .or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok())
-        .unwrap_or_else(|| DEFAULT_URI.into());
-    let libvirt = Libvirt::open(&uri).map_err(anyhow::Error::msg)?;
+    let libvirt = Libvirt::open(&local_uri(&c.connect)).map_err(anyhow::Error::msg)?;
     let mut nodes: Vec<&str> = vms.iter().map(|v| v.node.as_str()).collect();
     nodes.dedup();
     let pools = nodes
@@ -266,6 +398,50 @@ pub fn run(command: Command) -> Result<bool> {
     Ok(report.failures() == 0)
 }
 
+/// Each of `nodes`' host's libvirt, over qemu+ssh through sftsan's SSH options and
+/// connection. Every one must answer: otherwise one line names the host (a line each, then
+/// a count, when there are several) and nothing is done on any host.
+fn connect_hosts<'a>(
+    cluster: &RemoteCluster,
+    nodes: &[&'a str],
+    wrappers: &SshWrappers,
+) -> Result<Vec<(&'a str, Libvirt)>> {
+    let connected = cluster.fleet.each_of(nodes, |node, host| {
+        let row = cluster.checked.iter().find(|r| r.node == node);
+        match row {
+            // Not even SSH worked: say why, as the check found it.
+            Some(r) if r.facts.is_none() => Err(anyhow::anyhow!(
+                "{node} ({}): {}",
+                r.destination,
+                r.problems.join("; ")
+            )),
+            _ => connect(node, host, wrappers).map_err(anyhow::Error::msg),
+        }
+    });
+    // A host whose libvirt does not answer stops the batch before anything is done: one
+    // line naming it (a line each, then a count, when there are several).
+    let failed: Vec<&anyhow::Error> = connected.iter().filter_map(|r| r.as_ref().err()).collect();
+    match failed.as_slice() {
+        [] => {}
+        [one] => anyhow::bail!("{one}; nothing was done on any host"),
+        several => {
+            for e in several {
+                errln!("sftsan vm: {e}");
+            }
+            anyhow::bail!(
+                "{} of {} hosts cannot be reached; nothing was done on any host",
+                several.len(),
+                nodes.len()
+            );
+        }
+    }
+    Ok(nodes
+        .iter()
+        .copied()
+        .zip(connected.into_iter().map(|r| r.expect("checked above")))
+        .collect())
+}
+
 /// One batch over a remote cluster's hosts: each compute node's VMs in its own host's
 /// libvirt (qemu+ssh, through sftsan's SSH options and connection), its snapshots made by
 /// that host's hook at start and asked of or removed by the host's own sftsan; the hosts
@@ -289,40 +465,7 @@ fn run_remote(op: Op, c: &Common, spec: ClusterSpec) -> Result<bool> {
     nodes.dedup();
 
     let wrappers = SshWrappers::new()?;
-    let connected = cluster.fleet.each_of(&nodes, |node, host| {
-        let row = cluster.checked.iter().find(|r| r.node == node);
-        match row {
-            // Not even SSH worked: say why, as the check found it.
-            Some(r) if r.facts.is_none() => Err(anyhow::anyhow!(
-                "{node} ({}): {}",
-                r.destination,
-                r.problems.join("; ")
-            )),
-            _ => connect(node, host, &wrappers).map_err(anyhow::Error::msg),
-        }
-    });
-    // A host whose libvirt does not answer stops the batch before anything is done: one
-    // line naming it (a line each, then a count, when there are several).
-    let failed: Vec<&anyhow::Error> = connected.iter().filter_map(|r| r.as_ref().err()).collect();
-    match failed.as_slice() {
-        [] => {}
-        [one] => anyhow::bail!("{one}; nothing was done on any host"),
-        several => {
-            for e in several {
-                errln!("sftsan vm: {e}");
-            }
-            anyhow::bail!(
-                "{} of {} hosts cannot be reached; nothing was done on any host",
-                several.len(),
-                nodes.len()
-            );
-        }
-    }
-    let libvirts: Vec<(&str, Libvirt)> = nodes
-        .iter()
-        .copied()
-        .zip(connected.into_iter().map(|r| r.expect("checked above")))
-        .collect();
+    let libvirts = connect_hosts(&cluster, &nodes, &wrappers)?;
     let snapshots: Vec<HostSnapshots> = libvirts
         .iter()
         .map(|(node, _)| {
