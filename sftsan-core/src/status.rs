@@ -46,7 +46,8 @@ pub struct NodeStatus {
     pub cache_fill_bytes: u64,
     /// The image's size in bytes, to set `cache_fill_bytes` against.
     pub image_bytes: u64,
-    /// Bytes received from the parent on the current connections.
+    /// Bytes received from upstream: by the node's upstream switch since it started (from
+    /// whichever ancestor it read), else on the current connections to the parent.
     pub upstream_bytes: u64,
     /// Bytes sent from its export (to children and local VMs) on the current connections.
     pub served_bytes: u64,
