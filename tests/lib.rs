@@ -561,10 +561,9 @@ impl Cluster {
         true
     }
 
-    /// Bytes the node at tree position `position` (origin = 1) sent: the receive counter
-    /// of its veth's root-namespace end.
-    pub fn veth_rx_bytes(&self, position: usize) -> u64 {
-        let veth = self.names.veth_host(position);
+    /// Bytes `node` sent: the receive counter of its veth's root-namespace end.
+    pub fn veth_rx_bytes(&self, node: &str) -> u64 {
+        let veth = self.names.veth_host(node);
         let path = format!("/sys/class/net/{veth}/statistics/rx_bytes");
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         text.trim().parse().unwrap()
@@ -683,10 +682,10 @@ impl Cluster {
                 .into_iter()
                 .map(|ns| format!("netns {ns}")),
         );
-        let positions = 1..=self.spec.nodes.len() + 1;
+        let nodes = std::iter::once(self.origin().to_string()).chain(self.nodes());
         let links = [self.names.bridge()]
             .into_iter()
-            .chain(positions.flat_map(|i| [self.names.veth_host(i), self.names.veth_peer(i)]));
+            .chain(nodes.flat_map(|n| [self.names.veth_host(&n), self.names.veth_peer(&n)]));
         for link in links {
             if Path::new("/sys/class/net").join(&link).exists() {
                 left.push(format!("interface {link}"));

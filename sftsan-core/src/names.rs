@@ -164,14 +164,16 @@ impl Names {
         format!("sft{}br", self.tag)
     }
 
-    /// Root-namespace end of a node's veth (the other end is renamed `eth0` in the namespace).
-    pub fn veth_host(&self, position: usize) -> String {
-        format!("sft{}h{position}", self.tag)
+    /// Root-namespace end of a node's veth (the other end is renamed `eth0` in the
+    /// namespace). Named after the node, not its place in the tree: a node removed from the
+    /// middle of the list moves the others, and their interfaces must keep their names.
+    pub fn veth_host(&self, node: &str) -> String {
+        format!("sft{}h{}", self.tag, crate::hash::node_tag(node))
     }
 
     /// Namespace end of the veth before it is moved and renamed.
-    pub fn veth_peer(&self, position: usize) -> String {
-        format!("sft{}p{position}", self.tag)
+    pub fn veth_peer(&self, node: &str) -> String {
+        format!("sft{}p{}", self.tag, crate::hash::node_tag(node))
     }
 }
 
@@ -201,13 +203,15 @@ mod tests {
     #[test]
     fn interface_names_fit_the_kernel_limit() {
         let long = names("a-very-long-clus");
-        for name in [long.bridge(), long.veth_host(9999), long.veth_peer(9999)] {
+        let node = "a-node-name-as-long-as-they-may-be";
+        for name in [long.bridge(), long.veth_host(node), long.veth_peer(node)] {
             assert!(name.len() <= 15, "{name} is longer than IFNAMSIZ allows");
             assert!(name.starts_with("sft"), "{name}");
         }
         // Stable for a name, different for another.
         assert_eq!(long.bridge(), names("a-very-long-clus").bridge());
         assert_ne!(long.bridge(), names("another").bridge());
-        assert_ne!(long.veth_host(1), long.veth_host(2));
+        assert_ne!(long.veth_host("n1"), long.veth_host("n2"));
+        assert_eq!(long.veth_host("n1"), names("a-very-long-clus").veth_host("n1"));
     }
 }

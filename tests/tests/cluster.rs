@@ -109,7 +109,7 @@ fn check_cluster(cluster: TestCluster) {
         .iter()
         .filter(|n| n["parent"] == c.origin())
         .count();
-    let egress = c.veth_rx_bytes(1);
+    let egress = c.veth_rx_bytes(c.origin());
     assert!(
         egress as f64 <= size * children as f64 * 1.03 + MIB as f64,
         "the origin sent {egress} bytes to {children} children, image {size}"

@@ -82,8 +82,8 @@ fn local_links_are_limited_to_link_mbit() {
         .create();
     c.up();
     let node = &c.nodes()[0];
-    for position in [1, 2] {
-        let veth = c.names.veth_host(position);
+    for name in [c.origin(), node.as_str()] {
+        let veth = c.names.veth_host(name);
         assert_eq!(tbf_rate(None, &veth).as_deref(), Some("32Mbit"), "{veth}");
     }
     let netns = c.names.netns(node);

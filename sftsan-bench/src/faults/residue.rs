@@ -41,9 +41,9 @@ fn namespaces(bed: &Testbed) -> Vec<String> {
 
 /// The cluster's bridge and veth ends that exist.
 fn interfaces(bed: &Testbed) -> Vec<String> {
-    let positions = 1..=bed.plan.nodes.len();
+    let nodes = bed.plan.nodes.iter().map(|n| n.name.as_str());
     std::iter::once(bed.names.bridge())
-        .chain(positions.flat_map(|i| [bed.names.veth_host(i), bed.names.veth_peer(i)]))
+        .chain(nodes.flat_map(|n| [bed.names.veth_host(n), bed.names.veth_peer(n)]))
         .filter(|l| Path::new("/sys/class/net").join(l).exists())
         .collect()
 }

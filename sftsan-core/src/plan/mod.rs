@@ -227,8 +227,8 @@ pub fn plan(validated: &ValidatedSpec) -> Plan {
                     netns: names.netns(name),
                     address: ipv4(*address),
                     prefix_len: l.subnet.prefix_len(),
-                    veth_host: names.veth_host(index),
-                    veth_peer: names.veth_peer(index),
+                    veth_host: names.veth_host(name),
+                    veth_peer: names.veth_peer(name),
                     bridge: names.bridge(),
                     link_mbit: l.link_mbit,
                 }));

@@ -391,7 +391,8 @@ fn check_mode(spec: &ClusterSpec) -> Result<(), SpecError> {
     match (spec.cluster.mode, &spec.local) {
         (Mode::Local, Some(local)) => {
             check_link_rate(local.link_mbit)?;
-            check_local_addresses(spec, local.subnet)
+            check_local_addresses(spec, local.subnet)?;
+            check_interface_tags(spec)
         }
         (Mode::Local, None) => Err(SpecError::new(
             "local",
@@ -435,6 +436,26 @@ fn check_local_addresses(spec: &ClusterSpec, subnet: ipnet::Ipv4Net) -> Result<(
     }
     for (i, node) in spec.nodes.iter().enumerate() {
         check_local_address(&format!("nodes[{i}].address"), node.address, subnet)?;
+    }
+    Ok(())
+}
+
+/// Each node's veth is named after a short tag of its name: two names with one tag cannot
+/// both be local nodes.
+fn check_interface_tags(spec: &ClusterSpec) -> Result<(), SpecError> {
+    let mut seen = std::collections::HashMap::new();
+    let names = std::iter::once(&spec.origin.name).chain(spec.nodes.iter().map(|n| &n.name));
+    for (i, name) in names.enumerate() {
+        if let Some(other) = seen.insert(crate::hash::node_tag(name), name) {
+            let field = match i {
+                0 => "origin.name".to_string(),
+                i => format!("nodes[{}].name", i - 1),
+            };
+            return Err(SpecError::new(
+                &field,
+                format!("{name:?} and {other:?} would share a network interface name; rename one"),
+            ));
+        }
     }
     Ok(())
 }
