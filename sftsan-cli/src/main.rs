@@ -67,6 +67,9 @@ enum Command {
     /// Create or remove one VM's snapshot (its disk), bringing its node up if needed.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Add a node to a running cluster, or remove one gracefully (its children move first).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// One line per node: parent, level, state, cache fill, bytes from upstream, snapshots.
     Status {
         spec: PathBuf,
@@ -138,6 +141,22 @@ enum Command {
         #[arg(long)]
         daemon_pid: i32,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Append node NAME at ADDRESS to the spec's [[nodes]] and bring it up; running nodes
+    /// keep their place in the tree.
+    Add {
+        spec: PathBuf,
+        name: String,
+        #[arg(long)]
+        address: std::net::IpAddr,
+    },
+    /// Take node NAME out of the tree and the spec: every node below it (and after it in
+    /// the list) moves to its new parent first, readers going on, then its stack goes.
+    /// Its own VM disks go with it: move or stop its VMs first.
+    Remove { spec: PathBuf, name: String },
 }
 
 #[derive(Subcommand)]
@@ -305,6 +324,32 @@ fn run(command: Command) -> Result<()> {
             };
             errln!(
                 "down: {} removed in {:.1}s",
+                s.removed,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Node(command) => {
+            let started = Instant::now();
+            let engine_for = |spec: &ValidatedSpec| {
+                sftsan_core::cluster::engine(spec, Tools::from_env(), progress())
+            };
+            let (what, s) = match command {
+                NodeCommand::Add {
+                    spec,
+                    name,
+                    address,
+                } => (
+                    "node add",
+                    sftsan_core::membership::add_node(&spec, &name, address, engine_for)?,
+                ),
+                NodeCommand::Remove { spec, name } => (
+                    "node remove",
+                    sftsan_core::membership::remove_node(&spec, &name, engine_for)?,
+                ),
+            };
+            errln!(
+                "{what}: {} created, {} removed, in {:.1}s",
+                s.created,
                 s.removed,
                 started.elapsed().as_secs_f64()
             );

@@ -49,6 +49,21 @@ pub fn fnv32(bytes: &[u8]) -> u32 {
         .fold(OFFSET_32, |h, b| (h ^ u32::from(*b)).wrapping_mul(PRIME_32))
 }
 
+/// Five characters (digits and letters, 916 million values) of FNV-1a over a node's name:
+/// what fits beside a cluster's tag in a 15-byte interface name. Validation refuses two
+/// nodes of a cluster that would share one.
+pub fn node_tag(node: &str) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut v = fnv32(node.as_bytes());
+    (0..5)
+        .map(|_| {
+            let d = DIGITS[(v % 62) as usize] as char;
+            v /= 62;
+            d
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,19 +79,4 @@ mod tests {
         assert_eq!(h.finish(), 0x8594_4171_f739_67e8);
         assert_ne!(fnv64_parts(&["ab", "c"]), fnv64_parts(&["a", "bc"]));
     }
-}
-
-/// Five characters (digits and letters, 916 million values) of FNV-1a over a node's name:
-/// what fits beside a cluster's tag in a 15-byte interface name. Validation refuses two
-/// nodes of a cluster that would share one.
-pub fn node_tag(node: &str) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut v = fnv32(node.as_bytes());
-    (0..5)
-        .map(|_| {
-            let d = DIGITS[(v % 62) as usize] as char;
-            v /= 62;
-            d
-        })
-        .collect()
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsutil;
 pub mod hash;
 pub mod local;
+pub mod membership;
 pub mod names;
 pub mod plan;
 pub mod process;

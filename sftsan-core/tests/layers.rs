@@ -35,6 +35,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("verify", &["error", "plan", "resources", "transport"]),
+    // Nodes joining and leaving a running cluster.
+    (
+        "membership",
+        &[
+            "backends::userspace",
+            "cluster",
+            "engine",
+            "error",
+            "fsutil",
+            "plan",
+            "spec",
+        ],
+    ),
     // A remote cluster's hosts over SSH: the controller's sessions, what hosts report.
     (
         "remote",

@@ -465,6 +465,33 @@ impl Engine {
         Ok(run.summary.into_inner().unwrap())
     }
 
+    /// Tears down the stack of `node`, which has left the plan (removed from the spec),
+    /// from what the journal recorded of it. The caller has moved its children away.
+    pub fn retire(&self, node: &str) -> Result<Summary> {
+        if self.plan.node(node).is_some() {
+            return Err(Error::invalid(
+                format!("node {node}"),
+                "is still in the spec: only a node that left it is retired",
+            ));
+        }
+        let _lock = StateLock::acquire(&self.names)?;
+        let run = self.open_run()?;
+        let entries = run.journal.lock().unwrap().data.entries.clone();
+        for e in entries
+            .iter()
+            .rev()
+            .filter(|e| e.node.as_deref() == Some(node))
+        {
+            run.remove(e, false)
+                .map_err(|f| teardown_incomplete(vec![f]))?;
+        }
+        let mut journal = run.journal.lock().unwrap();
+        journal.data.transports.remove(node);
+        journal.save()?;
+        drop(journal);
+        Ok(run.summary.into_inner().unwrap())
+    }
+
     /// Tears down `node`'s stack and then, when the journal names nothing else (a host of
     /// a remote cluster runs one node), the state kept for it: journal, lock, directories.
     pub fn down_only(&self, node: &str) -> Result<Summary> {
