@@ -113,11 +113,49 @@ pub fn status_text(st: &ClusterStatus) -> String {
             size(n.served_bytes),
             n.snapshots
         );
+        if let Some(line) = n.upstream.as_ref().and_then(upstream_line) {
+            let _ = writeln!(out, "    {line}");
+        }
         for p in &n.problems {
             let _ = writeln!(out, "    ! {p}");
         }
     }
     out
+}
+
+/// What a node's upstream switch did, when it did anything: where it reads now (if not
+/// from its parent), how often it moved, and when and how fast it last did.
+fn upstream_line(link: &sftsan_core::status::UpstreamLink) -> Option<String> {
+    if link.failovers == 0 && link.current == link.planned && link.failed_requests == 0 {
+        return None;
+    }
+    let reads = match link.current.as_str() {
+        "" => "reads from no one (no upstream answers)".to_string(),
+        c if c == link.planned => format!("reads from {c}"),
+        c => format!("reads from {c}, not its parent {}", link.planned),
+    };
+    let mut line = format!("upstream: {reads}; {} move(s)", link.failovers);
+    if let Some(at) = link.last_reparent_unix_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let _ = write!(
+            line,
+            ", the last {:.0} s ago",
+            now.saturating_sub(at) as f64 / 1000.0
+        );
+        if let Some(took) = link.last_reparent_took_ms {
+            let _ = write!(line, " (took {took} ms)");
+        }
+    }
+    if link.retried_requests > 0 || link.failed_requests > 0 {
+        let _ = write!(
+            line,
+            "; {} request(s) retried, {} failed",
+            link.retried_requests, link.failed_requests
+        );
+    }
+    Some(line)
 }
 
 /// One `verify` result: `n1/snapshot/1: identical to ... (0.4s)`, `same` saying what a
@@ -128,4 +166,37 @@ pub fn verified_line(r: &sftsan_core::verify::Verified, same: &str) -> String {
         "{}/snapshot/{}: {outcome} ({:.1}s)",
         r.node, r.snapshot, r.seconds
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_line;
+    use sftsan_core::status::UpstreamLink;
+
+    #[test]
+    fn a_quiet_switch_adds_no_line_and_a_moved_one_says_where_it_reads() {
+        let quiet = UpstreamLink {
+            current: "n1".into(),
+            planned: "n1".into(),
+            ..UpstreamLink::default()
+        };
+        assert_eq!(upstream_line(&quiet), None);
+        let moved = UpstreamLink {
+            current: "origin".into(),
+            failovers: 1,
+            last_reparent_took_ms: Some(2005),
+            last_reparent_unix_ms: Some(1),
+            retried_requests: 3,
+            ..quiet
+        };
+        let line = upstream_line(&moved).unwrap();
+        assert!(
+            line.starts_with("upstream: reads from origin, not its parent n1; 1 move(s)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("(took 2005 ms)") && line.contains("3 request(s) retried, 0 failed"),
+            "{line}"
+        );
+    }
 }
