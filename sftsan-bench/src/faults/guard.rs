@@ -14,7 +14,7 @@ use super::inject::Active;
 use super::residue::{force_clean, remove_dir_if_exists, residue};
 
 /// How long the guard's own `down` may take before the rest is removed by force.
-const CLEANUP_DOWN: Duration = Duration::from_secs(60);
+const CLEANUP_DOWN: Duration = Duration::from_secs(30);
 
 /// The measured `down` and what it left.
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +47,7 @@ impl<'a> Guard<'a> {
         };
         if !residue(bed).is_empty() {
             errln!("{}: clearing an earlier run's leftovers", bed.name);
-            let left = guard.cleanup(false);
+            let left = guard.cleanup(false, false);
             if !left.is_empty() {
                 bail!(
                     "{}: an earlier run's leftovers cannot be removed: {}",
@@ -88,7 +88,7 @@ impl<'a> Guard<'a> {
     pub fn measured_down(&mut self, timeout: Duration) -> Result<Down> {
         let o = self.bed.cli.run(&["down"], timeout)?;
         let left = residue(self.bed);
-        let cleanup_failed = self.cleanup(true);
+        let cleanup_failed = self.cleanup(true, true);
         Ok(Down {
             seconds: o.seconds,
             ok: o.ok,
@@ -99,10 +99,12 @@ impl<'a> Guard<'a> {
         })
     }
 
-    /// Undoes the faults, runs `down`, removes the rest by force (and with `spec`, the
-    /// cluster's directory); returns what is still there.
-    fn cleanup(&mut self, spec: bool) -> Vec<String> {
+    /// Undoes the faults, runs `down` (again only if a fault was undone since the last),
+    /// removes the rest by force (and with `spec`, the cluster's directory); returns what
+    /// is still there.
+    fn cleanup(&mut self, spec: bool, after_down: bool) -> Vec<String> {
         self.done = true;
+        let mut undone = false;
         for fault in self
             .active
             .lock()
@@ -110,11 +112,12 @@ impl<'a> Guard<'a> {
             .drain(..)
             .rev()
         {
+            undone = true;
             if let Err(e) = fault.undo() {
                 errln!("{}: undoing {fault:?}: {e:#}", self.bed.name);
             }
         }
-        if !residue(self.bed).is_empty() {
+        if (undone || !after_down) && !residue(self.bed).is_empty() {
             match self.bed.cli.run(&["down"], CLEANUP_DOWN) {
                 Ok(o) if !o.ok => errln!("{}: cleanup: sftsan down: {}", self.bed.name, o.message),
                 Err(e) => errln!("{}: cleanup: {e:#}", self.bed.name),
@@ -138,7 +141,7 @@ impl Drop for Guard<'_> {
         if self.done {
             return;
         }
-        let left = self.cleanup(true);
+        let left = self.cleanup(true, false);
         if !left.is_empty() {
             errln!(
                 "{}: cleanup left behind: {}",

@@ -125,8 +125,9 @@ pub fn run(layout: &Layout, topology: Topology, fault: Fault, s: &Settings) -> R
     let waited = injected.and_then(|()| setup::wait_until(t0 + fault_at + s.window));
     let upstream_bytes_after_fault = ingress.bytes();
     let guard_route_kept = bed.guard_route_present();
-    let reparent = poller.finish();
+    // Readers stop at the window's end; a status still answering may take longer.
     let logs = readers.stop(STOP_GRACE);
+    let reparent = poller.finish();
     waited.with_context(|| format!("injecting {}", fault.describe(&target)))?;
     interrupted()?;
     let down = guard.measured_down(s.down_timeout)?;
