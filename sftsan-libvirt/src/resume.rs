@@ -16,12 +16,20 @@
 //!   request after it connected uses the new connection. So a resume soon after the
 //!   daemon is back may pause the VM again, and a later one sticks; the disk never needs
 //!   reopening.
-//! - QEMU sends at most one BLOCK_IO_ERROR event per second (later ones wait), and libvirt
-//!   marks a running domain paused when it receives one. A failed retry's event can arrive
-//!   after the resume that worked, marking a running VM "paused (I/O error)"; and a pause
-//!   whose event arrives after QEMU's STOP shows as "paused (unknown)". So a resume counts
-//!   once the VM stayed running for [`ResumeOptions::settle`] (longer than QEMU's second),
-//!   and a VM paused for an unknown reason with a disk error is taken as paused by it.
+//! - QEMU sends at most one BLOCK_IO_ERROR event per second (later ones wait), and one
+//!   failed retry can raise several (one per guest request). libvirt 9.0 marks a running
+//!   domain "paused (I/O error)" when such an event arrives, and learns that QEMU runs
+//!   only from QEMU's RESUME event. So an event held back from a failed resume that
+//!   arrives after a resume that worked leaves libvirt showing a running VM as paused, for
+//!   good: `virDomainResume` then sends QEMU a `cont` that changes nothing and raises no
+//!   RESUME, and `virDomainSuspend` does nothing to a domain libvirt thinks paused. Hence
+//!   every resume waits [`ResumeOptions::event_gap`] after the VM was last seen pausing
+//!   (more than QEMU's second), so that every held-back event reaches libvirt while the
+//!   VM is still paused, where libvirt ignores it. A VM that someone else resumed too soon
+//!   is told by its disk requests: they go on while libvirt shows it paused (restarting
+//!   libvirtd makes libvirt read QEMU's state again). For the same reason a pause whose
+//!   event came after QEMU's STOP shows as "paused (unknown)": a VM paused for an unknown
+//!   reason whose disk reports an error is taken as paused by it.
 
 use std::time::{Duration, Instant};
 
@@ -37,11 +45,13 @@ pub struct ResumeOptions {
     /// yet, or QEMU's connect thread not reconnected yet). QEMU's thread waits up to 16 s
     /// between attempts, so this should be longer.
     pub wait: Duration,
-    /// How long a resumed VM must stay running to count as resumed (more than QEMU's one
-    /// second between two BLOCK_IO_ERROR events, so that a late one is seen and answered).
+    /// How long a resumed VM must stay running to count as resumed (a retried request that
+    /// fails pauses it again within milliseconds).
     pub settle: Duration,
-    /// Between a VM pausing again and the next resume.
-    pub retry_interval: Duration,
+    /// How long after the VM was last seen pausing it is resumed: more than the second
+    /// QEMU holds back a BLOCK_IO_ERROR event, so that none reaches libvirt after a resume
+    /// that worked (see the module's notes).
+    pub event_gap: Duration,
     /// At most this many VMs resumed at once.
     pub concurrency: usize,
 }
@@ -50,8 +60,8 @@ impl Default for ResumeOptions {
     fn default() -> Self {
         ResumeOptions {
             wait: Duration::from_secs(30),
-            settle: Duration::from_secs(2),
-            retry_interval: Duration::from_millis(250),
+            settle: Duration::from_millis(1500),
+            event_gap: Duration::from_millis(1200),
             concurrency: 4,
         }
     }
@@ -69,6 +79,8 @@ pub trait Control: Sync {
     fn resume(&self, name: &str) -> Result<()>;
     /// The disk errors libvirt reports for the domain.
     fn disk_errors(&self, name: &str) -> Result<Vec<DiskError>>;
+    /// The requests the domain's disks completed so far.
+    fn disk_requests(&self, name: &str) -> Result<u64>;
 }
 
 impl Control for Libvirt {
@@ -80,6 +92,9 @@ impl Control for Libvirt {
     }
     fn disk_errors(&self, name: &str) -> Result<Vec<DiskError>> {
         Libvirt::disk_errors(self, name)
+    }
+    fn disk_requests(&self, name: &str) -> Result<u64> {
+        Libvirt::disk_requests(self, name)
     }
 }
 
@@ -274,7 +289,14 @@ fn resume_until_running(
     let started = Instant::now();
     let deadline = started + options.wait;
     let mut attempts = 0u32;
+    // When it paused is not known: seen paused now, it paused at the latest now.
+    let mut resume_at = started + options.event_gap;
+    // A paused VM's disks complete no requests (failed ones are not counted).
+    let requests = || ctl.disk_requests(name).ok();
     loop {
+        if let Some(wait) = resume_at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
         attempts += 1;
         match ctl.resume(name) {
             Ok(()) => {}
@@ -298,7 +320,8 @@ fn resume_until_running(
             Settled::Ended(state) => return Ok(format!("resumed (was {why}); now {state}")),
             Settled::Paused(reason) => reason,
         };
-        if Instant::now() + options.retry_interval >= deadline {
+        resume_at = Instant::now() + options.event_gap;
+        if resume_at >= deadline {
             return Err(Error::timeout(
                 name,
                 format!(
@@ -307,7 +330,30 @@ fn resume_until_running(
                 ),
             ));
         }
-        std::thread::sleep(options.retry_interval);
+        let at_pause = requests();
+        if let Some(wait) = resume_at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let still = ctl.run_state(name)?;
+        match &still {
+            RunState::Paused(PauseReason::User) => {
+                return Ok(format!("{why}; then paused by its user: left alone"))
+            }
+            RunState::Paused(_) | RunState::Running => {}
+            other => return Ok(format!("{why}; now {other}")),
+        }
+        // Paused all along, yet its disks worked: QEMU runs it.
+        if let (RunState::Paused(_), Some(a), Some(b)) = (&still, at_pause, requests()) {
+            if b > a {
+                return Err(Error::conflict(
+                    name,
+                    format!(
+                        "libvirt shows it {still}, but its disks completed {} requests meanwhile: QEMU runs it, and libvirt missed QEMU's resume (in libvirt 9.0 an I/O error event that arrives late, after a resume, marks a running domain paused; restarting libvirtd makes libvirt read QEMU's state again)",
+                        b - a
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -316,18 +362,22 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A paused VM as QEMU and libvirt show it: the first `failing` resumes pause it again
-    /// (as while QEMU's NBD client reconnects), reported by turns as "I/O error" and
-    /// "unknown"; after the resume that works, `stale` reads later libvirt marks it paused
-    /// by a late BLOCK_IO_ERROR event once while it runs; `user_pause_after` reads after a
-    /// resume that works, its user pauses it.
+    /// A paused VM as QEMU and libvirt 9.0 show it: the first `failing` resumes pause it
+    /// again (as while QEMU's NBD client reconnects), reported by turns as "I/O error" and
+    /// "unknown"; after the resume that works, `stale` reads later a late BLOCK_IO_ERROR
+    /// event marks it paused in libvirt for good while QEMU runs it (a resume then changes
+    /// nothing, and its disk requests go on); `user_pause_after` reads after a resume that
+    /// works, its user pauses it.
     struct FakeVm {
         state: Mutex<RunState>,
         failing: Mutex<u32>,
         stale: Mutex<Option<u32>>,
         user_pause_after: Mutex<Option<u32>>,
         errors: Vec<DiskError>,
-        resumes: Mutex<u32>,
+        resumes: Mutex<Vec<Instant>>,
+        /// QEMU runs it while libvirt shows it paused.
+        phantom: Mutex<bool>,
+        requests: Mutex<u64>,
     }
 
     impl FakeVm {
@@ -341,12 +391,14 @@ mod tests {
                     disk: "vda".into(),
                     no_space: false,
                 }],
-                resumes: Mutex::new(0),
+                resumes: Mutex::new(vec![]),
+                phantom: Mutex::new(false),
+                requests: Mutex::new(0),
             }
         }
 
-        fn resumes(&self) -> u32 {
-            *self.resumes.lock().unwrap()
+        fn resumes(&self) -> usize {
+            self.resumes.lock().unwrap().len()
         }
     }
 
@@ -368,9 +420,15 @@ mod tests {
     impl Control for FakeVm {
         fn run_state(&self, _: &str) -> Result<RunState> {
             let mut state = self.state.lock().unwrap();
+            let mut phantom = self.phantom.lock().unwrap();
+            if *state == RunState::Running || *phantom {
+                // The guest does I/O.
+                *self.requests.lock().unwrap() += 1;
+            }
             if *state == RunState::Running {
                 if countdown(&self.stale) {
                     *state = RunState::Paused(PauseReason::IoError);
+                    *phantom = true;
                 } else if countdown(&self.user_pause_after) {
                     *state = RunState::Paused(PauseReason::User);
                 }
@@ -378,10 +436,14 @@ mod tests {
             Ok(state.clone())
         }
         fn resume(&self, name: &str) -> Result<()> {
-            *self.resumes.lock().unwrap() += 1;
+            self.resumes.lock().unwrap().push(Instant::now());
             let mut state = self.state.lock().unwrap();
             if !matches!(*state, RunState::Paused(_)) {
                 return Err(Error::conflict(name, "domain is not paused"));
+            }
+            if *self.phantom.lock().unwrap() {
+                // QEMU's `cont` of a running VM: no RESUME event, libvirt's state stays.
+                return Ok(());
             }
             let mut failing = self.failing.lock().unwrap();
             *state = if *failing > 0 {
@@ -399,13 +461,16 @@ mod tests {
         fn disk_errors(&self, _: &str) -> Result<Vec<DiskError>> {
             Ok(self.errors.clone())
         }
+        fn disk_requests(&self, _: &str) -> Result<u64> {
+            Ok(*self.requests.lock().unwrap())
+        }
     }
 
     fn quick() -> ResumeOptions {
         ResumeOptions {
             wait: Duration::from_secs(5),
             settle: Duration::from_millis(120),
-            retry_interval: Duration::from_millis(5),
+            event_gap: Duration::from_millis(30),
             concurrency: 2,
         }
     }
@@ -452,10 +517,19 @@ mod tests {
         assert_eq!(vm.resumes(), 1);
     }
 
+    /// Resumed again and again, never sooner than the event gap after it was seen paused
+    /// (the first time: after the call began).
     #[test]
     fn a_vm_that_pauses_again_is_resumed_until_it_stays_running() {
         let vm = FakeVm::new(RunState::Paused(PauseReason::IoError), 3);
+        let t0 = Instant::now();
         let outcome = resume_domain(&vm, "v", &quick()).unwrap();
+        let at = vm.resumes.lock().unwrap().clone();
+        let gap = quick().event_gap;
+        assert!(at[0] - t0 >= gap, "{:?}", at[0] - t0);
+        for pair in at.windows(2) {
+            assert!(pair[1] - pair[0] >= gap, "{:?}", pair[1] - pair[0]);
+        }
         assert_eq!(
             outcome,
             "resumed after 4 resumes (was paused by an I/O error (vda: I/O error))"
@@ -464,16 +538,22 @@ mod tests {
         assert_eq!(*vm.state.lock().unwrap(), RunState::Running);
     }
 
-    /// libvirt marks the running VM paused by a late BLOCK_IO_ERROR within the settle
-    /// time: it is resumed once more (QEMU's `cont` on a running VM changes nothing but
-    /// libvirt's view) and then counts.
+    /// A VM that libvirt shows paused while QEMU runs it (someone resumed it within a
+    /// second of a failed resume) is named as such at the first retry, not after the wait.
     #[test]
-    fn a_late_io_error_event_is_answered_with_another_resume() {
+    fn a_running_vm_that_libvirt_shows_paused_is_told_apart() {
         let vm = FakeVm::new(RunState::Paused(PauseReason::IoError), 0);
         *vm.stale.lock().unwrap() = Some(1);
-        let outcome = resume_domain(&vm, "v", &quick()).unwrap();
-        assert!(outcome.starts_with("resumed after 2 resumes"), "{outcome}");
-        assert_eq!(vm.resumes(), 2);
+        let t = Instant::now();
+        let err = resume_domain(&vm, "v", &quick()).unwrap_err();
+        assert!(t.elapsed() < quick().wait, "{:?}", t.elapsed());
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("QEMU runs it") && text.contains("restarting libvirtd"),
+            "{text}"
+        );
+        assert_eq!(vm.resumes(), 1);
     }
 
     #[test]
@@ -482,6 +562,7 @@ mod tests {
         let options = ResumeOptions {
             wait: Duration::from_millis(300),
             settle: Duration::from_millis(20),
+            event_gap: Duration::from_millis(10),
             ..quick()
         };
         let t = Instant::now();
