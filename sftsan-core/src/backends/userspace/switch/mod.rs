@@ -79,16 +79,35 @@ impl UpstreamSwitch {
     }
 }
 
+/// An ancestor list as one parameter: `n1=10.0.0.2:10809,origin=10.0.0.1:10809`.
+fn ancestors_param(list: &[Ancestor]) -> String {
+    let each: Vec<String> = list
+        .iter()
+        .map(|a| format!("{}={}", a.node, a.address))
+        .collect();
+    each.join(",")
+}
+
 impl Resource for UpstreamSwitch {
     fn desired(&self) -> Params {
-        vec![("socket", self.marker())]
+        vec![
+            ("socket", self.marker()),
+            ("ancestors", ancestors_param(&self.ancestors)),
+        ]
     }
 
     fn observe(&self, _ctx: &Ctx) -> Result<Observed> {
-        Ok(match self.pid() {
-            Some(_) => Observed::Present(vec![("socket", self.marker())]),
-            None => Observed::Absent,
-        })
+        if self.pid().is_none() {
+            return Ok(Observed::Absent);
+        }
+        // A tree changed by hand shows here; `node add`/`node remove` keep the list current.
+        let listed = read_ancestors(&self.upstreams_file())
+            .map(|l| ancestors_param(&l))
+            .unwrap_or_else(|e| format!("(unreadable: {e})"));
+        Ok(Observed::Present(vec![
+            ("socket", self.marker()),
+            ("ancestors", listed),
+        ]))
     }
 
     fn create(&self, ctx: &Ctx) -> Result<()> {
