@@ -30,12 +30,30 @@ const TRANSMISSION_FLAGS: u16 = tflag::HAS_FLAGS
     | tflag::SEND_CACHE
     | tflag::CAN_MULTI_CONN;
 
+/// A connected socket the server can read on one thread and answer on others.
+pub trait Socket: Read + Write + Send + Sized + 'static {
+    /// A second handle on the same connection.
+    fn duplicate(&self) -> io::Result<Self>;
+}
+
+impl Socket for UnixStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
+impl Socket for std::net::TcpStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
 /// Serves one client until it disconnects or the connection breaks.
-pub fn serve(mut stream: UnixStream, export: &str, source: Arc<dyn Source>) -> io::Result<()> {
+pub fn serve<S: Socket>(mut stream: S, export: &str, source: Arc<dyn Source>) -> io::Result<()> {
     if !negotiate(&mut stream, export, source.size())? {
         return Ok(());
     }
-    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let writer = Arc::new(Mutex::new(stream.duplicate()?));
     let slots = Arc::new((Mutex::new(0usize), Condvar::new()));
     loop {
         let mut head = [0u8; 28];
@@ -88,7 +106,7 @@ pub fn serve(mut stream: UnixStream, export: &str, source: Arc<dyn Source>) -> i
     }
 }
 
-fn answer_read(req: &Request, source: &dyn Source, writer: &Mutex<UnixStream>) {
+fn answer_read<S: Socket>(req: &Request, source: &dyn Source, writer: &Mutex<S>) {
     let result = source.read(req.offset, req.length);
     let mut w = writer.lock().unwrap();
     let head = |error| {
@@ -122,7 +140,7 @@ fn give_slot(slots: &(Mutex<usize>, Condvar)) {
 }
 
 /// The server side of the fixed newstyle handshake. True when transmission begins.
-fn negotiate(s: &mut UnixStream, export: &str, size: u64) -> io::Result<bool> {
+fn negotiate<S: Socket>(s: &mut S, export: &str, size: u64) -> io::Result<bool> {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());

@@ -395,3 +395,204 @@ impl Source for Switch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::userspace::nbd::{serve, Source};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU8};
+
+    const SIZE: u64 = 1 << 20;
+    const ANSWER: u8 = 0;
+    const FAIL: u8 = 1;
+    const HANG: u8 = 2;
+
+    /// An ancestor's export: byte `i` is `i % 251`; it can fail or hang its reads.
+    struct Ancestral {
+        mode: AtomicU8,
+        reads: AtomicU64,
+    }
+
+    impl Source for Ancestral {
+        fn size(&self) -> u64 {
+            SIZE
+        }
+        fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>, u32> {
+            let until = Instant::now() + Duration::from_secs(10);
+            while self.mode.load(Ordering::SeqCst) == HANG && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10)); // a test double's stall
+            }
+            if self.mode.load(Ordering::SeqCst) == FAIL {
+                return Err(errno::EIO);
+            }
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok((offset..offset + u64::from(length))
+                .map(|i| (i % 251) as u8)
+                .collect())
+        }
+    }
+
+    /// A TCP NBD server whose connections can be cut and whose door can be shut.
+    struct Server {
+        node: String,
+        address: SocketAddr,
+        source: Arc<Ancestral>,
+        conns: Arc<Mutex<Vec<TcpStream>>>,
+        refusing: Arc<AtomicBool>,
+    }
+
+    impl Server {
+        fn start(node: &str) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let source = Arc::new(Ancestral {
+                mode: AtomicU8::new(ANSWER),
+                reads: AtomicU64::new(0),
+            });
+            let conns = Arc::new(Mutex::new(Vec::new()));
+            let refusing = Arc::new(AtomicBool::new(false));
+            let server = Server {
+                node: node.into(),
+                address: listener.local_addr().unwrap(),
+                source: source.clone(),
+                conns: conns.clone(),
+                refusing: refusing.clone(),
+            };
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    if refusing.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees its handshake fail
+                    }
+                    conns.lock().unwrap().push(conn.try_clone().unwrap());
+                    let source: Arc<dyn Source> = source.clone();
+                    std::thread::spawn(move || serve(conn, "img", source));
+                }
+            });
+            server
+        }
+
+        fn ancestor(&self) -> Ancestor {
+            Ancestor {
+                node: self.node.clone(),
+                address: self.address,
+            }
+        }
+
+        /// Like a killed daemon: every connection reset, no new one served.
+        fn kill(&self) {
+            self.refusing.store(true, Ordering::SeqCst);
+            for c in self.conns.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            connect: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(100),
+            liveness: Duration::from_millis(300),
+            request: Duration::from_secs(5),
+            return_probe: Duration::from_millis(100),
+            give_up: Duration::from_secs(5),
+        }
+    }
+
+    fn switch_over(servers: &[&Server], timing: Timing) -> Switch {
+        let first = Connection::open(
+            &Address::Tcp(servers[0].address),
+            "img",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let ancestors = servers.iter().map(|s| s.ancestor()).collect();
+        Switch::new("img", ancestors, timing, first)
+    }
+
+    fn expected(offset: u64, length: u32) -> Vec<u8> {
+        (offset..offset + u64::from(length))
+            .map(|i| (i % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_killed_parent_is_replaced_by_the_grandparent_without_a_failed_read() {
+        let (a, b) = (Server::start("a"), Server::start("b"));
+        let sw = switch_over(&[&a, &b], timing());
+        assert_eq!(sw.read(4096, 8192), Ok(expected(4096, 8192)));
+        a.kill();
+        assert_eq!(sw.read(70_000, 65536), Ok(expected(70_000, 65536)));
+        let r = sw.report();
+        assert_eq!((r.current.as_str(), r.planned.as_str()), ("b", "a"));
+        assert_eq!((r.failovers, r.failed_requests), (1, 0));
+        assert_eq!(r.events[0].from, "a");
+        assert!(b.source.reads.load(Ordering::SeqCst) > 0);
+    }
+
+    #[test]
+    fn an_error_answer_sends_the_read_to_the_next_ancestor() {
+        let (a, b) = (Server::start("a"), Server::start("b"));
+        let sw = switch_over(&[&a, &b], timing());
+        a.source.mode.store(FAIL, Ordering::SeqCst);
+        assert_eq!(sw.read(0, 512), Ok(expected(0, 512)));
+        let r = sw.report();
+        assert_eq!((r.current.as_str(), r.retried_requests), ("b", 1));
+    }
+
+    #[test]
+    fn a_silent_parent_is_left_at_the_heartbeat_and_taken_back_when_it_answers() {
+        let (a, b) = (Server::start("a"), Server::start("b"));
+        let sw = Arc::new(switch_over(&[&a, &b], timing()));
+        a.source.mode.store(HANG, Ordering::SeqCst);
+        let started = Instant::now();
+        let reader = {
+            let sw = sw.clone();
+            std::thread::spawn(move || sw.read(1 << 19, 4096))
+        };
+        // The reader's request now waits on the silent parent; the heartbeat notices.
+        sw.heartbeat();
+        assert_eq!(reader.join().unwrap(), Ok(expected(1 << 19, 4096)));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let r = sw.report();
+        assert_eq!(r.current, "b");
+        assert!(r.last_reparent_took_ms.is_some_and(|t| t < 3000), "{r:?}");
+        assert!(sw.away());
+        // The parent answers again: the next return probe moves back to it.
+        a.source.mode.store(ANSWER, Ordering::SeqCst);
+        sw.try_return();
+        let r = sw.report();
+        assert_eq!((r.current.as_str(), r.failovers), ("a", 2));
+        assert!(!sw.away());
+    }
+
+    #[test]
+    fn with_no_ancestor_left_a_read_fails_after_the_give_up_time_and_is_counted() {
+        let a = Server::start("a");
+        let sw = switch_over(
+            &[&a],
+            Timing {
+                give_up: Duration::from_millis(500),
+                ..timing()
+            },
+        );
+        a.kill();
+        let started = Instant::now();
+        assert_eq!(sw.read(0, 512), Err(errno::EIO));
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert_eq!(sw.report().failed_requests, 1);
+    }
+
+    #[test]
+    fn a_new_ancestor_list_moves_the_link_off_a_node_that_left() {
+        let (a, b) = (Server::start("a"), Server::start("b"));
+        let sw = switch_over(&[&a, &b], timing());
+        sw.set_ancestors(vec![b.ancestor()]);
+        assert_eq!(sw.read(0, 512), Ok(expected(0, 512)));
+        let r = sw.report();
+        assert_eq!((r.current.as_str(), r.planned.as_str()), ("b", "b"));
+    }
+}
