@@ -1,6 +1,7 @@
 //! Crash safety of the kernel backend: `up` killed after each kind of kernel resource
 //! (with LIO, and tgtd's target with `kernel.relay = "tgt"`), then `up` completes and
-//! `down` leaves nothing (see kernel_cluster.rs for the tree).
+//! `down` leaves nothing (see kernel_cluster.rs for the tree). The tree is origin -> n1,
+//! n2, and n1 -> n3 where a kind only a grandchild has (its standby session) is tested.
 
 mod kernel_support;
 
@@ -70,13 +71,16 @@ fn up_resumes_after_a_crash_after_each_kernel_kind() {
             ),
             None => String::new(),
         };
-        let c = cluster_with(
-            &name,
-            case.snapshots,
-            case.relay,
-            case.cache,
-            &[("n1", String::new()), ("n2", n2)],
-        );
+        // Only a grandchild logs in to a standby: n3, below n1.
+        let mut nodes = vec![("n1", String::new()), ("n2", n2)];
+        let checked = match kind {
+            "iscsi-standby" => {
+                nodes.push(("n3", String::new()));
+                "n3"
+            }
+            _ => "n2",
+        };
+        let c = cluster_with(&name, case.snapshots, case.relay, case.cache, &nodes);
         let spec = spec_file(&c);
         let run = |env: &[(&str, &str)]| sftsan_cli(&[OsStr::new("up"), spec.as_os_str()], env);
         let killed = run(&[(KILL_AFTER_ENV, kind)]);
@@ -93,7 +97,7 @@ fn up_resumes_after_a_crash_after_each_kernel_kind() {
                 String::from_utf8_lossy(&resumed.stderr)
             );
             assert_eq!(
-                sha256(&disk(&c, "n2", disk_name)),
+                sha256(&disk(&c, checked, disk_name)),
                 c.sha,
                 "after a crash after {kind}"
             );

@@ -3,6 +3,8 @@
 //! that `down` left nothing. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod failover;
+
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

@@ -185,13 +185,23 @@ pub fn sessions_in(sys: &Path) -> Vec<SessionInfo> {
                 iface: read_attr(&dir.join("ifacename")).unwrap_or_default(),
                 state: read_attr(&dir.join("state")).unwrap_or_default(),
                 portal: connection_portal(sys, sid),
-                recovery_tmo: read_attr(&dir.join("recovery_tmo")).and_then(|t| t.parse().ok()),
+                recovery_tmo: read_attr(&dir.join("recovery_tmo"))
+                    .as_deref()
+                    .and_then(parse_recovery_tmo),
                 disks: session_disks(&dir.join("device")),
             })
         })
         .collect();
     out.sort_by_key(|s| s.sid);
     out
+}
+
+/// `recovery_tmo` as sysfs shows it: seconds, or `off` for a negative (never) timeout.
+fn parse_recovery_tmo(text: &str) -> Option<i32> {
+    match text {
+        "off" => Some(-1),
+        seconds => seconds.parse().ok(),
+    }
 }
 
 fn read_attr(path: &Path) -> Option<String> {
@@ -1159,6 +1169,13 @@ mod tests {
         assert_eq!(s.observe(&ctx).unwrap(), Observed::Absent);
         s.teardown(&ctx).expect("tearing down nothing");
         assert_eq!(s.runtime(), vec![]);
+    }
+
+    #[test]
+    fn a_recovery_timeout_of_off_is_negative() {
+        assert_eq!(parse_recovery_tmo("off"), Some(-1));
+        assert_eq!(parse_recovery_tmo("3"), Some(3));
+        assert_eq!(parse_recovery_tmo("soon"), None);
     }
 
     #[test]
