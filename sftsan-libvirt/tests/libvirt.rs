@@ -87,6 +87,7 @@ fn a_batch_of_six_vms_boots_from_the_cluster() {
                 d.disks()[0].path.as_deref(),
                 Some(c.names.snapshot_file(node, index).to_str().unwrap())
             );
+            assert!(d.disks()[0].stops_on_error(), "{}", d.to_xml());
             // What the template had and sftsan does not model survived libvirt.
             let root = d.root();
             let metadata = root.child("metadata").unwrap();
@@ -480,6 +481,7 @@ fn templates_from_the_field_define_in_libvirt() {
         assert_eq!(boot.len(), 1, "{file}: {}", d.to_xml());
         assert_eq!(boot[0].path.as_deref(), Some(snapshot.as_str()), "{file}");
         assert_eq!(boot[0].format.as_deref(), Some("qcow2"), "{file}");
+        assert!(boot[0].stops_on_error(), "{file}: {}", d.to_xml());
         assert_eq!(
             d.macs()[0].as_deref(),
             Some(vm_mac("lvtmpl", "n1", 1, 0).as_str())
@@ -609,4 +611,33 @@ fn an_unusable_template_gets_one_line() {
         }
     }
     assert!(!c.names.snapshot_file("n1", 1).exists(), "nothing was made");
+}
+
+/// `sftsan vm resume` against libvirt's test driver (no root): a cluster without domains
+/// gets the empty table; a VM that is not one of the cluster's, or the origin as a node,
+/// is refused with one line before anything is done.
+#[test]
+fn vm_resume_names_what_it_cannot_find() {
+    let c = TestCluster::create("lvresume", 13, 2, 1, 1, "test:///default");
+    let out = c.vm("resume", &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("VM "), "{text}");
+    assert!(text.contains("resume: 0 VMs, 0 failed"), "{text}");
+    for (args, want) in [
+        (
+            vec!["lvresume-n1-1"],
+            "sftsan vm: domain lvresume-n1-1: not one of cluster lvresume's domains",
+        ),
+        (
+            vec!["--node", "origin"],
+            "sftsan vm: \"origin\": is the origin: VMs run on compute nodes",
+        ),
+    ] {
+        let out = c.vm("resume", &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with(want), "{err}");
+    }
 }
