@@ -114,13 +114,14 @@ fn f64_of(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-/// Where a run's reads and `down` miss the bar.
-fn read_and_down_misses(run: &Value, misses: &mut Vec<String>) {
+/// Where a run's reads and `down` miss the bar. `excused`: read errors of readers on a
+/// node while its own daemon was dead (chaos), where a VM pauses instead.
+fn read_and_down_misses(run: &Value, excused: u64, misses: &mut Vec<String>) {
     let reads = &run["reads"];
     let errors = u64_of(&reads["errors"]) + u64_of(&reads["hung"]);
-    if errors > 0 {
+    if errors > excused {
         misses.push(format!(
-            "{errors} read errors of {} ({} hung); per node {}; readers saw {}",
+            "{errors} read errors of {} ({} hung, {excused} while the reader's own daemon was dead); per node {}; readers saw {}",
             reads["reads"], reads["hung"], reads["per_node"], reads["messages"]
         ));
     }
@@ -165,7 +166,7 @@ fn single(fault: &str, subnet: u8) {
         );
     }
     let mut misses = Vec::new();
-    read_and_down_misses(run, &mut misses);
+    read_and_down_misses(run, 0, &mut misses);
     if u64_of(&run["reads"]["ok_after_fault"]) == 0 {
         misses.push("no good read after the fault".into());
     }
@@ -263,8 +264,11 @@ fn chaos() {
         "{} faults in {seconds} s",
         events.len()
     );
+    // Readers run on every node here: one whose own daemon is killed cannot be served
+    // until up revives it (a VM pauses there, qemu-io fails); every other error counts.
+    let excused = u64_of(&run["errors_while_own_daemon_dead"]);
     let mut misses = Vec::new();
-    read_and_down_misses(run, &mut misses);
+    read_and_down_misses(run, excused, &mut misses);
     for e in events {
         if !e["problem"].is_null() {
             misses.push(format!("fault {e}"));

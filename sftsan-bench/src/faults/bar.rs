@@ -10,13 +10,19 @@ use super::summary::ReadStats;
 pub const REPARENT_MS: u64 = 5_000;
 pub const DOWN_S: f64 = 10.0;
 
-fn reads(r: &ReadStats, out: &mut Vec<String>) {
-    if r.read_errors() > 0 {
+/// `excused`: errors where a VM pauses instead (see [`ChaosRun`]).
+fn reads(r: &ReadStats, excused: u64, out: &mut Vec<String>) {
+    if r.read_errors() > excused {
         out.push(format!(
-            "{} read errors ({} failed, {} never completed)",
-            r.read_errors(),
+            "{} read errors ({} failed, {} never completed{})",
+            r.read_errors() - excused,
             r.errors,
-            r.hung
+            r.hung,
+            if excused > 0 {
+                format!("; {excused} more while the reader's own daemon was dead")
+            } else {
+                String::new()
+            }
         ));
     }
     if r.wrong_bytes > 0 {
@@ -45,7 +51,7 @@ fn down(d: &Down, out: &mut Vec<String>) {
 
 pub fn single(run: &FaultRun) -> Vec<String> {
     let mut out = Vec::new();
-    reads(&run.reads, &mut out);
+    reads(&run.reads, 0, &mut out);
     if run.reads.ok_after_fault == 0 {
         out.push("no good read after the fault".into());
     }
@@ -73,7 +79,7 @@ pub fn single(run: &FaultRun) -> Vec<String> {
 
 pub fn chaos(run: &ChaosRun) -> Vec<String> {
     let mut out = Vec::new();
-    reads(&run.reads, &mut out);
+    reads(&run.reads, run.errors_while_own_daemon_dead, &mut out);
     let failed = run.events.iter().filter(|e| e.problem.is_some()).count();
     if failed > 0 {
         out.push(format!("{failed} faults could not be injected or undone"));

@@ -14,6 +14,7 @@ use super::bar;
 use super::cluster::{Layout, Testbed, Topology};
 use super::guard::{Down, Guard};
 use super::inject;
+use super::reader::{Outcome, ReaderLog};
 use super::rng::Rng;
 use super::setup::{self, Ingress, Settings, STOP_GRACE};
 use super::single::cluster_name;
@@ -68,6 +69,9 @@ pub struct Event {
     pub hold_ms: u64,
     /// How long the reviving `up` took (kill, keeper-kill).
     pub revive_s: Option<f64>,
+    /// Kill: from the kill until `up` revived the daemon, in seconds on the readers'
+    /// clock (the run's start).
+    pub daemon_dead: Option<[f64; 2]>,
     /// What went wrong injecting or undoing it.
     pub problem: Option<String>,
 }
@@ -84,8 +88,35 @@ pub struct ChaosRun {
     pub upstream_bytes: u64,
     pub guard_route_kept: bool,
     pub reads: ReadStats,
+    /// Read errors of readers on a node while that node's own daemon was dead (killed, not
+    /// yet revived): nothing can serve them there, and a VM pauses on them instead
+    /// (`error_policy='stop'`, then `vm resume`); qemu-io has no such policy.
+    pub errors_while_own_daemon_dead: u64,
     pub down: Down,
     pub failures: Vec<String>,
+}
+
+/// Slack after a revive: the reader's connection to the revived daemon may fail once more
+/// before it reconnects.
+const REVIVE_SLACK_S: f64 = 1.0;
+
+fn errors_while_own_daemon_dead(logs: &[ReaderLog], events: &[Event]) -> u64 {
+    let dead: Vec<(&str, f64, f64)> = events
+        .iter()
+        .filter_map(|e| {
+            e.daemon_dead
+                .map(|[a, b]| (e.node.as_str(), a, b + REVIVE_SLACK_S))
+        })
+        .collect();
+    logs.iter()
+        .flat_map(|log| log.reads.iter().map(move |r| (log.node.as_str(), r)))
+        .filter(|(node, r)| {
+            matches!(r.outcome, Outcome::Error | Outcome::Hung)
+                && dead
+                    .iter()
+                    .any(|&(n, a, b)| n == *node && r.end() >= a && r.start <= b)
+        })
+        .count() as u64
 }
 
 /// The schedule's next fault: gap before it, action, node, hold (all from the seed).
@@ -147,6 +178,7 @@ pub fn run(
             node,
             hold_ms: hold,
             revive_s: None,
+            daemon_dead: None,
             problem: None,
         };
         errln!(
@@ -156,7 +188,7 @@ pub fn run(
             event.node,
             hold
         );
-        if let Err(e) = inject_and_undo(&bed, &guard, &mut event, s) {
+        if let Err(e) = inject_and_undo(&bed, &guard, &mut event, s, t0) {
             errln!("           {e:#}");
             event.problem = Some(format!("{e:#}"));
         }
@@ -174,6 +206,7 @@ pub fn run(
     let logs = readers.stop(STOP_GRACE);
     stopped?;
     let down = guard.measured_down(s.down_timeout)?;
+    let own = errors_while_own_daemon_dead(&logs, &events);
     let mut run = ChaosRun {
         topology,
         cluster: bed.name.clone(),
@@ -184,6 +217,7 @@ pub fn run(
         upstream_bytes,
         guard_route_kept,
         reads: summarize(&logs, fault_at),
+        errors_while_own_daemon_dead: own,
         down,
         failures: Vec::new(),
     };
@@ -193,7 +227,13 @@ pub fn run(
 
 /// One fault: injected, held, undone. A fault that could not be undone is undone by the
 /// guard's cleanup at the latest.
-fn inject_and_undo(bed: &Testbed, guard: &Guard, event: &mut Event, s: &Settings) -> Result<()> {
+fn inject_and_undo(
+    bed: &Testbed,
+    guard: &Guard,
+    event: &mut Event,
+    s: &Settings,
+    t0: Instant,
+) -> Result<()> {
     let node = bed.node(&event.node);
     let hold = Duration::from_millis(event.hold_ms);
     let revive = |event: &mut Event| -> Result<()> {
@@ -207,8 +247,14 @@ fn inject_and_undo(bed: &Testbed, guard: &Guard, event: &mut Event, s: &Settings
     };
     match event.action {
         Action::Kill => {
-            inject::kill(inject::daemon_pid(&node)?)?;
-            revive(event)
+            let pid = inject::daemon_pid(&node)?;
+            let from = t0.elapsed().as_secs_f64();
+            // Until revived; for good if it is not.
+            event.daemon_dead = Some([from, f64::INFINITY]);
+            inject::kill(pid)?;
+            revive(event)?;
+            event.daemon_dead = Some([from, t0.elapsed().as_secs_f64()]);
+            Ok(())
         }
         Action::KeeperKill => {
             inject::kill(inject::keeper_pid(&node)?)?;
@@ -256,5 +302,55 @@ mod tests {
             assert!(s.iter().any(|(_, x, _, _)| *x == a), "{a:?} never chosen");
         }
         assert!(s.iter().any(|(_, _, n, _)| n == "origin"));
+    }
+
+    #[test]
+    fn only_errors_on_a_node_while_its_own_daemon_is_dead_are_set_apart() {
+        use crate::faults::reader::Read;
+        let read = |start: f64, outcome| Read {
+            start,
+            latency: 0.1,
+            len: 512,
+            outcome,
+        };
+        let log = |node: &str, reads| ReaderLog {
+            node: node.into(),
+            disk: "d".into(),
+            reads,
+            messages: vec![],
+            ended: 20.0,
+            fatal: None,
+        };
+        let logs = [
+            // n1's daemon dead from 5 s to 7 s (+1 s slack): two of its errors fall in.
+            log(
+                "n1",
+                vec![
+                    read(2.0, Outcome::Error),
+                    read(5.5, Outcome::Error),
+                    read(7.8, Outcome::Error),
+                    read(6.0, Outcome::Ok),
+                    read(9.0, Outcome::Error),
+                ],
+            ),
+            // n2 is below n1: its errors are never set apart.
+            log("n2", vec![read(6.0, Outcome::Error)]),
+        ];
+        let kill = Event {
+            at_s: 3.0,
+            action: Action::Kill,
+            node: "n1".into(),
+            hold_ms: 1000,
+            revive_s: Some(1.0),
+            daemon_dead: Some([5.0, 7.0]),
+            problem: None,
+        };
+        let stop = Event {
+            action: Action::Stop,
+            node: "n2".into(),
+            daemon_dead: None,
+            ..kill.clone()
+        };
+        assert_eq!(errors_while_own_daemon_dead(&logs, &[kill, stop]), 2);
     }
 }
