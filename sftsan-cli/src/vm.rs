@@ -68,8 +68,8 @@ pub struct ResumeArgs {
     /// QEMU still reconnecting to it, which can take 16 s), e.g. 30s, 2s.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     wait: Duration,
-    /// VMs resumed at once.
-    #[arg(long, default_value_t = 4)]
+    /// VMs resumed at once (each mostly waits: a resume counts once the VM ran 1.5 s).
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
 }
 

@@ -62,7 +62,8 @@ impl Default for ResumeOptions {
             wait: Duration::from_secs(30),
             settle: Duration::from_millis(1500),
             event_gap: Duration::from_millis(1200),
-            concurrency: 4,
+            // Resuming is mostly waiting: many VMs of a node wait side by side.
+            concurrency: 16,
         }
     }
 }
@@ -325,8 +326,13 @@ fn resume_until_running(
             return Err(Error::timeout(
                 name,
                 format!(
-                    "{why}; paused again ({again}) after each of {attempts} resumes in {:.1}s: its node does not serve its disk (bring the node up with `sftsan up SPEC`, then resume again)",
-                    started.elapsed().as_secs_f64()
+                    "{why}; paused again ({again}) after each of {attempts} resumes in {:.1}s: {}",
+                    started.elapsed().as_secs_f64(),
+                    if why.contains(": no space") {
+                        "its host has no space left for it (free some, then resume again)"
+                    } else {
+                        "its node does not serve its disk (bring the node up with `sftsan up SPEC`, then resume again)"
+                    }
                 ),
             ));
         }
@@ -576,6 +582,23 @@ mod tests {
         );
         assert!(vm.resumes() > 1, "{}", vm.resumes());
         assert!(matches!(*vm.state.lock().unwrap(), RunState::Paused(_)));
+    }
+
+    #[test]
+    fn a_vm_short_of_space_is_told_so() {
+        let mut vm = FakeVm::new(RunState::Paused(PauseReason::IoError), u32::MAX);
+        vm.errors[0].no_space = true;
+        let options = ResumeOptions {
+            wait: Duration::from_millis(100),
+            settle: Duration::from_millis(10),
+            event_gap: Duration::from_millis(10),
+            ..quick()
+        };
+        let err = resume_domain(&vm, "v", &options).unwrap_err().to_string();
+        assert!(
+            err.contains("(vda: no space)") && err.contains("no space left"),
+            "{err}"
+        );
     }
 
     #[test]
