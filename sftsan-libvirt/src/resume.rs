@@ -11,11 +11,12 @@
 //! `virDomainResume`:
 //! - A VM disk reads its node's export through QEMU's NBD client, which libvirt opens
 //!   without `reconnect-delay` (it cannot pass one). Once the connection broke, a request
-//!   does not wait for a new one: it starts QEMU's connect thread and fails at once. The
-//!   thread keeps trying in the background (1, 2, 4, 8, then 16 s apart), and the first
-//!   request after it connected uses the new connection. So a resume soon after the
-//!   daemon is back may pause the VM again, and a later one sticks; the disk never needs
-//!   reopening.
+//!   does not wait for a new one: it starts QEMU's connect thread (if none runs) and fails
+//!   at once, whether the node is back or not. The thread keeps trying in the background
+//!   (1, 2, 4, 8, then 16 s apart), and the first request after it connected uses the new
+//!   connection. A paused VM sends no requests, so the first resume after the node is back
+//!   usually pauses the VM again (its retry only starts the thread), and the next one
+//!   sticks; the disk never needs reopening.
 //! - QEMU sends at most one BLOCK_IO_ERROR event per second (later ones wait), and one
 //!   failed retry can raise several (one per guest request). libvirt 9.0 marks a running
 //!   domain "paused (I/O error)" when such an event arrives, and learns that QEMU runs
@@ -247,7 +248,7 @@ fn decide(state: &RunState, errors: impl FnOnce() -> Vec<DiskError>) -> Decision
 /// `options.wait` is over; says what it did. A domain in any other state is left as it is.
 pub fn resume_domain(ctl: &dyn Control, name: &str, options: &ResumeOptions) -> Result<String> {
     let state = ctl.run_state(name)?;
-    // libvirt reports disk errors of running domains only; none is what a stopped one has.
+    // libvirt reports disk errors of active domains only; none is what a stopped one has.
     let errors = || ctl.disk_errors(name).unwrap_or_default();
     match decide(&state, errors) {
         Decision::Leave(what) => Ok(what),
