@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Snapshots;
-use crate::libvirt::{DomainState, Libvirt};
+use crate::libvirt::{DomainState, Libvirt, RunState};
 use crate::vms::Vm;
 use crate::xml::VmMode;
 
@@ -520,20 +520,21 @@ impl Batch<'_> {
     }
 
     fn describe(&self, vm: &Vm) -> Result<String> {
-        let state = self.libvirt.state(&vm.name)?;
+        // With a pause's reason: "paused (I/O error)" is what `vm resume` is for.
+        let state = self.libvirt.run_state(&vm.name)?;
         let snapshot = if self.snapshots.exists(&vm.node, vm.index) {
             "snapshot present"
         } else {
             "no snapshot"
         };
         let mode = match state {
-            DomainState::Undefined => String::new(),
+            RunState::Undefined => String::new(),
             _ => self
                 .defined_mode(vm)
                 .map(|m| format!(", {}", m.as_str()))
                 .unwrap_or_else(|| ", not sftsan's".into()),
         };
-        Ok(format!("{}, {snapshot}{mode}", state.as_str()))
+        Ok(format!("{state}, {snapshot}{mode}"))
     }
 
     /// One refresh per pool per batch. After `undefine`, a node's pool goes away with
@@ -866,6 +867,23 @@ mod tests {
             "{}",
             r.table()
         );
+        lv.suspend(&vms[0].name).unwrap();
+        let r = batch.run(Op::List, &vms[..1]);
+        assert_eq!(
+            outcomes(&r),
+            ["paused (user), snapshot present, persistent"],
+            "{}",
+            r.table()
+        );
+        // Resume leaves a VM its user paused alone.
+        let r = batch.run(Op::Resume, &vms[..2]);
+        assert_eq!(
+            outcomes(&r),
+            ["paused (user): left alone", "running: nothing to do"],
+            "{}",
+            r.table()
+        );
+        assert!(r.notes.is_empty(), "no pool work: {:?}", r.notes);
         let r = batch.run(Op::Destroy, &vms);
         assert!(
             outcomes(&r).iter().all(|o| o == "destroyed"),

@@ -96,6 +96,12 @@ fn a_vm_paused_by_its_nodes_daemon_dying_resumes_and_reads_the_image() {
             "paused ({state}) {:.3}s after the kill; libvirt's disk errors: {errors:?}",
             killed.elapsed().as_secs_f64()
         );
+        let out = c.vm_ok("list", &[]);
+        assert!(
+            table_row(&stdout(&out), name).contains("paused (I/O error), snapshot present"),
+            "{}",
+            stdout(&out)
+        );
         // Paused: the guest reads nothing more (at most the pass it was in ends).
         let (passes, _) = guest.console();
         assert!(passes.len() <= passes_before + 1, "{passes:?}");
