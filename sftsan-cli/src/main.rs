@@ -314,6 +314,10 @@ fn run(command: Command) -> Result<()> {
                 s.unchanged,
                 started.elapsed().as_secs_f64()
             );
+            // What was revived serves again: VMs an I/O error paused meanwhile go on.
+            if s.created > 0 {
+                vm::resume_after_up(&spec);
+            }
         }
         Command::Down { spec, node } => {
             let engine = engine(&spec)?;

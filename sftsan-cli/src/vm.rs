@@ -258,6 +258,43 @@ fn local_uri(connect: &Option<String>) -> String {
         .unwrap_or_else(|| DEFAULT_URI.into())
 }
 
+/// After `up` on this host: resumes the cluster's VMs that an I/O error paused while their
+/// node was down, and says so; quiet when libvirt is not there or nothing was paused.
+pub fn resume_after_up(spec: &Path) {
+    let Ok(cluster) = Cluster::load(spec, Tools::from_env()) else {
+        return;
+    };
+    let libvirt = match Libvirt::open(&local_uri(&None)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("no VMs to resume: {e}");
+            return;
+        }
+    };
+    let everything = Selection {
+        nodes: vec![],
+        names: vec![],
+    };
+    let report = resume_cluster(
+        &libvirt,
+        &cluster.plan().cluster,
+        &everything,
+        &ResumeOptions::default(),
+    );
+    match report {
+        Ok(report) => {
+            for row in &report.rows {
+                match &row.outcome {
+                    Ok(o) if o.starts_with("resumed") => errln!("{}: {o}", row.vm),
+                    Ok(_) => {}
+                    Err(e) => errln!("{}: not resumed: {e} (see `sftsan vm resume`)", row.vm),
+                }
+            }
+        }
+        Err(e) => tracing::debug!("no VMs to resume: {e}"),
+    }
+}
+
 /// `sftsan vm resume`: the table of what was done to each domain; Ok(false) when a VM
 /// could not be resumed.
 fn resume(r: ResumeArgs) -> Result<bool> {
