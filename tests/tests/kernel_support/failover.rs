@@ -45,6 +45,7 @@ pub struct Reader {
     /// Completed passes over the whole device.
     passes: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
     handle: Option<JoinHandle<ReadReport>>,
 }
 
@@ -81,12 +82,19 @@ impl Reader {
         let stop = Arc::new(AtomicBool::new(false));
         let passes = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
-        let (s, p, b) = (stop.clone(), passes.clone(), bytes.clone());
-        let handle = std::thread::spawn(move || read_loop(path, &image, &s, &p, &b));
+        let errors = Arc::new(AtomicU64::new(0));
+        let counters = Counters {
+            stop: stop.clone(),
+            passes: passes.clone(),
+            bytes: bytes.clone(),
+            errors: errors.clone(),
+        };
+        let handle = std::thread::spawn(move || read_loop(path, &image, &counters));
         Reader {
             stop,
             passes,
             bytes,
+            errors,
             handle: Some(handle),
         }
     }
@@ -97,6 +105,11 @@ impl Reader {
 
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Reads that failed so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::SeqCst)
     }
 
     /// Stops after the read in progress and returns what it saw.
@@ -117,13 +130,15 @@ impl Drop for Reader {
     }
 }
 
-fn read_loop(
-    path: PathBuf,
-    image: &[u8],
-    stop: &AtomicBool,
-    passes: &AtomicU64,
-    bytes: &AtomicU64,
-) -> ReadReport {
+/// What a reader shares with its test while it runs.
+struct Counters {
+    stop: Arc<AtomicBool>,
+    passes: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+fn read_loop(path: PathBuf, image: &[u8], c: &Counters) -> ReadReport {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -139,9 +154,9 @@ fn read_loop(
             report.first_failures.push(what);
         }
     }
-    while !stop.load(Ordering::SeqCst) {
+    while !c.stop.load(Ordering::SeqCst) {
         for at in (0..image.len()).step_by(CHUNK) {
-            if stop.load(Ordering::SeqCst) {
+            if c.stop.load(Ordering::SeqCst) {
                 return report;
             }
             let started = Instant::now();
@@ -159,20 +174,22 @@ fn read_loop(
                         report.wrong += 1;
                         fail(&mut report, format!("wrong bytes at {at}"));
                     }
-                    bytes.fetch_add(n as u64, Ordering::SeqCst);
+                    c.bytes.fetch_add(n as u64, Ordering::SeqCst);
                 }
                 Ok(n) => {
                     report.errors += 1;
+                    c.errors.fetch_add(1, Ordering::SeqCst);
                     fail(&mut report, format!("{n} bytes at {at}"));
                 }
                 Err(e) => {
                     report.errors += 1;
+                    c.errors.fetch_add(1, Ordering::SeqCst);
                     fail(&mut report, format!("at {at}: {e}"));
                 }
             }
         }
         report.passes += 1;
-        passes.fetch_add(1, Ordering::SeqCst);
+        c.passes.fetch_add(1, Ordering::SeqCst);
     }
     report
 }
@@ -264,17 +281,6 @@ pub enum Fault {
     KillTgtd,
 }
 
-/// Who moves the I/O to the grandparent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Repair {
-    /// The kernel: the grandparent's path group stands by in the table (the plan's design).
-    Standby,
-    /// A watcher that sees the parent's session fail reloads the table to the grandparent's
-    /// path, logged in ahead of time (warm) or only then (cold).
-    ReloadWarm,
-    ReloadCold,
-}
-
 /// What a failover run measured.
 pub struct Outcome {
     pub reports: Vec<ReadReport>,
@@ -282,24 +288,22 @@ pub struct Outcome {
     pub failover: Duration,
     /// Sectors read through the new path's disk while the readers ran.
     pub new_path_sectors: u64,
+    /// n3's upstream table at the end.
+    pub table: Option<sftsan_core::backends::kernel::multipath::MultipathTargetParams>,
+    /// The new path's device.
+    pub new_path: devicemapper::Device,
     /// The cluster, still up (the caller takes it down).
     pub cluster: KernelCluster,
 }
 
 /// A cluster origin -> n1, n2; n1 -> n3 (degree 2) on `relay`: readers on n3's upstream
 /// (its multipath device, where every read reaches a path) and on its first VM disk
-/// (through its cache) read and compare the image while n1's target goes away.
-/// `replacement_s` overrides the parent session's replacement timeout (sysfs) for probes.
-pub fn parent_dies_during_reads(
-    name: &str,
-    relay: &str,
-    fault: Fault,
-    repair: Repair,
-    replacement_s: Option<i32>,
-) -> Outcome {
+/// (through its cache) read and compare the image while n1's target goes away. The kernel
+/// moves the I/O to the origin's path group; then the table is reloaded to that path alone
+/// (suspended without flushing, loaded, resumed) under the same readers.
+pub fn parent_dies_during_reads(name: &str, relay: &str, fault: Fault) -> Outcome {
     use super::{cluster_of, disk, dm, image_file, require_ready};
     use sftsan_core::backends::kernel::multipath::{self, MultipathTargetParams};
-    use sftsan_core::resources::Resource;
 
     let c = cluster_of(name, "dm-snapshot", relay, "dm-cache", &["n1", "n2", "n3"]);
     require_ready(&c);
@@ -308,26 +312,18 @@ pub fn parent_dies_during_reads(
     let standby = session(&c, "n3/iscsi-standby");
     assert_eq!(parent.parent, "n1");
     assert_eq!(standby.parent, "origin");
-    let as_dev = |d: sftsan_core::backends::kernel::initiator::Disk| devicemapper::Device {
-        major: d.major,
-        minor: d.minor,
-    };
-    let parent_dev = as_dev(parent.disk().expect("n3's session to n1 has its disk"));
-    let standby_dev = as_dev(
-        standby
-            .disk()
-            .expect("n3's standby to the origin has its disk"),
-    );
+    let parent_dev = disk_of(&parent);
+    let standby_dev = disk_of(&standby);
     let mpath = c.names.dm_name("n3", "mpath");
+    let both = MultipathTargetParams {
+        queue_if_no_path: true,
+        groups: vec![vec![parent_dev], vec![standby_dev]],
+    };
     assert_eq!(
         multipath::table(&mpath).unwrap(),
-        Some(MultipathTargetParams {
-            queue_if_no_path: true,
-            groups: vec![vec![parent_dev], vec![standby_dev]],
-        }),
+        Some(both),
         "n3's upstream: n1's LUN, then the origin's"
     );
-    let sid = |s: &IscsiSession| s.matching_sessions()[0].sid;
     let recovery = |s: &IscsiSession| s.matching_sessions()[0].recovery_tmo;
     assert_eq!(
         recovery(&parent),
@@ -335,24 +331,6 @@ pub fn parent_dies_during_reads(
         "the parent's replacement timeout"
     );
     assert_eq!(recovery(&standby), Some(-1), "the standby never gives up");
-    if let Some(seconds) = replacement_s {
-        let attr = format!(
-            "/sys/class/iscsi_session/session{}/recovery_tmo",
-            sid(&parent)
-        );
-        fs::write(&attr, seconds.to_string()).unwrap();
-    }
-    let sectors = devicemapper::Sectors(super::IMAGE / 512);
-    let only = |dev| MultipathTargetParams {
-        queue_if_no_path: true,
-        groups: vec![vec![dev]],
-    };
-    if repair != Repair::Standby {
-        multipath::reload(&mpath, &only(parent_dev), sectors).unwrap();
-    }
-    if repair == Repair::ReloadCold {
-        standby.teardown(&ctx()).unwrap();
-    }
 
     let image = image_bytes(&image_file(&c));
     let upstream = dm::node_path(dm::device(&mpath).unwrap().unwrap()).unwrap();
@@ -366,35 +344,16 @@ pub fn parent_dies_during_reads(
         sftsan_tests::eventually(Duration::from_secs(60), || readers[0].bytes() >= 2 << 20),
         "the reader of n3's upstream read nothing"
     );
-    // A cold standby's disk is made only after the fault, with its counters at zero.
-    let before = match repair {
-        Repair::ReloadCold => 0,
-        _ => sectors_read(standby_dev.major, standby_dev.minor),
-    };
+    let before = sectors_read(standby_dev.major, standby_dev.minor);
     let fault_at = Instant::now();
     match fault {
         Fault::RemoveTarget => remove_target(&c, "n1"),
         Fault::KillTgtd => drop(kill_tgtd(&c, "n1")),
     }
-    let mut new_dev = standby_dev;
-    if repair != Repair::Standby {
-        // The watcher: the parent's session leaves LOGGED_IN as soon as its connection drops.
-        let failed = sftsan_tests::eventually(Duration::from_secs(30), || {
-            parent
-                .matching_sessions()
-                .iter()
-                .all(|s| s.state != "LOGGED_IN")
-        });
-        assert!(failed, "n3's session to n1 never failed");
-        if repair == Repair::ReloadCold {
-            standby.create(&ctx()).unwrap();
-            new_dev = as_dev(standby.disk().unwrap());
-        }
-        multipath::reload(&mpath, &only(new_dev), sectors).unwrap();
-    }
     let moved = dm::wait_for_status(&mpath, Duration::from_secs(60), |lines| {
         let s: multipath::MultipathStatus = lines.first()?.3.parse().ok()?;
-        (s.active_path() == Some(new_dev)).then_some(())
+        let parent_failed = s.path(parent_dev).is_some_and(|p| !p.active);
+        (parent_failed && s.active_path() == Some(standby_dev)).then_some(())
     })
     .unwrap();
     let failover = fault_at.elapsed();
@@ -403,22 +362,45 @@ pub fn parent_dies_during_reads(
         "n3's upstream did not move to the origin's path: {:?}",
         multipath::status(&mpath)
     );
-    // Every reader finishes a whole pass that began after the move.
-    let marks: Vec<u64> = readers.iter().map(|r| r.passes() + 2).collect();
-    let done = sftsan_tests::eventually(Duration::from_secs(180), || {
-        readers.iter().zip(&marks).all(|(r, m)| r.passes() >= *m)
-    });
+    // Every reader finishes a whole pass after the move; then the table drops the dead
+    // path under them, and they finish another.
+    let next_pass =
+        |readers: &[Reader; 2]| -> Vec<u64> { readers.iter().map(|r| r.passes() + 2).collect() };
+    let passed = |readers: &[Reader; 2], marks: &[u64]| {
+        sftsan_tests::eventually(Duration::from_secs(180), || {
+            readers.iter().zip(marks).all(|(r, m)| r.passes() >= *m)
+        })
+    };
+    let marks = next_pass(&readers);
+    assert!(passed(&readers, &marks), "no whole pass after the move");
+    let sectors = devicemapper::Sectors(super::IMAGE / 512);
+    let alone = MultipathTargetParams {
+        queue_if_no_path: true,
+        groups: vec![vec![standby_dev]],
+    };
+    multipath::reload(&mpath, &alone, sectors).unwrap();
+    let marks = next_pass(&readers);
+    let done = passed(&readers, &marks);
     let reports: Vec<ReadReport> = readers.into_iter().map(Reader::finish).collect();
-    assert!(
-        done,
-        "the readers did not finish two passes after the move: {reports:?}"
-    );
-    let new_path_sectors = sectors_read(new_dev.major, new_dev.minor) - before;
+    assert!(done, "no whole pass after the reload: {reports:?}");
     Outcome {
         reports,
         failover,
-        new_path_sectors,
+        new_path_sectors: sectors_read(standby_dev.major, standby_dev.minor) - before,
+        table: multipath::table(&mpath).unwrap(),
+        new_path: standby_dev,
         cluster: c,
+    }
+}
+
+/// The block device of a logged-in session's LUN.
+pub fn disk_of(s: &IscsiSession) -> devicemapper::Device {
+    let d = s
+        .disk()
+        .unwrap_or_else(|| panic!("{}'s session to {} has no disk", s.node, s.parent));
+    devicemapper::Device {
+        major: d.major,
+        minor: d.minor,
     }
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::devref::DevRef;
 use super::dm;
 use super::dm_targets::{CloneTargetParams, PoolMessage, SnapshotTargetParams};
+use super::multipath::release_below;
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
 
@@ -115,7 +116,11 @@ impl Resource for DmCache {
         dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
+    /// A promotion in flight to a dead upstream would hold the removal: released first.
+    fn teardown(&self, ctx: &Ctx) -> Result<()> {
+        if dm::device(&self.name)?.is_some() {
+            release_below(ctx, &self.name)?;
+        }
         dm::remove(&self.name)
     }
 }
@@ -164,7 +169,11 @@ impl Resource for DmClone {
         dm::create(&self.name, &whole(self.sectors, params), false).map(drop)
     }
 
-    fn teardown(&self, _ctx: &Ctx) -> Result<()> {
+    /// Its removal waits for the hydration in flight: released first if the upstream is dead.
+    fn teardown(&self, ctx: &Ctx) -> Result<()> {
+        if dm::device(&self.name)?.is_some() {
+            release_below(ctx, &self.name)?;
+        }
         dm::remove(&self.name)
     }
 }

@@ -282,6 +282,46 @@ fn disk_from_sysfs(dir: &Path) -> Option<Disk> {
     })
 }
 
+/// The session whose disk is block device `major:minor`, if any.
+pub fn session_of_disk(major: u32, minor: u32) -> Option<SessionInfo> {
+    sessions().into_iter().find(|s| {
+        s.disks
+            .iter()
+            .any(|(_, d)| d.major == major && d.minor == minor)
+    })
+}
+
+/// Fails the I/O that a session which lost its target holds (a negative replacement
+/// timeout keeps it waiting for the session to log back in) by logging the session out;
+/// a logged-in session is left alone. Returns whether it logged out.
+pub fn fail_held_io(ctx: &Ctx, session: &SessionInfo, timeout: Duration) -> Result<bool> {
+    if session.state == "LOGGED_IN" {
+        return Ok(false);
+    }
+    let _records = ISCSIADM.lock().unwrap_or_else(|p| p.into_inner());
+    let events = DeviceEvents::subscribe(&["iscsi_session"])?;
+    let sid = session.sid.to_string();
+    match iscsiadm(ctx, &["-m", "session", "-r", &sid, "--logout"]) {
+        Ok(_) => {}
+        Err(e) if matches!(e.code, Some(ERR_NO_OBJS_FOUND | ERR_SYSFS_LOOKUP | 2)) => {}
+        Err(e) => {
+            return Err(e
+                .error()
+                .context(format!("logging out of failed session {sid}")))
+        }
+    }
+    let gone = events.wait_until(timeout, || {
+        (!sessions().iter().any(|s| s.sid == session.sid)).then_some(())
+    })?;
+    match gone {
+        Some(()) => Ok(true),
+        None => Err(Error::timeout(
+            format!("failed session {sid} to {}", session.target),
+            format!("still there {} ms after logging out", timeout.as_millis()),
+        )),
+    }
+}
+
 /// Whether something listens on iscsid's control socket in this network namespace (a
 /// running iscsid, or systemd's socket that starts one on demand).
 pub fn iscsid_listening() -> bool {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use devicemapper::{
     DevId, Device, DmError, DmFlags, DmName, DmOptions, DmResult, ErrorEnum, Sectors, TargetLine,
@@ -14,7 +15,7 @@ use devicemapper::{
 use serde::{Deserialize, Serialize};
 
 use super::devref::DevRef;
-use super::dm;
+use super::{dm, initiator};
 use crate::error::{Error, Result};
 use crate::resources::{Ctx, Observed, Params, Resource};
 
@@ -345,6 +346,72 @@ impl Resource for DmMultipath {
             _ => vec![],
         }
     }
+}
+
+/// How long logging out a session that lost its target may take.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Makes I/O that waits for an upstream that no longer answers fail, before dm device
+/// `name` is removed: what it has in flight to such an upstream would keep its removal
+/// waiting forever (dm-clone waits for its hydration, dm-cache for its promotions). Each
+/// multipath device below `name` without a working path stops queueing, and its paths'
+/// sessions that lost their target (a last path's never times out) are logged out, which
+/// fails what they hold. An upstream with a working path is left as it is.
+pub fn release_below(ctx: &Ctx, name: &str) -> Result<()> {
+    for mpath in multipath_below(name)? {
+        release(ctx, &mpath)?;
+    }
+    Ok(())
+}
+
+fn release(ctx: &Ctx, name: &str) -> Result<()> {
+    let paths: Vec<_> = status(name)?
+        .groups
+        .into_iter()
+        .flat_map(|g| g.paths)
+        .map(|p| {
+            let session = initiator::session_of_disk(p.device.major, p.device.minor);
+            (p, session)
+        })
+        .collect();
+    let working = paths
+        .iter()
+        .any(|(p, s)| p.active && s.as_ref().is_some_and(|s| s.state == "LOGGED_IN"));
+    if working {
+        return Ok(());
+    }
+    tracing::info!("{name}: no working path; failing the I/O that waits for one");
+    dm::message(name, &MultipathMessage::FailIfNoPath)?;
+    for session in paths.iter().filter_map(|(_, s)| s.as_ref()) {
+        initiator::fail_held_io(ctx, session, RELEASE_TIMEOUT)
+            .map_err(|e| e.context(format!("releasing {name}")))?;
+    }
+    Ok(())
+}
+
+/// The multipath devices `name` is built on, at any depth.
+fn multipath_below(name: &str) -> Result<Vec<String>> {
+    let fail = |e: DmError| Error::refused(format!("device-mapper deps of {name}"), e.to_string());
+    let dm = DM::new().map_err(|e| Error::unsupported("device-mapper", e.to_string()))?;
+    let (mut found, mut todo) = (Vec::new(), vec![name.to_string()]);
+    while let Some(next) = todo.pop() {
+        let id = DevId::Name(DmName::new(&next).map_err(fail)?);
+        for dev in dm.table_deps(&id, DmOptions::default()).map_err(fail)? {
+            let sysfs = format!("/sys/dev/block/{}:{}/dm/name", dev.major, dev.minor);
+            let Ok(below) = std::fs::read_to_string(&sysfs) else {
+                continue; // not a dm device: a disk, a loop device
+            };
+            let below = below.trim().to_string();
+            let is_multipath = dm::table(&below)?
+                .is_some_and(|t| t.first().is_some_and(|l| l.2 == MULTIPATH));
+            if is_multipath {
+                found.push(below);
+            } else {
+                todo.push(below);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Replaces the table of multipath device `name` with `params` without failing queued or
