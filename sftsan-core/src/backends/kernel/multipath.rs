@@ -402,8 +402,8 @@ fn multipath_below(name: &str) -> Result<Vec<String>> {
                 continue; // not a dm device: a disk, a loop device
             };
             let below = below.trim().to_string();
-            let is_multipath = dm::table(&below)?
-                .is_some_and(|t| t.first().is_some_and(|l| l.2 == MULTIPATH));
+            let is_multipath =
+                dm::table(&below)?.is_some_and(|t| t.first().is_some_and(|l| l.2 == MULTIPATH));
             if is_multipath {
                 found.push(below);
             } else {
