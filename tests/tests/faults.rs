@@ -121,7 +121,7 @@ fn read_and_down_misses(run: &Value, excused: u64, misses: &mut Vec<String>) {
     let errors = u64_of(&reads["errors"]) + u64_of(&reads["hung"]);
     if errors > excused {
         misses.push(format!(
-            "{errors} read errors of {} ({} hung, {excused} while the reader's own daemon was dead); per node {}; readers saw {}",
+            "{errors} read errors of {} ({} hung, {excused} on a node whose own daemon was dead); per node {}; readers saw {}",
             reads["reads"], reads["hung"], reads["per_node"], reads["messages"]
         ));
     }
@@ -265,8 +265,9 @@ fn chaos() {
         events.len()
     );
     // Readers run on every node here: one whose own daemon is killed cannot be served
-    // until up revives it (a VM pauses there, qemu-io fails); every other error counts.
-    let excused = u64_of(&run["errors_while_own_daemon_dead"]);
+    // until up revives it and it reconnects (a VM pauses there, qemu-io fails); every
+    // other error counts.
+    let excused = u64_of(&run["errors_on_own_dead_daemon"]);
     let mut misses = Vec::new();
     read_and_down_misses(run, excused, &mut misses);
     for e in events {

@@ -19,7 +19,7 @@ fn reads(r: &ReadStats, excused: u64, out: &mut Vec<String>) {
             r.errors,
             r.hung,
             if excused > 0 {
-                format!("; {excused} more while the reader's own daemon was dead")
+                format!("; {excused} more on a node whose own daemon was dead")
             } else {
                 String::new()
             }
@@ -79,7 +79,7 @@ pub fn single(run: &FaultRun) -> Vec<String> {
 
 pub fn chaos(run: &ChaosRun) -> Vec<String> {
     let mut out = Vec::new();
-    reads(&run.reads, run.errors_while_own_daemon_dead, &mut out);
+    reads(&run.reads, run.errors_on_own_dead_daemon, &mut out);
     let failed = run.events.iter().filter(|e| e.problem.is_some()).count();
     if failed > 0 {
         out.push(format!("{failed} faults could not be injected or undone"));

@@ -88,35 +88,45 @@ pub struct ChaosRun {
     pub upstream_bytes: u64,
     pub guard_route_kept: bool,
     pub reads: ReadStats,
-    /// Read errors of readers on a node while that node's own daemon was dead (killed, not
-    /// yet revived): nothing can serve them there, and a VM pauses on them instead
+    /// Read errors of readers on a node whose own daemon was killed, from the kill until
+    /// the reader's first good read after `up` revived it (its NBD client reconnecting):
+    /// nothing can serve them there, and a VM pauses on them instead
     /// (`error_policy='stop'`, then `vm resume`); qemu-io has no such policy.
-    pub errors_while_own_daemon_dead: u64,
+    pub errors_on_own_dead_daemon: u64,
+    /// The longest a reader took to read well again after `up` revived its node's daemon.
+    pub slowest_own_recovery_s: f64,
     pub down: Down,
     pub failures: Vec<String>,
 }
 
-/// Slack after a revive: the reader's connection to the revived daemon may fail once more
-/// before it reconnects.
-const REVIVE_SLACK_S: f64 = 1.0;
-
-fn errors_while_own_daemon_dead(logs: &[ReaderLog], events: &[Event]) -> u64 {
-    let dead: Vec<(&str, f64, f64)> = events
-        .iter()
-        .filter_map(|e| {
-            e.daemon_dead
-                .map(|[a, b]| (e.node.as_str(), a, b + REVIVE_SLACK_S))
-        })
-        .collect();
-    logs.iter()
-        .flat_map(|log| log.reads.iter().map(move |r| (log.node.as_str(), r)))
-        .filter(|(node, r)| {
-            matches!(r.outcome, Outcome::Error | Outcome::Hung)
-                && dead
-                    .iter()
-                    .any(|&(n, a, b)| n == *node && r.end() >= a && r.start <= b)
-        })
-        .count() as u64
+/// Errors set apart (see [`ChaosRun::errors_on_own_dead_daemon`]) and the slowest
+/// recovery after a revive.
+fn own_dead_daemon(logs: &[ReaderLog], events: &[Event]) -> (u64, f64) {
+    let mut errors = 0;
+    let mut slowest: f64 = 0.0;
+    for log in logs {
+        for [dead, revived] in events
+            .iter()
+            .filter(|e| e.node == log.node)
+            .filter_map(|e| e.daemon_dead)
+        {
+            // Reads are in order: the first good one after the kill ends the window.
+            let good = log
+                .reads
+                .iter()
+                .find(|r| r.outcome == Outcome::Ok && r.start >= dead)
+                .map(|r| r.end());
+            let until = good.unwrap_or(log.ended);
+            slowest = slowest.max(until - revived.min(until));
+            errors += log
+                .reads
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Error | Outcome::Hung))
+                .filter(|r| r.end() >= dead && r.start <= until)
+                .count() as u64;
+        }
+    }
+    (errors, slowest)
 }
 
 /// The schedule's next fault: gap before it, action, node, hold (all from the seed).
@@ -206,7 +216,7 @@ pub fn run(
     let logs = readers.stop(STOP_GRACE);
     stopped?;
     let down = guard.measured_down(s.down_timeout)?;
-    let own = errors_while_own_daemon_dead(&logs, &events);
+    let (own, slowest_own_recovery_s) = own_dead_daemon(&logs, &events);
     let mut run = ChaosRun {
         topology,
         cluster: bed.name.clone(),
@@ -217,7 +227,8 @@ pub fn run(
         upstream_bytes,
         guard_route_kept,
         reads: summarize(&logs, fault_at),
-        errors_while_own_daemon_dead: own,
+        errors_on_own_dead_daemon: own,
+        slowest_own_recovery_s,
         down,
         failures: Vec::new(),
     };
@@ -305,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn only_errors_on_a_node_while_its_own_daemon_is_dead_are_set_apart() {
+    fn only_errors_on_a_node_until_it_reads_well_after_its_revive_are_set_apart() {
         use crate::faults::reader::Read;
         let read = |start: f64, outcome| Read {
             start,
@@ -322,14 +333,15 @@ mod tests {
             fatal: None,
         };
         let logs = [
-            // n1's daemon dead from 5 s to 7 s (+1 s slack): two of its errors fall in.
+            // n1's daemon dead from 5 s, revived at 7 s; its reader reads well at 8.6 s.
             log(
                 "n1",
                 vec![
                     read(2.0, Outcome::Error),
+                    read(4.0, Outcome::Ok),
                     read(5.5, Outcome::Error),
                     read(7.8, Outcome::Error),
-                    read(6.0, Outcome::Ok),
+                    read(8.5, Outcome::Ok),
                     read(9.0, Outcome::Error),
                 ],
             ),
@@ -351,6 +363,8 @@ mod tests {
             daemon_dead: None,
             ..kill.clone()
         };
-        assert_eq!(errors_while_own_daemon_dead(&logs, &[kill, stop]), 2);
+        let (errors, slowest) = own_dead_daemon(&logs, &[kill, stop]);
+        assert_eq!(errors, 2);
+        assert!((slowest - 1.6).abs() < 1e-9, "{slowest}");
     }
 }

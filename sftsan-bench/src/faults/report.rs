@@ -49,14 +49,16 @@ fn errors(r: &ReadStats) -> String {
 }
 
 fn chaos_errors(c: &ChaosRun) -> String {
-    let own = c.errors_while_own_daemon_dead;
+    let own = c.errors_on_own_dead_daemon;
     if own == 0 {
         return errors(&c.reads);
     }
     format!(
-        "{} of {} ({own} of them while the reader's own daemon was dead, where a VM pauses)",
+        "{} of {} ({own} of them on a node whose own daemon was dead, until its reader \
+         read well again, at most {:.1} s after up: a VM pauses there)",
         c.reads.read_errors(),
-        c.reads.reads
+        c.reads.reads,
+        c.slowest_own_recovery_s
     )
 }
 
@@ -225,9 +227,10 @@ child reported one (nodes without an upstream switch report none).
 stopped, the link stays down); residue is what was left of the cluster after it \
 (processes, namespaces, interfaces, the guard route, mounts, files), then removed by force.
 - Chaos: readers run on every node, so a node whose own daemon is killed fails its own \
-readers' reads until `up` revives it; a VM there pauses on such an error \
-(`error_policy='stop'`, then `sftsan vm resume`) where qemu-io cannot. Those errors are \
-counted apart and do not miss the bar; every other one does.
+readers' reads until `up` revives it and their NBD client reconnects; a VM there pauses on \
+such an error (`error_policy='stop'`, then `sftsan vm resume`) where qemu-io cannot. Those \
+errors (from the kill to the reader's first good read after it) are counted apart and do \
+not miss the bar; every other one does.
 - The bar (issue 15): zero read errors, zero wrong bytes, re-parent within 5 s where the \
 children must move, down within 10 s, nothing left.
 ";
