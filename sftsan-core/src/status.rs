@@ -61,44 +61,9 @@ pub struct NodeStatus {
     pub problems: Vec<String>,
 }
 
-/// A node's link to the tree above it, as its upstream switch reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamLink {
-    /// The node it reads from now: its parent, or an ancestor after a failover.
-    pub current: String,
-    /// Its parent in the planned tree: where it returns once that answers again.
-    pub planned: String,
-    /// How many times it moved to another upstream (away or back).
-    pub failovers: u64,
-    /// When it last moved, in milliseconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_reparent_unix_ms: Option<u64>,
-    /// How long its last move took, from the first sign of trouble to the new upstream
-    /// answering, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_reparent_took_ms: Option<u64>,
-    /// Requests sent again to another upstream after the one they went to failed.
-    pub retried_requests: u64,
-    /// Requests that failed for good (every upstream tried until the give-up time).
-    pub failed_requests: u64,
-    /// Bytes read from upstreams since the switch started.
-    pub upstream_bytes: u64,
-}
-
-impl From<Report> for UpstreamLink {
-    fn from(r: Report) -> UpstreamLink {
-        UpstreamLink {
-            current: r.current,
-            planned: r.planned,
-            failovers: r.failovers,
-            last_reparent_unix_ms: r.last_reparent_unix_ms,
-            last_reparent_took_ms: r.last_reparent_took_ms,
-            retried_requests: r.retried_requests,
-            failed_requests: r.failed_requests,
-            upstream_bytes: r.upstream_bytes,
-        }
-    }
-}
+/// A node's link to the tree above it, as its upstream switch reports it: where it reads
+/// now, its planned parent, its moves (the last ones with their causes) and counters.
+pub type UpstreamLink = Report;
 
 /// The whole cluster as observed now.
 #[derive(Debug, Clone, Serialize)]
@@ -227,7 +192,7 @@ pub fn node_status(plan: &Plan, node: &crate::plan::NodePlan, tools: Arc<Tools>)
                 // After a failover the parent's connection counts nothing: the switch
                 // counts what came from every upstream.
                 st.upstream_bytes = r.upstream_bytes;
-                st.upstream = Some(UpstreamLink::from(r));
+                st.upstream = Some(r);
             }
             Ok(None) => {}
             Err(e) => st.problems.push(format!("upstream switch: {e}")),

@@ -452,16 +452,7 @@ impl Engine {
             }
         }
         add_planned_entries(&run, &self.plan, Some(node));
-        let entries = run.journal.lock().unwrap().data.entries.clone();
-        for e in entries
-            .iter()
-            .rev()
-            .filter(|e| e.node.as_deref() == Some(node))
-        {
-            // What lies below a resource that could not be removed must stay.
-            run.remove(e, false)
-                .map_err(|f| teardown_incomplete(vec![f]))?;
-        }
+        remove_node_entries(&run, node)?;
         Ok(run.summary.into_inner().unwrap())
     }
 
@@ -476,15 +467,7 @@ impl Engine {
         }
         let _lock = StateLock::acquire(&self.names)?;
         let run = self.open_run()?;
-        let entries = run.journal.lock().unwrap().data.entries.clone();
-        for e in entries
-            .iter()
-            .rev()
-            .filter(|e| e.node.as_deref() == Some(node))
-        {
-            run.remove(e, false)
-                .map_err(|f| teardown_incomplete(vec![f]))?;
-        }
+        remove_node_entries(&run, node)?;
         let mut journal = run.journal.lock().unwrap();
         journal.data.transports.remove(node);
         journal.save()?;
@@ -776,6 +759,21 @@ fn teardown_all(run: &Run, parallelism: usize) -> Result<()> {
     } else {
         Err(teardown_incomplete(failures))
     }
+}
+
+/// Removes the journal's entries of `node`, newest first; stops at the first that fails,
+/// since what lies below a resource that could not be removed must stay.
+fn remove_node_entries(run: &Run, node: &str) -> Result<()> {
+    let entries = run.journal.lock().unwrap().data.entries.clone();
+    for e in entries
+        .iter()
+        .rev()
+        .filter(|e| e.node.as_deref() == Some(node))
+    {
+        run.remove(e, false)
+            .map_err(|f| teardown_incomplete(vec![f]))?;
+    }
+    Ok(())
 }
 
 fn teardown_incomplete(failures: Vec<Error>) -> Error {
