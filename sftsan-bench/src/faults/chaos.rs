@@ -105,26 +105,34 @@ fn own_dead_daemon(logs: &[ReaderLog], events: &[Event]) -> (u64, f64) {
     let mut errors = 0;
     let mut slowest: f64 = 0.0;
     for log in logs {
-        for [dead, revived] in events
+        let windows: Vec<[f64; 2]> = events
             .iter()
             .filter(|e| e.node == log.node)
             .filter_map(|e| e.daemon_dead)
-        {
+            .collect();
+        // A read is set apart once, however many windows it falls in.
+        let mut apart = vec![false; log.reads.len()];
+        for (i, &[dead, revived]) in windows.iter().enumerate() {
             // Reads are in order: the first good one after the kill ends the window.
-            let good = log
+            let until = log
                 .reads
                 .iter()
                 .find(|r| r.outcome == Outcome::Ok && r.start >= dead)
-                .map(|r| r.end());
-            let until = good.unwrap_or(log.ended);
-            slowest = slowest.max(until - revived.min(until));
-            errors += log
-                .reads
-                .iter()
-                .filter(|r| matches!(r.outcome, Outcome::Error | Outcome::Hung))
-                .filter(|r| r.end() >= dead && r.start <= until)
-                .count() as u64;
+                .map_or(log.ended, |r| r.end());
+            // Killed again before it recovered: the next window measures the recovery.
+            if windows.get(i + 1).is_none_or(|next| next[0] > until) {
+                slowest = slowest.max(until - revived.min(until));
+            }
+            for (r, apart) in log.reads.iter().zip(apart.iter_mut()) {
+                if matches!(r.outcome, Outcome::Error | Outcome::Hung)
+                    && r.end() >= dead
+                    && r.start <= until
+                {
+                    *apart = true;
+                }
+            }
         }
+        errors += apart.iter().filter(|&&a| a).count() as u64;
     }
     (errors, slowest)
 }
@@ -363,8 +371,17 @@ mod tests {
             daemon_dead: None,
             ..kill.clone()
         };
-        let (errors, slowest) = own_dead_daemon(&logs, &[kill, stop]);
+        let (errors, slowest) = own_dead_daemon(&logs, &[kill.clone(), stop]);
         assert_eq!(errors, 2);
         assert!((slowest - 1.6).abs() < 1e-9, "{slowest}");
+        // Killed again at 6 s, before it had read well: each error counts once, and the
+        // recovery is measured from the last revive (at 8 s).
+        let again = Event {
+            daemon_dead: Some([6.0, 8.0]),
+            ..kill.clone()
+        };
+        let (errors, slowest) = own_dead_daemon(&logs, &[kill, again]);
+        assert_eq!(errors, 2);
+        assert!((slowest - 0.6).abs() < 1e-9, "{slowest}");
     }
 }
