@@ -339,13 +339,6 @@ impl Resource for DmMultipath {
         let _ = dm::message(&self.name, &MultipathMessage::FailIfNoPath);
         dm::remove(&self.name)
     }
-
-    fn runtime(&self) -> Params {
-        match status(&self.name).map(|s| s.active_path()) {
-            Ok(Some(d)) => vec![("active path", d.to_string())],
-            _ => vec![],
-        }
-    }
 }
 
 /// How long logging out a session that lost its target may take.
