@@ -40,7 +40,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Action::Kill => "kill",
             Action::Stop => "stop",
@@ -86,6 +86,9 @@ pub struct ChaosRun {
     pub events: Vec<Event>,
     /// Bytes into the reader nodes' links during the chaos.
     pub upstream_bytes: u64,
+    /// Share of the image in each node's cache at the end: once full, reads stop going
+    /// upstream (a larger image or slower links keep them going).
+    pub cache_fill_end: std::collections::BTreeMap<String, f64>,
     pub guard_route_kept: bool,
     pub reads: ReadStats,
     /// Read errors of readers on a node whose own daemon was killed, from the kill until
@@ -220,6 +223,7 @@ pub fn run(
         stopped = setup::wait_until(Instant::now() + SETTLE);
     }
     let upstream_bytes = ingress.bytes();
+    let cache_fill_end = setup::cache_fill(&bed, &nodes);
     let guard_route_kept = bed.guard_route_present();
     let logs = readers.stop(STOP_GRACE);
     stopped?;
@@ -233,6 +237,7 @@ pub fn run(
         reader_nodes: nodes,
         events,
         upstream_bytes,
+        cache_fill_end,
         guard_route_kept,
         reads: summarize(&logs, fault_at),
         errors_on_own_dead_daemon: own,

@@ -188,6 +188,33 @@ fn details(results: &Results) -> String {
     t
 }
 
+fn chaos_details(c: &ChaosRun) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &c.events {
+        *counts
+            .entry(format!("{} {}", e.action.name(), e.node))
+            .or_default() += 1;
+    }
+    let faults: Vec<String> = counts.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+    let caches: Vec<String> = c
+        .cache_fill_end
+        .iter()
+        .map(|(n, f)| format!("{n} {}", percent(*f)))
+        .collect();
+    format!(
+        "\nChaos details: readers on {} ({} readers, {} reads, p50 / p99 {:.1} / {:.1} ms); \
+         {:.1} MiB came from upstream; caches at the end: {}. Faults: {}.\n",
+        c.reader_nodes.join(", "),
+        c.reads.readers,
+        c.reads.reads,
+        c.reads.p50_latency_ms,
+        c.reads.p99_latency_ms,
+        c.upstream_bytes as f64 / MIB,
+        caches.join(", "),
+        faults.join(", ")
+    )
+}
+
 fn misses(results: &Results) -> String {
     let mut s = String::new();
     for run in &results.runs {
@@ -251,6 +278,9 @@ pub fn markdown(results: &Results) -> String {
     if !results.runs.is_empty() {
         md.push_str("\nDetails:\n\n");
         md.push_str(&details(results));
+    }
+    if let Some(c) = &results.chaos {
+        md.push_str(&chaos_details(c));
     }
     md.push_str("\nHow to read it:\n\n");
     md.push_str(READING);
