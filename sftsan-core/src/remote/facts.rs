@@ -115,7 +115,8 @@ pub fn request_for(spec: &ClusterSpec, node: &str) -> FactsRequest {
     }
     let mut kinds: Vec<&str> = vec![];
     if kernel && !is_origin {
-        kinds.extend(["loop-file", "iscsi-session"]);
+        // Every node's upstream is a multipath device over its iSCSI path(s).
+        kinds.extend(["loop-file", "iscsi-session", "dm-multipath"]);
         kinds.push(match k.map(|k| k.cache) {
             Some(KernelCache::DmClone) => "dm-clone",
             _ => "dm-cache",
@@ -224,6 +225,7 @@ mod tests {
             [
                 "loop-file",
                 "iscsi-session",
+                "dm-multipath",
                 "dm-cache",
                 "thin-pool",
                 "thin-volume"
