@@ -212,6 +212,9 @@ mod tests {
         assert_eq!(long.bridge(), names("a-very-long-clus").bridge());
         assert_ne!(long.bridge(), names("another").bridge());
         assert_ne!(long.veth_host("n1"), long.veth_host("n2"));
-        assert_eq!(long.veth_host("n1"), names("a-very-long-clus").veth_host("n1"));
+        assert_eq!(
+            long.veth_host("n1"),
+            names("a-very-long-clus").veth_host("n1")
+        );
     }
 }
