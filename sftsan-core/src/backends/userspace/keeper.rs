@@ -199,7 +199,7 @@ fn written_up_to(qmp: &mut Qmp) -> Result<u64> {
 /// How long one flush may take before the keeper drops its connection and tries again.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(30);
 /// The flush on SIGTERM: teardown does not wait longer for it.
-const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The keeper's connection to the node's export, made again after a failure.
 struct Flusher<'a> {

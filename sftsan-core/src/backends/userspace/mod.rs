@@ -68,7 +68,7 @@ pub fn keeper_socket(run_dir: &Path) -> PathBuf {
 
 /// How long observing or tearing down waits for a daemon's answer: a healthy daemon
 /// answers in milliseconds; one that does not is stopped or stuck.
-const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Creating waits longer: opening a block node may wait for a parent to answer.
 const QMP_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
