@@ -182,6 +182,8 @@ PACKAGES=(
 PACKAGES+=(gcc-12 libelf1 xz-utils libkmod2) # and make, above
 # Remote mode: the controller's ssh, and the sshd each test host runs in its namespaces.
 PACKAGES+=(openssh-client openssh-server)
+# sftsan bench faults: 100% loss on a link is netem where the kernel has it, else iptables.
+PACKAGES+=(iptables)
 present=()
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -203,7 +205,7 @@ fi
 
 # --- 5. check ------------------------------------------------------------------------------
 for tool in qemu-storage-daemon qemu-img ip tgtd tgtadm iscsi-ls pkg-config gcc \
-    qemu-system-x86_64 virsh ssh ssh-keygen sshd; do
+    qemu-system-x86_64 virsh ssh ssh-keygen sshd iptables; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found after install"
 done
 log "done: qemu-utils $qemu_version, qemu-block-extra $block_version, qemu-system-x86 $system_version"
