@@ -107,3 +107,35 @@ fn nodes_leave_and_join_while_every_node_reads() {
     c.down();
     c.assert_no_leftovers();
 }
+
+#[test]
+#[ignore = "root tier: needs root and the storage tools (scripts/test.sh runs it)"]
+fn a_parent_that_up_brings_back_takes_its_children_back() {
+    require_clusters();
+    // A chain: n2 reads from n1, n3 from n2.
+    let c = TestCluster::new("comeback", 63)
+        .nodes(3)
+        .snapshots(1)
+        .image_size(16 * MIB)
+        .create();
+    c.up();
+    let current = |node: &str| c.node_status(node)["upstream"]["current"].clone();
+    let n1 = c.pid("n1", "daemon");
+    // SAFETY: kill(2) on a pid just read from the daemon's pid file.
+    assert_eq!(unsafe { libc::kill(n1, libc::SIGKILL) }, 0);
+    // Reading n2's disk makes n2's switch notice and move to the origin.
+    assert_eq!(c.read_snapshot_sha256("n2", 1), c.base_sha256);
+    assert_eq!(current("n2"), "origin");
+    // up revives n1 alone; n2's switch tries its parent again every 3 s and moves back.
+    let revived = c.up();
+    assert!(revived.contains("n1/daemon"), "{revived}");
+    assert!(
+        sftsan_tests::eventually(Duration::from_secs(10), || current("n2") == "n1"),
+        "n2 did not return to n1: {}",
+        c.node_status("n2")
+    );
+    assert_eq!(c.node_status("n2")["upstream"]["failovers"], 2);
+    assert_eq!(c.read_snapshot_sha256("n3", 1), c.base_sha256);
+    c.down();
+    c.assert_no_leftovers();
+}
