@@ -253,11 +253,11 @@ child reported one (nodes without an upstream switch report none).
 - Down time: one `sftsan down` with the fault still in force (the stopped daemon stays \
 stopped, the link stays down); residue is what was left of the cluster after it \
 (processes, namespaces, interfaces, the guard route, mounts, files), then removed by force.
-- Chaos: readers run on every node, so a node whose own daemon is killed fails its own \
-readers' reads until `up` revives it and their NBD client reconnects; a VM there pauses on \
-such an error (`error_policy='stop'`, then `sftsan vm resume`) where qemu-io cannot. Those \
-errors (from the kill to the reader's first good read after it) are counted apart and do \
-not miss the bar; every other one does.
+- Chaos: readers run on the leaves, and daemons are killed only on the origin and nodes \
+with children; stops, link faults and keeper kills hit any node. A node whose own daemon \
+dies cannot serve its own readers until `up` revives it (a VM there pauses on the error, \
+`error_policy='stop'`, and is resumed); errors of that kind, were there any, are counted \
+apart; every other one misses the bar.
 - The bar (issue 15): zero read errors, zero wrong bytes, re-parent within 5 s where the \
 children must move, down within 10 s, nothing left.
 ";
