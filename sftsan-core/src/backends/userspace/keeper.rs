@@ -156,7 +156,8 @@ extern "C" fn on_term(_: libc::c_int) {
 /// Connects, detaches into the background and returns in the parent once the child's pid
 /// is recorded. The child never returns: it runs the flush loop and exits.
 pub fn run_keeper(args: &KeeperArgs) -> Result<()> {
-    let qmp = Qmp::connect(&args.qmp, Duration::from_secs(10))?;
+    // Short: a stopped daemon must not keep SIGTERM waiting behind a query.
+    let qmp = Qmp::connect(&args.qmp, Duration::from_secs(2))?;
     let daemon = process::pidfd_open(args.daemon_pid)
         .at(format!("/proc/{}", args.daemon_pid))
         .map_err(|e| e.context("the storage daemon"))?;
@@ -238,22 +239,19 @@ fn flush_loop(mut qmp: Qmp, daemon: &OwnedFd, args: &KeeperArgs) -> i32 {
         if ready > 0 {
             return 0; // the daemon is gone: nothing left to keep
         }
-        let terminating = TERMINATE.load(Ordering::SeqCst);
-        let deadline = if terminating {
-            FINAL_FLUSH_DEADLINE
-        } else {
-            FLUSH_DEADLINE
-        };
+        if TERMINATE.load(Ordering::SeqCst) {
+            // One last flush, without asking the daemon anything first: one that does not
+            // answer (stopped, stuck) must not hold teardown.
+            flusher.flush(FINAL_FLUSH_DEADLINE);
+            return 0;
+        }
         match written_up_to(&mut qmp) {
             // A flush that fails is tried again next round.
-            Ok(now) if (now != flushed_at || terminating) && flusher.flush(deadline) => {
-                flushed_at = now;
-            }
+            Ok(now) if now != flushed_at && flusher.flush(FLUSH_DEADLINE) => flushed_at = now,
             Ok(_) => {}
+            // Stopped or busy: ask again next round (its pidfd says when it is gone).
+            Err(e) if e.kind() == crate::error::ErrorKind::Timeout => {}
             Err(_) => return 0, // the daemon is gone: nothing left to keep
-        }
-        if terminating {
-            return 0;
         }
     }
 }

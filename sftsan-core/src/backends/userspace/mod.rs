@@ -33,10 +33,10 @@ pub use switch::{run_switch, SwitchArgs, UpstreamSwitch};
 pub use tls_relay::TlsRelay;
 pub use upstream::{IscsiLogin, LinkKey, Upstream};
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use qapi::{
@@ -72,9 +72,26 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Creating waits longer: opening a block node may wait for a parent to answer.
 const QMP_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Daemons (by QMP socket) that did not answer in time earlier in this process: they are
-/// not waited on again, so one stuck daemon costs a command one timeout, not one per step.
-static WEDGED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+/// Daemons (by QMP socket) that did not answer in time a moment ago: they are not waited
+/// on again for a while, so one stuck daemon costs a command one timeout, not one per
+/// step. A long-lived caller (the C ABI) asks again after `WEDGED_FOR`.
+static WEDGED: Mutex<BTreeMap<PathBuf, Instant>> = Mutex::new(BTreeMap::new());
+const WEDGED_FOR: Duration = Duration::from_secs(30);
+
+fn known_wedged(socket: &Path) -> bool {
+    let mut wedged = WEDGED.lock().unwrap();
+    wedged.retain(|_, since| since.elapsed() < WEDGED_FOR);
+    wedged.contains_key(socket)
+}
+
+fn mark_wedged(socket: PathBuf, wedged: bool) {
+    let mut set = WEDGED.lock().unwrap();
+    if wedged {
+        set.insert(socket, Instant::now());
+    } else {
+        set.remove(&socket);
+    }
+}
 
 fn wedged_error(socket: &Path) -> Error {
     Error::timeout(
@@ -86,12 +103,12 @@ fn wedged_error(socket: &Path) -> Error {
 /// Connects to a node's daemon; `Ok(None)` when no daemon listens (so nothing in it exists).
 pub(crate) fn connect(run_dir: &Path) -> Result<Option<Qmp>> {
     let socket = qmp_socket(run_dir);
-    if WEDGED.lock().unwrap().contains(&socket) {
+    if known_wedged(&socket) {
         return Err(wedged_error(&socket));
     }
     Qmp::try_connect(&socket, QMP_TIMEOUT).inspect_err(|e| {
         if e.kind() == ErrorKind::Timeout {
-            WEDGED.lock().unwrap().insert(socket.clone());
+            mark_wedged(socket.clone(), true);
         }
     })
 }
@@ -115,8 +132,10 @@ pub(crate) fn teardown_in_daemon(
     });
     match result {
         Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unreachable) => {
-            WEDGED.lock().unwrap().insert(qmp_socket(run_dir));
-            kill_daemon(run_dir, &e)
+            // Once it is gone, the socket answers at once (nobody listens) or a new daemon does.
+            let killed = kill_daemon(run_dir, &e);
+            mark_wedged(qmp_socket(run_dir), killed.is_err());
+            killed
         }
         other => other,
     }
