@@ -75,7 +75,9 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> bool {
 pub fn exited_within(pid: i32, timeout: Duration) -> bool {
     let fd = match pidfd_open(pid) {
         Ok(fd) => fd,
-        Err(_) => return true, // ESRCH: already gone
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return true, // already gone
+        // No pidfds (an old kernel, or valgrind around a C caller of the library): look.
+        Err(_) => return gone_within(pid, timeout),
     };
     let deadline = Instant::now() + timeout;
     loop {
@@ -94,6 +96,23 @@ pub fn exited_within(pid: i32, timeout: Duration) -> bool {
         if n == 0 || left.is_zero() {
             return false;
         }
+    }
+}
+
+/// Whether `pid` is gone (or a zombie) within `timeout`, looked at every 20 ms: the
+/// fallback where no pidfd can be had.
+fn gone_within(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        let exists = unsafe { libc::kill(pid, 0) } == 0;
+        if !exists || is_zombie(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -161,7 +161,7 @@ fn housekeeping(switch: &Switch, args: &SwitchArgs, timing: Timing) {
     let mut last_probe = Instant::now();
     loop {
         if TERMINATE.load(Ordering::SeqCst) {
-            let _ = switch.report().write(&args.report);
+            // Teardown removes the report; writing it now could only race with that.
             let _ = remove_file_if_exists(&args.socket);
             std::process::exit(0);
         }
