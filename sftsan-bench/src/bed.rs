@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sftsan_core::backends::userspace::nbd_backing;
 use sftsan_core::engine::{Engine, Event};
 use sftsan_core::plan::ResourceSpec;
-use sftsan_core::plan::{Plan, Role};
+use sftsan_core::plan::{NodePlan, Plan, Role};
 use sftsan_core::resources::{Ctx, Tools};
 use sftsan_core::spec::{cache_needed, validate, ClusterSpec, DEFAULT_PORT};
 use sftsan_core::transport::{LocalTransport, TransportSpec};
@@ -163,18 +163,7 @@ impl Bed {
             .nodes
             .iter()
             .map(|n| {
-                let veth = n
-                    .stack
-                    .iter()
-                    .find_map(|r| match r {
-                        ResourceSpec::Namespace(ns) => Some(ns.veth_host.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                let netns = match &n.transport {
-                    TransportSpec::Netns { name } => name.clone(),
-                    TransportSpec::Local => String::new(),
-                };
+                let (netns, veth) = netns_and_veth(n);
                 Host {
                     name: n.name.clone(),
                     netns,
@@ -267,4 +256,22 @@ fn remove_dir_if_exists(dir: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// A local-mode node's network namespace and the root end of its veth (empty where the
+/// node has none).
+pub(crate) fn netns_and_veth(n: &NodePlan) -> (String, String) {
+    let veth = n
+        .stack
+        .iter()
+        .find_map(|r| match r {
+            ResourceSpec::Namespace(ns) => Some(ns.veth_host.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let netns = match &n.transport {
+        TransportSpec::Netns { name } => name.clone(),
+        TransportSpec::Local => String::new(),
+    };
+    (netns, veth)
 }

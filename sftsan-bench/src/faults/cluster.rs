@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sftsan_core::names::Names;
-use sftsan_core::plan::{Plan, ResourceSpec, Role};
+use sftsan_core::plan::{Plan, Role};
 use sftsan_core::spec::{cache_needed, validate, ClusterSpec};
-use sftsan_core::transport::TransportSpec;
 
 use super::cli::{Cli, Outcome};
+use crate::bed::netns_and_veth;
 
 /// The tree's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -135,18 +135,7 @@ impl Testbed {
 
     pub fn node(&self, name: &str) -> NodeInfo {
         let plan = self.plan.node(name).expect("a planned node");
-        let veth = plan
-            .stack
-            .iter()
-            .find_map(|r| match r {
-                ResourceSpec::Namespace(ns) => Some(ns.veth_host.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let netns = match &plan.transport {
-            TransportSpec::Netns { name } => name.clone(),
-            _ => String::new(),
-        };
+        let (netns, veth) = netns_and_veth(plan);
         NodeInfo {
             name: plan.name.clone(),
             netns,

@@ -37,6 +37,27 @@ pub struct Reparents {
 }
 
 impl Reparents {
+    /// Nothing seen yet of `children`.
+    fn watching(children: Vec<String>) -> Reparents {
+        Reparents {
+            children: children
+                .into_iter()
+                .map(|node| ChildReparent {
+                    node,
+                    at_unix_ms: None,
+                    after_ms: None,
+                    current: None,
+                })
+                .collect(),
+            polls: 0,
+            slowest_poll_s: 0.0,
+            failed_polls: 0,
+            last_problem: None,
+        }
+    }
+}
+
+impl Reparents {
     /// When the last child had moved: `None` unless every child did.
     pub fn time_ms(&self) -> Option<u64> {
         if self.children.is_empty() {
@@ -79,21 +100,7 @@ impl Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut r = Reparents {
-                children: children
-                    .into_iter()
-                    .map(|node| ChildReparent {
-                        node,
-                        at_unix_ms: None,
-                        after_ms: None,
-                        current: None,
-                    })
-                    .collect(),
-                polls: 0,
-                slowest_poll_s: 0.0,
-                failed_polls: 0,
-                last_problem: None,
-            };
+            let mut r = Reparents::watching(children);
             loop {
                 let stopping = flag.load(Ordering::SeqCst);
                 // One last poll after the stop when a child has not been seen moving: the
@@ -153,21 +160,7 @@ mod tests {
     use super::*;
 
     fn reparents(children: &[&str]) -> Reparents {
-        Reparents {
-            children: children
-                .iter()
-                .map(|c| ChildReparent {
-                    node: c.to_string(),
-                    at_unix_ms: None,
-                    after_ms: None,
-                    current: None,
-                })
-                .collect(),
-            polls: 0,
-            slowest_poll_s: 0.0,
-            failed_polls: 0,
-            last_problem: None,
-        }
+        Reparents::watching(children.iter().map(|c| c.to_string()).collect())
     }
 
     #[test]
